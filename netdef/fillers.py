@@ -1,0 +1,106 @@
+"""Weight fillers with Caffe's semantics (FillerParameter.type)."""
+from __future__ import annotations
+
+import numpy
+
+from . import backend
+from .blob import Blob
+from .errors import InvalidParameterError, did_you_mean
+
+FAN_IN, FAN_OUT, AVERAGE = 0, 1, 2
+
+
+def _fans(shape) -> tuple[int, int]:
+    # Caffe: fan_in = count / shape[0], fan_out = count / shape[1] (for >1 axes)
+    count = int(numpy.prod(shape, dtype=numpy.int64))
+    fan_in = count // shape[0] if shape and shape[0] else count
+    fan_out = count // shape[1] if len(shape) > 1 and shape[1] else count
+    return fan_in, fan_out
+
+
+def _scale_n(param, shape) -> float:
+    fan_in, fan_out = _fans(shape)
+    if param.variance_norm == AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    if param.variance_norm == FAN_OUT:
+        return float(fan_out)
+    return float(fan_in)
+
+
+def _constant(param, shape):
+    return numpy.full(shape, param.value, dtype=numpy.float64)
+
+
+def _uniform(param, shape):
+    return backend.rng().uniform(param.min, param.max, size=shape)
+
+
+def _gaussian(param, shape):
+    x = backend.rng().normal(param.mean, param.std, size=shape)
+    if param.sparse >= 0:
+        # Keep each weight with probability sparse / num_outputs (Caffe's sparse Gaussian).
+        if len(shape) < 2:
+            raise InvalidParameterError(f"gaussian filler with sparse needs a blob of >= 2 axes. Received shape {shape}")
+        num_outputs = shape[0]
+        keep = backend.rng().random(size=shape) < param.sparse / num_outputs
+        x = x * keep
+    return x
+
+
+def _positive_unitball(param, shape):
+    x = backend.rng().uniform(0.0, 1.0, size=shape)
+    rows = x.reshape(shape[0], -1) if shape else x.reshape(1, -1)
+    rows /= rows.sum(axis=1, keepdims=True)
+    return rows.reshape(shape)
+
+
+def _xavier(param, shape):
+    limit = numpy.sqrt(3.0 / _scale_n(param, shape))
+    return backend.rng().uniform(-limit, limit, size=shape)
+
+
+def _msra(param, shape):
+    std = numpy.sqrt(2.0 / _scale_n(param, shape))
+    return backend.rng().normal(0.0, std, size=shape)
+
+
+def _bilinear(param, shape):
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise InvalidParameterError(
+            f"bilinear filler needs a 4-D blob with square kernels. Received shape {tuple(shape)}"
+        )
+    k = shape[3]
+    f = numpy.ceil(k / 2.0)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    idx = numpy.arange(k)
+    w1 = 1 - numpy.abs(idx / f - c)
+    kernel = numpy.outer(w1, w1)
+    return numpy.broadcast_to(kernel, shape).copy()
+
+
+_FILLERS = {
+    "constant": _constant,
+    "uniform": _uniform,
+    "gaussian": _gaussian,
+    "positive_unitball": _positive_unitball,
+    "xavier": _xavier,
+    "msra": _msra,
+    "bilinear": _bilinear,
+}
+
+
+def filler_types() -> list[str]:
+    return sorted(_FILLERS)
+
+
+def fill(blob: Blob, param) -> Blob:
+    """Fill ``blob.data`` according to FillerParameter ``param``."""
+    fn = _FILLERS.get(param.type)
+    if fn is None:
+        raise InvalidParameterError(
+            f'Unknown filler type "{param.type}".{did_you_mean(param.type, _FILLERS)} '
+            f"Valid: {', '.join(filler_types())}"
+        )
+    values = fn(param, blob.shape)
+    blob.data = backend.asarray(numpy.asarray(values, dtype=blob.dtype), blob.xp, blob.dtype)
+    return blob

@@ -1,0 +1,1 @@
+"""Reading and writing Caffe's binary files: weights, mean files, solver states."""

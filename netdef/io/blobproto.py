@@ -1,0 +1,69 @@
+"""BlobProto <-> array conversion and ``.binaryproto`` files (e.g. mean images)."""
+from __future__ import annotations
+
+import numpy
+
+from ..errors import WeightsFileError
+from ..proto import netdef_pb2 as pb
+
+
+def blob_shape(proto) -> tuple[int, ...]:
+    """The shape a BlobProto describes: ``shape.dim`` or the legacy num/channels/height/width."""
+    if proto.HasField("shape"):
+        return tuple(int(d) for d in proto.shape.dim)
+    if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (proto.num, proto.channels, proto.height, proto.width)
+    n = len(proto.data) or len(proto.double_data)
+    return (n,) if n else ()
+
+
+def proto_to_array(proto, diff: bool = False) -> numpy.ndarray:
+    """The values of a BlobProto (float or double storage) as a NumPy array of its shape."""
+    shape = blob_shape(proto)
+    if diff:
+        values = proto.double_diff if len(proto.double_diff) else proto.diff
+    else:
+        values = proto.double_data if len(proto.double_data) else proto.data
+    dtype = numpy.float64 if (len(proto.double_diff) if diff else len(proto.double_data)) else numpy.float32
+    arr = numpy.asarray(values, dtype=dtype)
+    expected = int(numpy.prod(shape, dtype=numpy.int64))
+    if arr.size != expected:
+        raise WeightsFileError(f"BlobProto holds {arr.size} values but its shape {shape} needs {expected}")
+    return arr.reshape(shape)
+
+
+def array_to_proto(data, diff=None, proto=None):
+    """Fill (or create) a BlobProto with ``data`` (and ``diff``) in the modern shape form."""
+    proto = proto if proto is not None else pb.BlobProto()
+    data = numpy.asarray(data)
+    proto.shape.dim.extend(int(d) for d in data.shape)
+    if data.dtype == numpy.float64:
+        proto.double_data.extend(data.ravel().tolist())
+    else:
+        proto.data.extend(data.astype(numpy.float32, copy=False).ravel().tolist())
+    if diff is not None:
+        diff = numpy.asarray(diff)
+        if diff.dtype == numpy.float64:
+            proto.double_diff.extend(diff.ravel().tolist())
+        else:
+            proto.diff.extend(diff.astype(numpy.float32, copy=False).ravel().tolist())
+    return proto
+
+
+def read_binaryproto(path: str) -> numpy.ndarray:
+    """Read a ``.binaryproto`` BlobProto file (a mean image, an infogain matrix) as an array."""
+    proto = pb.BlobProto()
+    try:
+        with open(path, "rb") as f:
+            proto.ParseFromString(f.read())
+    except FileNotFoundError:
+        raise WeightsFileError(f"BlobProto file not found: {path}") from None
+    except Exception as err:  # protobuf raises DecodeError with little context
+        raise WeightsFileError(f"{path}: not a valid binary BlobProto ({err})") from None
+    return proto_to_array(proto)
+
+
+def write_binaryproto(path: str, array) -> None:
+    """Write ``array`` as a ``.binaryproto`` BlobProto file."""
+    with open(path, "wb") as f:
+        f.write(array_to_proto(array).SerializeToString())

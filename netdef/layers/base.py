@@ -1,0 +1,179 @@
+"""The layer contract and the registry of layer types."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy
+
+from .. import backend
+from ..blob import Blob
+from ..errors import BlobCountError, DuplicateLayerTypeError, InvalidParameterError, UnknownLayerTypeError, did_you_mean
+
+_REGISTRY: dict[str, type["Layer"]] = {}
+
+
+def register_layer(type_name: str):
+    """Class decorator: make ``type_name`` in a net definition build this class."""
+
+    def wrap(cls):
+        if type_name in _REGISTRY:
+            raise DuplicateLayerTypeError(
+                f'layer type "{type_name}" is already registered by {_REGISTRY[type_name].__module__}.'
+                f"{_REGISTRY[type_name].__name__}; cannot register {cls.__module__}.{cls.__name__}"
+            )
+        _REGISTRY[type_name] = cls
+        cls.type_name = type_name
+        return cls
+
+    return wrap
+
+
+def layer_class(type_name: str) -> type["Layer"]:
+    """The class registered for ``type_name``; a named error listing known types otherwise."""
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        known = sorted(_REGISTRY)
+        raise UnknownLayerTypeError(
+            f'Unknown layer type "{type_name}".{did_you_mean(type_name, known)} '
+            f"Known types: {', '.join(known)}"
+        ) from None
+
+
+def layer_type_list() -> list[str]:
+    """Every registered layer type, sorted."""
+    return sorted(_REGISTRY)
+
+
+class Layer:
+    """Base class of all layers (the shape of Caffe's Layer, kept Pythonic).
+
+    Subclasses set the bottom/top count limits as class attributes and implement
+    ``setup`` (read ``self.param``, create ``self.blobs``), ``reshape`` (shapes
+    only), ``forward`` and ``backward``. ``backward`` writes ``bottom[i].diff``
+    for every ``propagate_down[i]`` and ADDS into parameter diffs.
+    """
+
+    type_name = ""
+    exact_num_bottom: int | None = None
+    min_num_bottom: int | None = None
+    max_num_bottom: int | None = None
+    exact_num_top: int | None = None
+    min_num_top: int | None = None
+    max_num_top: int | None = None
+    equal_num_bottom_top = False
+    #: loss layers put a default loss weight of 1 on their first top
+    is_loss = False
+
+    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None):
+        self.param = param
+        self.name = param.name
+        self.phase = phase
+        self.dtype = numpy.dtype(dtype)
+        self.xp = xp or backend.default_xp()
+        self.blobs: list[Blob] = []
+        self.loss_weights: list[float] = []
+        self.param_propagate_down: list[bool] = []
+
+    # --- helpers for subclasses -------------------------------------------------
+    def error(self, message: str, cls=InvalidParameterError) -> Exception:
+        """An error whose message starts with this layer's name and type."""
+        return cls(f'Layer "{self.name}" (type {self.type_name}): {message}')
+
+    def new_blob(self, shape: Sequence[int]) -> Blob:
+        return Blob(shape, dtype=self.dtype, xp=self.xp, name=f"{self.name}.param")
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        """Whether ``force_backward`` may ask for this bottom's gradient (not for labels)."""
+        return True
+
+    def check_blob_counts(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        def check(kind, n, exact, lo, hi):
+            if exact is not None and n != exact:
+                want = f"exactly {exact}"
+            elif lo is not None and n < lo:
+                want = f"at least {lo}"
+            elif hi is not None and n > hi:
+                want = f"at most {hi}"
+            else:
+                return
+            raise self.error(f"takes {want} {kind} blob(s). Received: {n}", BlobCountError)
+
+        check("bottom", len(bottom), self.exact_num_bottom, self.min_num_bottom, self.max_num_bottom)
+        check("top", len(top), self.exact_num_top, self.min_num_top, self.max_num_top)
+        if self.equal_num_bottom_top and len(bottom) != len(top):
+            raise self.error(
+                f"needs as many tops as bottoms. Received: {len(bottom)} bottoms, {len(top)} tops",
+                BlobCountError,
+            )
+
+    def layer_setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """The fixed set-up sequence: counts -> setup -> reshape -> loss weights."""
+        self.check_blob_counts(bottom, top)
+        self.setup(bottom, top)
+        self.reshape(bottom, top)
+        self.set_loss_weights(top)
+
+    def set_loss_weights(self, top: Sequence[Blob]) -> None:
+        weights = list(self.param.loss_weight)
+        if weights and len(weights) != len(top):
+            raise self.error(
+                f"loss_weight must be given once per top ({len(top)}). Received: {len(weights)} values"
+            )
+        if not weights:
+            weights = [1.0 if (self.is_loss and i == 0) else 0.0 for i in range(len(top))]
+        self.loss_weights = weights
+        self.seed_loss_diffs(top)
+
+    def seed_loss_diffs(self, top: Sequence[Blob]) -> None:
+        """Put each top's loss weight into its diff, as Caffe does once at set-up."""
+        for w, t in zip(self.loss_weights, top):
+            if w:
+                t.diff[...] = w
+
+    # --- the contract ---------------------------------------------------------------
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """Read parameters and create learnable blobs. Default: nothing."""
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        raise NotImplementedError
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        raise NotImplementedError
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        """Default for layers without a gradient: nothing flows back."""
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name} layer {self.name!r}>"
+
+
+class LossLayer(Layer):
+    """Base of loss layers: two bottoms by default, a scalar top weighted 1."""
+
+    is_loss = True
+    min_num_bottom = 2
+    max_num_bottom = 2
+    min_num_top = 1
+    max_num_top = 1
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index != 1
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise self.error(
+                f"the data and label bottoms need the same first dimension (batch size). "
+                f"Received: {bottom[0].shape} and {bottom[1].shape}",
+            )
+        top[0].reshape(())
+
+
+class NeuronLayer(Layer):
+    """Base of element-wise layers: one bottom, one top of the same shape (in-place allowed)."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)

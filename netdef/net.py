@@ -1,0 +1,429 @@
+"""Net: turns a NetParameter into a layer DAG and runs it forward and backward.
+
+The construction follows Caffe's Net::Init: keep the layers whose include/exclude
+rules match the NetState, insert Split layers where a blob feeds several
+consumers, build and set up each layer in order, share parameters by ParamSpec
+name, then decide which layers need a backward pass (walking the layers in
+reverse from the losses). Forward is a walk in order, backward the reverse walk.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy
+
+from . import backend
+from .blob import Blob
+from .errors import DuplicateTopBlobError, InvalidParameterError, NetdefError, ShapeMismatchError, UnknownBottomBlobError
+from .layers import layer_class
+from .proto import netdef_pb2 as pb
+
+log = logging.getLogger("netdef")
+
+TRAIN = pb.TRAIN
+TEST = pb.TEST
+
+
+# --- phase / level / stage filtering -------------------------------------------------
+def state_meets_rule(state, rule) -> bool:
+    """Caffe's NetStateRule test: phase, min/max level, stage and not_stage."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_net(param, state=None):
+    """A copy of ``param`` holding only the layers its NetState includes."""
+    state = state if state is not None else param.state
+    out = pb.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    for layer in param.layer:
+        if layer.include and layer.exclude:
+            raise InvalidParameterError(
+                f'Layer "{layer.name}" (type {layer.type}) specifies both include and exclude rules; '
+                "use one of them"
+            )
+        if layer.include:
+            keep = any(state_meets_rule(state, r) for r in layer.include)
+        else:
+            keep = not any(state_meets_rule(state, r) for r in layer.exclude)
+        if keep:
+            out.layer.add().CopyFrom(layer)
+    return out
+
+
+# --- automatic Split layers --------------------------------------------------------
+def split_layer_name(blob: str, layer: str, top_index: int) -> str:
+    return f"{blob}_{layer}_{top_index}_split"
+
+
+def split_blob_name(blob: str, layer: str, top_index: int, split_index: int) -> str:
+    return f"{blob}_{layer}_{top_index}_split_{split_index}"
+
+
+def insert_splits(param):
+    """Give every blob read by several layers its own Split layer (gradients then sum)."""
+    last_producer: dict[str, tuple[int, int]] = {}
+    consumers: dict[tuple[int, int], int] = {}
+    source_of: dict[tuple[int, int], tuple[int, int]] = {}
+    loss_weight: dict[tuple[int, int], float] = {}
+    for i, layer in enumerate(param.layer):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_producer:
+                raise UnknownBottomBlobError(
+                    f'Layer "{layer.name}" (type {layer.type}) reads bottom blob "{name}", which no earlier '
+                    f"layer produces. Available blobs: {', '.join(sorted(last_producer)) or '(none)'}"
+                )
+            src = last_producer[name]
+            source_of[(i, j)] = src
+            consumers[src] = consumers.get(src, 0) + 1
+        for j, name in enumerate(layer.top):
+            last_producer[name] = (i, j)
+            if layer.loss_weight:
+                if j < len(layer.loss_weight):
+                    loss_weight[(i, j)] = layer.loss_weight[j]
+                    if layer.loss_weight[j]:
+                        consumers[(i, j)] = consumers.get((i, j), 0) + 1
+    out = pb.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    next_split: dict[tuple[int, int], int] = {}
+    for i, layer in enumerate(param.layer):
+        new = out.layer.add()
+        new.CopyFrom(layer)
+        for j, name in enumerate(layer.bottom):
+            src = source_of[(i, j)]
+            if consumers[src] > 1:
+                src_layer = param.layer[src[0]].name
+                k = next_split.get(src, 0)
+                next_split[src] = k + 1
+                new.bottom[j] = split_blob_name(name, src_layer, src[1], k)
+        for j, name in enumerate(layer.top):
+            n = consumers.get((i, j), 0)
+            if n <= 1:
+                continue
+            split = out.layer.add()
+            split.name = split_layer_name(name, layer.name, j)
+            split.type = "Split"
+            split.bottom.append(name)
+            split.top.extend(split_blob_name(name, layer.name, j, k) for k in range(n))
+            w = loss_weight.get((i, j), 0.0)
+            if w:
+                del new.loss_weight[:]
+                split.loss_weight.extend([w] + [0.0] * (n - 1))
+                next_split[(i, j)] = 1
+    return out
+
+
+# --- the net ------------------------------------------------------------------------
+class Net:
+    """A network built from a definition file or NetParameter (pycaffe's ``caffe.Net``).
+
+    Args:
+        model: path of a prototxt/YAML/JSON/binary net definition, or a NetParameter.
+        phase: ``netdef.TRAIN`` or ``netdef.TEST``.
+        weights: optional ``.caffemodel``/``.h5`` file to copy parameters from.
+        level, stages: the NetState used with include/exclude rules.
+    """
+
+    def __init__(self, model, phase: int | None = None, weights: str | None = None, level: int = 0,
+                 stages: Sequence[str] = (), dtype=numpy.float32, xp=None):
+        from .proto import load_net
+
+        param = load_net(model) if not isinstance(model, pb.NetParameter) else model
+        self.source = model if isinstance(model, str) else None
+        if phase is None:
+            phase = param.state.phase
+        state = pb.NetState()
+        state.CopyFrom(param.state)
+        state.phase = phase
+        if level:
+            state.level = level
+        if stages:
+            del state.stage[:]
+            state.stage.extend(stages)
+        self.phase = phase
+        self.state = state
+        self.dtype = numpy.dtype(dtype)
+        self.xp = xp or backend.default_xp()
+        self.name = param.name
+        self.param = param
+        self._init(insert_splits(filter_net(param, state)))
+        if weights:
+            self.copy_from(weights)
+
+    # construction -----------------------------------------------------------------
+    def _init(self, param) -> None:
+        self.layers: list = []
+        self.layer_names: list[str] = []
+        self.blobs: OrderedDict[str, Blob] = OrderedDict()
+        self.bottom_vecs: list[list[Blob]] = []
+        self.top_vecs: list[list[Blob]] = []
+        self.bottom_names: list[list[str]] = []
+        self.top_names: list[list[str]] = []
+        self.bottom_need_backward: list[list[bool]] = []
+        self.layer_need_backward: list[bool] = []
+        self.inputs: list[str] = []
+        self.param_specs: list[tuple] = []  # (owner Blob, lr_mult, decay_mult, layer, index) per learnable blob
+        self.params: OrderedDict[str, list[Blob]] = OrderedDict()
+        blob_need_backward: dict[str, bool] = {}
+        available: set[str] = set()
+        shared: dict[str, tuple[Blob, object, str]] = {}
+        seen_layers: set[str] = set()
+        for layer_param in param.layer:
+            if layer_param.name in seen_layers and layer_param.name:
+                log.warning('Layer name "%s" appears more than once; parameters are saved by name', layer_param.name)
+            seen_layers.add(layer_param.name)
+            cls = layer_class(layer_param.type)
+            layer = cls(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp)
+            if layer_param.propagate_down and len(layer_param.propagate_down) != len(layer_param.bottom):
+                raise InvalidParameterError(
+                    f'Layer "{layer.name}" (type {layer.type_name}): propagate_down must be given once per '
+                    f"bottom ({len(layer_param.bottom)}). Received: {len(layer_param.propagate_down)} values"
+                )
+            bottoms, bneed = [], []
+            need_backward = False
+            for j, name in enumerate(layer_param.bottom):
+                if name not in available:
+                    raise UnknownBottomBlobError(
+                        f'Layer "{layer.name}" (type {layer.type_name}) reads bottom blob "{name}", which is not '
+                        f"available at this point (produced by no earlier layer, or already consumed). "
+                        f"Available: {', '.join(sorted(available)) or '(none)'}"
+                    )
+                bottoms.append(self.blobs[name])
+                nb = blob_need_backward[name]
+                if layer_param.propagate_down:
+                    nb = bool(layer_param.propagate_down[j])
+                bneed.append(nb)
+                need_backward |= blob_need_backward[name]
+                available.discard(name)
+            tops = []
+            for name in layer_param.top:
+                if name in layer_param.bottom:
+                    tops.append(self.blobs[name])
+                elif name in self.blobs:
+                    raise DuplicateTopBlobError(
+                        f'Layer "{layer.name}" (type {layer.type_name}) produces top blob "{name}", which an '
+                        "earlier layer already produces. Give the top a new name (only in-place layers, "
+                        "whose top equals a bottom, may reuse a name)."
+                    )
+                else:
+                    self.blobs[name] = Blob((), dtype=self.dtype, xp=self.xp, name=name)
+                    tops.append(self.blobs[name])
+                available.add(name)
+            if layer_param.type == "Input":
+                self.inputs.extend(layer_param.top)
+            layer.layer_setup(bottoms, tops)
+            self._share_params(layer, layer_param, shared)
+            if layer.blobs:
+                self.params[layer.name] = layer.blobs
+            layer.param_propagate_down = []
+            for k in range(len(layer.blobs)):
+                lr = layer_param.param[k].lr_mult if k < len(layer_param.param) else 1.0
+                layer.param_propagate_down.append(lr != 0)
+                need_backward |= lr != 0
+            for name in layer_param.top:
+                blob_need_backward[name] = need_backward
+            self.layers.append(layer)
+            self.layer_names.append(layer.name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_names.append(list(layer_param.bottom))
+            self.top_names.append(list(layer_param.top))
+            self.bottom_need_backward.append(bneed)
+            self.layer_need_backward.append(need_backward)
+        self._prune_backward(param.force_backward)
+        self.outputs = sorted(available)
+        self.layer_dict = OrderedDict(zip(self.layer_names, self.layers))
+
+    def _share_params(self, layer, layer_param, shared) -> None:
+        for k, blob in enumerate(layer.blobs):
+            spec = layer_param.param[k] if k < len(layer_param.param) else pb.ParamSpec()
+            lr, decay = spec.lr_mult, spec.decay_mult
+            pname = spec.name
+            if pname and pname in shared:
+                owner, owner_spec, owner_layer = shared[pname]
+                strict = spec.share_mode != pb.ParamSpec.PERMISSIVE
+                if (strict and owner.shape != blob.shape) or owner.count != blob.count:
+                    mode = "STRICT (same shape)" if strict else "PERMISSIVE (same count)"
+                    raise ShapeMismatchError(
+                        f'Layer "{layer.name}" shares parameter "{pname}" with layer "{owner_layer}", but the '
+                        f"shapes differ: {blob.shape} here, {owner.shape} in the owner. Share mode {mode}."
+                    )
+                if owner_spec.HasField("lr_mult") and spec.HasField("lr_mult") and owner_spec.lr_mult != lr:
+                    raise InvalidParameterError(
+                        f'Shared parameter "{pname}" has lr_mult {owner_spec.lr_mult} in layer "{owner_layer}" '
+                        f'but {lr} in layer "{layer.name}"; shared parameters need one lr_mult'
+                    )
+                if strict or owner.shape == blob.shape:
+                    layer.blobs[k] = owner
+                else:  # permissive sharing of a differently shaped view over the same values
+                    view = Blob(blob.shape, dtype=self.dtype, xp=self.xp, name=blob.name)
+                    view.data = owner.data.reshape(blob.shape)
+                    view.diff = owner.diff.reshape(blob.shape)
+                    layer.blobs[k] = view
+                continue
+            if pname:
+                shared[pname] = (blob, spec, layer.name)
+            self.param_specs.append((blob, lr, decay, layer.name, k))
+
+    def _prune_backward(self, force_backward: bool) -> None:
+        under_loss: set[str] = set()
+        skip_backp: set[str] = set()
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            contributes = False
+            skip_down = True
+            for j, name in enumerate(self.top_names[i]):
+                if layer.loss_weights[j] or name in under_loss:
+                    contributes = True
+                if name not in skip_backp:
+                    skip_down = False
+            if self.layer_need_backward[i] and skip_down:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, name in enumerate(self.bottom_names[i]):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip_backp.add(name)
+        if force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                self.bottom_need_backward[i] = [
+                    need or layer.allow_force_backward(j) for j, need in enumerate(self.bottom_need_backward[i])
+                ]
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    # running ------------------------------------------------------------------------
+    def _layer_index(self, name: str | None, default: int) -> int:
+        if name is None:
+            return default
+        if name not in self.layer_dict:
+            raise NetdefError(f'Net has no layer named "{name}". Layers: {", ".join(self.layer_names)}')
+        return self.layer_names.index(name)
+
+    def forward_from_to(self, start: int = 0, end: int | None = None) -> float:
+        """Run layers ``start..end`` (inclusive) forward; return the summed weighted loss."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for i in range(start, end + 1):
+            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for w, t in zip(layer.loss_weights, top):
+                if w:
+                    loss += w * float(t.data.sum())
+        return loss
+
+    def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
+        """Run layers ``start..end`` (inclusive, start >= end) backward."""
+        start = len(self.layers) - 1 if start is None else start
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def forward(self, blobs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
+                **inputs) -> dict:
+        """Forward pass (pycaffe's ``net.forward``).
+
+        Keyword arguments set input blobs first; returns ``{output name: array}``
+        for the net outputs plus any names in ``blobs``.
+        """
+        for name, value in inputs.items():
+            if name not in self.blobs:
+                raise NetdefError(f'forward() got input "{name}", which is not a blob of this net')
+            arr = backend.asarray(value, self.xp, self.dtype)
+            if arr.shape != self.blobs[name].shape:
+                raise ShapeMismatchError(
+                    f'input "{name}" has shape {arr.shape}, but the blob has shape {self.blobs[name].shape}; '
+                    "call net.reshape() after changing an input's shape"
+                )
+            self.blobs[name].data[...] = arr
+        i0 = self._layer_index(start, 0)
+        i1 = self._layer_index(end, len(self.layers) - 1)
+        self.loss = self.forward_from_to(i0, i1)
+        names = list(self.outputs) if end is None else list(self.top_names[i1])
+        names += [b for b in (blobs or ()) if b not in names]
+        return {n: self.blobs[n].data for n in names}
+
+    def backward(self, diffs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
+                 **top_diffs) -> dict:
+        """Backward pass; returns ``{input name: diff}`` (pycaffe's ``net.backward``)."""
+        for name, value in top_diffs.items():
+            self.blobs[name].diff[...] = backend.asarray(value, self.xp, self.dtype)
+        i0 = self._layer_index(start, len(self.layers) - 1)
+        i1 = self._layer_index(end, 0)
+        self.backward_from_to(i0, i1)
+        names = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
+        return {n: self.blobs[n].diff for n in names}
+
+    def forward_backward(self) -> float:
+        loss = self.forward_from_to()
+        self.backward_from_to()
+        return loss
+
+    def reshape(self) -> None:
+        """Propagate changed input shapes through every layer."""
+        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.reshape(bottom, top)
+
+    def clear_param_diffs(self) -> None:
+        for blob, *_ in self.param_specs:
+            blob.diff[...] = 0
+
+    @property
+    def learnable_params(self) -> list[Blob]:
+        return [spec[0] for spec in self.param_specs]
+
+    # weights ------------------------------------------------------------------------
+    def copy_from(self, path: str) -> None:
+        """Copy parameters by layer name from a ``.caffemodel`` or HDF5 weights file."""
+        from .io import caffemodel
+
+        caffemodel.load_weights(self, path)
+
+    def save(self, path: str, write_diff: bool = False) -> None:
+        """Write the parameters as a binary ``.caffemodel`` (or HDF5 when ``path`` ends in .h5)."""
+        from .io import caffemodel
+
+        caffemodel.save_weights(self, path, write_diff=write_diff)
+
+    def share_with(self, other: "Net") -> None:
+        """Use ``other``'s parameter arrays for layers of the same name (Caffe's ShareTrainedLayersWith)."""
+        for name, blobs in self.params.items():
+            theirs = other.params.get(name)
+            if theirs is None:
+                continue
+            if len(theirs) != len(blobs):
+                raise ShapeMismatchError(
+                    f'Layer "{name}" has {len(blobs)} parameter blobs here and {len(theirs)} in the other net'
+                )
+            for k, (mine, src) in enumerate(zip(blobs, theirs)):
+                if mine.shape != src.shape:
+                    raise ShapeMismatchError(
+                        f'Layer "{name}" parameter {k}: shape {mine.shape} here, {src.shape} in the other net'
+                    )
+                blobs[k] = src
+        for i, layer in enumerate(self.layers):
+            if layer.name in self.params:
+                layer.blobs = self.params[layer.name]
+
+    def __repr__(self) -> str:
+        return f"<Net {self.name!r}: {len(self.layers)} layers, phase {'TRAIN' if self.phase == TRAIN else 'TEST'}>"

@@ -1,0 +1,174 @@
+"""Reading and writing definitions: prototxt text, YAML, JSON and binary protobuf.
+
+Text errors carry the file, line and column and suggest the closest valid field.
+Legacy definitions (V1 ``layers``, ``input``/``input_dim`` fields, ``solver_type``)
+are upgraded on load, with a log line, by :mod:`netdef.proto.upgrade`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from google.protobuf import json_format, text_format
+from google.protobuf.message import DecodeError, Message
+
+from ..errors import NetdefError, PrototxtSyntaxError, UnknownFieldError, did_you_mean
+from . import netdef_pb2
+
+TEXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt", ".solver", ".pt")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _field_names(message: Message) -> list[str]:
+    return [f.name for f in message.DESCRIPTOR.fields]
+
+
+def _message_at(root: Message, text: str, line: int) -> Message:
+    """Best guess of the message type open at ``line`` (1-based) of ``text``, for suggestions."""
+    desc = root.DESCRIPTOR
+    stack = [desc]
+    lines = text.splitlines()[: max(line - 1, 0)]
+    for token in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*:?\s*\{|(\})", "\n".join(lines)):
+        name, close = token
+        if close:
+            if len(stack) > 1:
+                stack.pop()
+            continue
+        field = stack[-1].fields_by_name.get(name)
+        stack.append(field.message_type if field is not None and field.message_type is not None else stack[-1])
+    return stack[-1]
+
+
+def _explain_parse_error(err: text_format.ParseError, message: Message, text: str, source: str) -> NetdefError:
+    msg = str(err)
+    line, col = err.GetLine(), err.GetColumn()
+    m = re.search(r'has no field named "([^"]+)"', msg) or re.search(r'no field named "?([A-Za-z0-9_]+)"?', msg)
+    where = f"{source}:{line}:{col}" if line else source
+    if m:
+        field = m.group(1)
+        desc = _message_at(message, text, line) if line else message.DESCRIPTOR
+        names = [f.name for f in desc.fields]
+        return UnknownFieldError(
+            f'{where}: unknown field "{field}" in {desc.name}.{did_you_mean(field, names)} '
+            f"Valid fields of {desc.name}: {', '.join(names)}"
+        )
+    m = re.search(r'Enum type "[^"]*\.?([A-Za-z0-9_]+)" has no value named ([A-Za-z0-9_]+)', msg)
+    if m:
+        return PrototxtSyntaxError(f"{where}: {msg.split(':', 2)[-1].strip()}")
+    return PrototxtSyntaxError(f"{where}: {msg.split(':', 2)[-1].strip() if line else msg}")
+
+
+def parse_text(text: str, message: Message, source: str = "<string>") -> Message:
+    """Parse protobuf text into ``message``, raising a named error that says where and what."""
+    try:
+        text_format.Merge(text, message)
+    except text_format.ParseError as err:
+        raise _explain_parse_error(err, message, text, source) from None
+    return message
+
+
+def _check_dict_fields(data, message: Message, source: str, path: str = "") -> None:
+    """Reject unknown keys in a YAML/JSON mapping with a did-you-mean message."""
+    if not isinstance(data, dict):
+        raise PrototxtSyntaxError(f"{source}: expected a mapping for {message.DESCRIPTOR.name}{path}, got {type(data).__name__}")
+    fields = message.DESCRIPTOR.fields_by_name
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            names = list(fields)
+            raise UnknownFieldError(
+                f'{source}: unknown field "{key}" in {message.DESCRIPTOR.name}{path}.{did_you_mean(key, names)} '
+                f"Valid fields: {', '.join(names)}"
+            )
+        if field.message_type is not None:
+            sub = getattr(message, key)
+            items = value if isinstance(value, list) else [value]
+            for k, item in enumerate(items):
+                proto = sub.add() if field.label == field.LABEL_REPEATED else sub
+                _check_dict_fields(item, proto, source, f"{path}.{key}[{k}]" if isinstance(value, list) else f"{path}.{key}")
+
+
+def parse_mapping(data, message: Message, source: str = "<mapping>") -> Message:
+    """Fill ``message`` from a YAML/JSON-style dict using the protobuf field names."""
+    _check_dict_fields(data, type(message)(), source)
+    try:
+        json_format.ParseDict(data, message, ignore_unknown_fields=False)
+    except json_format.ParseError as err:
+        raise PrototxtSyntaxError(f"{source}: {err}") from None
+    return message
+
+
+def read_message(path: str, message: Message) -> Message:
+    """Read ``path`` into ``message``: text, YAML or JSON by suffix, binary otherwise or on failure."""
+    if not os.path.exists(path):
+        raise NetdefError(f"File not found: {path}")
+    lower = path.lower()
+    if lower.endswith(YAML_SUFFIXES):
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as err:
+                raise PrototxtSyntaxError(f"{path}: invalid YAML: {err}") from None
+        return parse_mapping(data or {}, message, path)
+    if lower.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise PrototxtSyntaxError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+        return parse_mapping(data, message, path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if lower.endswith(TEXT_SUFFIXES) or not _looks_binary(raw):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PrototxtSyntaxError(f"{path}: not UTF-8 text and not a binary protobuf") from None
+        return parse_text(text, message, path)
+    return parse_binary(raw, message, path)
+
+
+def _looks_binary(raw: bytes) -> bool:
+    return b"\x00" in raw[:4096] or any(b < 9 for b in raw[:64])
+
+
+def parse_binary(raw: bytes, message: Message, source: str = "<bytes>") -> Message:
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as err:
+        raise PrototxtSyntaxError(f"{source}: not a valid binary {message.DESCRIPTOR.name}: {err}") from None
+    return message
+
+
+def load_net(path_or_text: str) -> "netdef_pb2.NetParameter":
+    """Load a net definition file and upgrade legacy forms."""
+    from .upgrade import upgrade_net
+
+    param = read_message(path_or_text, netdef_pb2.NetParameter())
+    return upgrade_net(param, path_or_text)
+
+
+def load_solver(path: str) -> "netdef_pb2.SolverParameter":
+    """Load a solver definition file and upgrade legacy forms."""
+    from .upgrade import upgrade_solver
+
+    param = read_message(path, netdef_pb2.SolverParameter())
+    return upgrade_solver(param, path)
+
+
+def net_from_text(text: str, source: str = "<string>") -> "netdef_pb2.NetParameter":
+    from .upgrade import upgrade_net
+
+    return upgrade_net(parse_text(text, netdef_pb2.NetParameter(), source), source)
+
+
+def to_text(message: Message) -> str:
+    return text_format.MessageToString(message, float_format=".9g")
+
+
+def write_text(message: Message, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(to_text(message))

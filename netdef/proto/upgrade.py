@@ -1,0 +1,139 @@
+"""Upgrading legacy Caffe definitions to the current schema, as Caffe does on load.
+
+Handled here: V1 nets (``layers { type: CONVOLUTION blobs_lr: 1 ... }``), the
+net-level ``input``/``input_shape``/``input_dim`` fields (become an Input layer)
+and the solver's ``solver_type`` enum (becomes the ``type`` string).
+"""
+from __future__ import annotations
+
+import logging
+
+from ..errors import NetdefError
+from . import netdef_pb2 as pb
+
+log = logging.getLogger("netdef")
+
+# V1 LayerType enum name -> layer type string
+_V1_TYPES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution",
+    "DATA": "Data", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
+    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+
+_SOLVER_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
+
+# V1 fields copied verbatim (same name and message type in LayerParameter)
+_V1_SAME = [
+    "bottom", "top", "name", "blobs", "include", "exclude", "loss_weight", "transform_param", "loss_param",
+]
+
+
+def net_needs_v1_upgrade(param) -> bool:
+    return len(param.layers) > 0
+
+
+def upgrade_v1_layer(v1, where: str):
+    """One V1LayerParameter as a LayerParameter."""
+    layer = pb.LayerParameter()
+    if v1.HasField("layer"):
+        raise NetdefError(
+            f'{where}: layer "{v1.name or v1.layer.name}" uses the V0 format (layers {{ layer {{ ... }} }}), '
+            "which netdef does not read yet; upgrade it with Caffe's upgrade_net_proto_text first"
+        )
+    for name in _V1_SAME:
+        field = pb.V1LayerParameter.DESCRIPTOR.fields_by_name[name]
+        value = getattr(v1, name)
+        if field.label == field.LABEL_REPEATED:
+            if field.message_type is not None:
+                for item in value:
+                    getattr(layer, name).add().CopyFrom(item)
+            else:
+                getattr(layer, name).extend(value)
+        elif v1.HasField(name):
+            getattr(layer, name).CopyFrom(value)
+    if v1.HasField("type"):
+        enum_name = pb.V1LayerParameter.LayerType.Name(v1.type)
+        if enum_name not in _V1_TYPES:
+            raise NetdefError(f'{where}: V1 layer "{v1.name}" has type {enum_name}, which has no current equivalent')
+        layer.type = _V1_TYPES[enum_name]
+    n = max(len(v1.blobs_lr), len(v1.weight_decay), len(v1.param), len(v1.blob_share_mode))
+    for i in range(n):
+        spec = layer.param.add()
+        if i < len(v1.param):
+            spec.name = v1.param[i]
+        if i < len(v1.blob_share_mode):
+            spec.share_mode = v1.blob_share_mode[i]
+        if i < len(v1.blobs_lr):
+            spec.lr_mult = v1.blobs_lr[i]
+        if i < len(v1.weight_decay):
+            spec.decay_mult = v1.weight_decay[i]
+    for field in pb.V1LayerParameter.DESCRIPTOR.fields:
+        if field.name.endswith("_param") and field.name not in ("transform_param", "loss_param") and v1.HasField(field.name):
+            getattr(layer, field.name).CopyFrom(getattr(v1, field.name))
+    return layer
+
+
+def upgrade_input_fields(param, where: str) -> None:
+    """Turn net-level ``input`` fields into an Input layer at the front, as Caffe does."""
+    if not param.input:
+        return
+    shapes = [pb.BlobShape(dim=list(s.dim)) for s in param.input_shape]
+    if param.input_dim:
+        if len(param.input_dim) != 4 * len(param.input):
+            raise NetdefError(
+                f"{where}: input_dim must give 4 values per input ({len(param.input)} inputs -> "
+                f"{4 * len(param.input)} values). Received: {len(param.input_dim)} values"
+            )
+        dims = list(param.input_dim)
+        shapes = [pb.BlobShape(dim=dims[4 * i: 4 * i + 4]) for i in range(len(param.input))]
+    if len(shapes) != len(param.input):
+        raise NetdefError(
+            f"{where}: {len(param.input)} input(s) but {len(shapes)} input_shape(s); give one shape per input"
+        )
+    layer = pb.LayerParameter(name="input", type="Input")
+    layer.top.extend(param.input)
+    for s in shapes:
+        layer.input_param.shape.add().CopyFrom(s)
+    layers = [layer] + list(param.layer)
+    del param.layer[:]
+    param.layer.extend(layers)
+    del param.input[:]
+    del param.input_shape[:]
+    del param.input_dim[:]
+    log.info("%s: upgraded legacy input fields to an Input layer", where)
+
+
+def upgrade_net(param, where: str = "<net>"):
+    """Upgrade every legacy form in NetParameter ``param`` (in place); returns it."""
+    if param.layers:
+        if param.layer:
+            raise NetdefError(f"{where}: uses both 'layer' and the legacy 'layers' field; use only 'layer'")
+        for v1 in param.layers:
+            param.layer.add().CopyFrom(upgrade_v1_layer(v1, where))
+        del param.layers[:]
+        log.info("%s: upgraded V1 layer definitions (layers { type: ENUM })", where)
+    upgrade_input_fields(param, where)
+    return param
+
+
+def upgrade_solver(param, where: str = "<solver>"):
+    """Map the legacy ``solver_type`` enum onto the ``type`` string (in place)."""
+    if param.HasField("solver_type"):
+        new = _SOLVER_TYPES[param.solver_type]
+        if param.HasField("type") and param.type != new:
+            raise NetdefError(
+                f'{where}: solver_type {pb.SolverParameter.SolverType.Name(param.solver_type)} conflicts with '
+                f'type "{param.type}"; keep only type'
+            )
+        param.type = new
+        param.ClearField("solver_type")
+        log.info("%s: upgraded solver_type to type: \"%s\"", where, new)
+    return param

@@ -1,0 +1,116 @@
+"""Running the Caffe reference cases in ``shared/parity`` through netdef.
+
+The folder is looked up in ``$NETDEF_PARITY_DIR``, then ``../shared/parity``
+beside the repository. Tests skip cleanly when it is absent.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+import numpy
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def parity_root() -> Path | None:
+    """The reference folder, or None when it is not available."""
+    env = os.environ.get("NETDEF_PARITY_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "parity")
+    for c in candidates:
+        if (c / "layers" / "INDEX.tsv").exists():
+            return c
+    return None
+
+
+def read_tsv(path: Path) -> list[dict]:
+    with open(path) as f:
+        head = f.readline().rstrip("\n").split("\t")
+        return [dict(zip(head, line.rstrip("\n").split("\t"))) for line in f if line.strip()]
+
+
+def layer_cases(types: set[str] | None = None) -> list[dict]:
+    """INDEX.tsv rows of ``layers/`` (optionally only the given Caffe types)."""
+    root = parity_root()
+    if root is None:
+        return []
+    rows = read_tsv(root / "layers" / "INDEX.tsv")
+    return [r for r in rows if types is None or r["type"] in types]
+
+
+def compare(got, want, rtol: float = RTOL, atol: float = ATOL) -> float | None:
+    """Largest error scaled by max(1, max|want|); None when within tolerance... see ``within``."""
+    got = numpy.asarray(got, dtype=numpy.float64)
+    want = numpy.asarray(want, dtype=numpy.float64)
+    if got.size == want.size:
+        got = got.reshape(want.shape)
+    if got.shape != want.shape:
+        raise AssertionError(f"shape {got.shape} != reference {want.shape}")
+    if want.size == 0:
+        return 0.0
+    scale = max(1.0, float(numpy.max(numpy.abs(want))))
+    err = numpy.abs(got - want)
+    if not numpy.all(err <= atol * scale + rtol * numpy.abs(want)):
+        raise AssertionError(f"max scaled error {float(numpy.max(err)) / scale:.3g} exceeds rtol {rtol}/atol {atol}")
+    return float(numpy.max(err) / scale)
+
+
+@contextlib.contextmanager
+def _chdir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_layer_case(case: str, phase_name: str = "TRAIN") -> dict[str, float]:
+    """Run one ``layers/`` case; return ``{key: scaled error}``; raise AssertionError on a mismatch."""
+    import netdef
+    from ..backend import to_numpy
+
+    root = parity_root() / "layers"
+    d = numpy.load(root / f"{case}.npz")
+    errors: dict[str, float] = {}
+    with _chdir(root):
+        phase = netdef.TRAIN if phase_name.upper() == "TRAIN" else netdef.TEST
+        net = netdef.Net(str(root / f"{case}.prototxt"), phase)
+        nb = sum(1 for k in d if re.fullmatch(r"bottom_\d+", k))
+        for i in range(nb):
+            net.blobs[f"b{i}"].data[...] = d[f"bottom_{i}"]
+            if f"b{i}" in net.params:
+                net.params[f"b{i}"][0].data[...] = d[f"bottom_{i}"]
+        params = net.params.get("L", [])
+        for j in range(sum(1 for k in d if re.fullmatch(r"param_\d+", k))):
+            params[j].data[...] = d[f"param_{j}"]
+        net.forward()
+
+        def check(key, got):
+            try:
+                errors[key] = compare(to_numpy(got), d[key])
+            except AssertionError as err:
+                raise AssertionError(f"{case}: {key}: {err}") from None
+
+        for key in d:
+            if key.startswith("param_post_"):
+                check(key, params[int(key.rsplit("_", 1)[1])].data)
+        k = 0
+        while f"top_{k}" in d:
+            check(f"top_{k}", net.blobs[f"t{k}"].data)
+            k += 1
+        if any(key.startswith("top_diff_") for key in d):
+            k = 0
+            while f"top_diff_{k}" in d:
+                net.blobs[f"t{k}"].diff[...] = d[f"top_diff_{k}"]
+                k += 1
+            net.backward()
+            for key in d:
+                if key.startswith("bottom_diff_"):
+                    check(key, net.blobs[f"b{key.rsplit('_', 1)[1]}"].diff)
+                elif key.startswith("param_diff_"):
+                    check(key, params[int(key.rsplit("_", 1)[1])].diff)
+    return errors
