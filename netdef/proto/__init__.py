@@ -24,39 +24,33 @@ def _field_names(message: Message) -> list[str]:
     return [f.name for f in message.DESCRIPTOR.fields]
 
 
-def _message_at(root: Message, text: str, line: int) -> Message:
-    """Best guess of the message type open at ``line`` (1-based) of ``text``, for suggestions."""
-    desc = root.DESCRIPTOR
-    stack = [desc]
-    lines = text.splitlines()[: max(line - 1, 0)]
-    for token in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*:?\s*\{|(\})", "\n".join(lines)):
-        name, close = token
-        if close:
-            if len(stack) > 1:
-                stack.pop()
-            continue
-        field = stack[-1].fields_by_name.get(name)
-        stack.append(field.message_type if field is not None and field.message_type is not None else stack[-1])
-    return stack[-1]
-
-
 def _explain_parse_error(err: text_format.ParseError, message: Message, text: str, source: str) -> NetdefError:
     msg = str(err)
     line, col = err.GetLine(), err.GetColumn()
-    m = re.search(r'has no field named "([^"]+)"', msg) or re.search(r'no field named "?([A-Za-z0-9_]+)"?', msg)
+    m = re.search(r'Message type "(?:[A-Za-z0-9_]+\.)*([A-Za-z0-9_]+)" has no field named "([^"]+)"', msg)
     where = f"{source}:{line}:{col}" if line else source
     if m:
-        field = m.group(1)
-        desc = _message_at(message, text, line) if line else message.DESCRIPTOR
+        type_name, field = m.groups()
+        desc = netdef_pb2.DESCRIPTOR.message_types_by_name.get(type_name, message.DESCRIPTOR)
+        if type_name not in netdef_pb2.DESCRIPTOR.message_types_by_name:
+            for top in netdef_pb2.DESCRIPTOR.message_types_by_name.values():
+                if type_name in top.nested_types_by_name:
+                    desc = top.nested_types_by_name[type_name]
         names = [f.name for f in desc.fields]
         return UnknownFieldError(
             f'{where}: unknown field "{field}" in {desc.name}.{did_you_mean(field, names)} '
             f"Valid fields of {desc.name}: {', '.join(names)}"
         )
-    m = re.search(r'Enum type "[^"]*\.?([A-Za-z0-9_]+)" has no value named ([A-Za-z0-9_]+)', msg)
+    m = re.search(r'Enum type "([A-Za-z0-9_.]+)" has no value named ([A-Za-z0-9_]+)', msg)
     if m:
-        return PrototxtSyntaxError(f"{where}: {msg.split(':', 2)[-1].strip()}")
-    return PrototxtSyntaxError(f"{where}: {msg.split(':', 2)[-1].strip() if line else msg}")
+        enum = netdef_pb2.DESCRIPTOR.pool.FindEnumTypeByName(m.group(1))
+        valid = [v.name for v in enum.values]
+        return PrototxtSyntaxError(
+            f"{where}: {m.group(2)} is not a value of {enum.name}.{did_you_mean(m.group(2), valid)} "
+            f"Valid: {', '.join(valid)}"
+        )
+    detail = msg.split(":", 2)[-1].strip() if line else msg
+    return PrototxtSyntaxError(f"{where}: {detail}")
 
 
 def parse_text(text: str, message: Message, source: str = "<string>") -> Message:
@@ -85,7 +79,7 @@ def _check_dict_fields(data, message: Message, source: str, path: str = "") -> N
             sub = getattr(message, key)
             items = value if isinstance(value, list) else [value]
             for k, item in enumerate(items):
-                proto = sub.add() if field.label == field.LABEL_REPEATED else sub
+                proto = sub.add() if field.is_repeated else sub
                 _check_dict_fields(item, proto, source, f"{path}.{key}[{k}]" if isinstance(value, list) else f"{path}.{key}")
 
 
@@ -166,7 +160,7 @@ def net_from_text(text: str, source: str = "<string>") -> "netdef_pb2.NetParamet
 
 
 def to_text(message: Message) -> str:
-    return text_format.MessageToString(message, float_format=".9g")
+    return text_format.MessageToString(message)
 
 
 def write_text(message: Message, path: str) -> None:

@@ -51,7 +51,7 @@ def upgrade_v1_layer(v1, where: str):
     for name in _V1_SAME:
         field = pb.V1LayerParameter.DESCRIPTOR.fields_by_name[name]
         value = getattr(v1, name)
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             if field.message_type is not None:
                 for item in value:
                     getattr(layer, name).add().CopyFrom(item)

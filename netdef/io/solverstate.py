@@ -1,0 +1,306 @@
+"""Solver state files: Caffe's ``.solverstate`` (binary SolverState) and ``.solverstate.h5``.
+
+Layouts are Caffe's, so states written by Caffe restore here and the other way round:
+
+- binary: a ``SolverState`` message ``{iter, learned_net, history[], current_step}``,
+  one ``BlobProto`` (shape + data) per history blob;
+- HDF5: int datasets ``iter`` and ``current_step`` (shape ``(1,)``), a string dataset
+  ``learned_net``, and a group ``history`` holding datasets ``"0"``, ``"1"``, ...
+
+What Caffe does not record but an exact resume needs (the data layers' read
+positions, the random generator's state) goes into a JSON sidecar next to the
+state file, ``<state file>.netdef.json``; Caffe never looks at it.
+
+Every writer here is atomic: it writes a temporary file in the target's folder
+and renames it over the target only once the file is complete, so an interrupted
+snapshot never leaves a truncated file behind or destroys an older one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy
+
+from ..errors import WeightsFileError
+from ..proto import netdef_pb2 as pb
+from .blobproto import proto_to_array
+
+SIDECAR_SUFFIX = ".netdef.json"
+SIDECAR_KIND = "netdef-solverstate-extra"
+
+
+@dataclass
+class SolverStateData:
+    """The contents of a solver state file (either format)."""
+
+    iter: int
+    learned_net: str | None
+    history: list[numpy.ndarray] = field(default_factory=list)
+    current_step: int = 0
+
+
+# --- atomic writes ------------------------------------------------------------------
+def temp_path_for(path: str) -> str:
+    """A fresh temporary name in ``path``'s folder that keeps a trailing ``.h5`` (writers choose formats by it)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = ".h5" if name.endswith(".h5") else ""
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_target(path: str) -> Iterator[str]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
+
+    The file is flushed to disk before the rename, so ``path`` always holds either
+    its previous contents or the complete new file.
+    """
+    tmp = temp_path_for(path)
+    try:
+        yield tmp
+        if not os.path.exists(tmp):
+            raise WeightsFileError(f"writing {path}: the writer produced no file")
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and Windows for read-only handles) refuse; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically."""
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+
+
+# --- binary SolverState ---------------------------------------------------------------
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int32/int64 values take the ten-byte two's-complement form
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def encode_blob(array: numpy.ndarray) -> bytes:
+    """A BlobProto ``{data, shape}`` (``double_data`` for float64), serialised as Caffe's writer orders it.
+
+    Encoding by hand lets NumPy write the packed values in one go; protobuf's
+    Python containers would convert every value to a Python float first.
+    """
+    array = numpy.asarray(array)
+    if array.dtype == numpy.float64:
+        number, values = 8, numpy.ascontiguousarray(array, dtype="<f8")
+    else:
+        number, values = 5, numpy.ascontiguousarray(array, dtype="<f4")
+    out = b""
+    if values.size:
+        out += _len_field(number, values.tobytes())
+    dims = b"".join(_varint(int(d)) for d in array.shape)
+    shape = _len_field(1, dims) if dims else b""
+    return out + _len_field(7, shape)
+
+
+def encode_solverstate(state: SolverStateData) -> bytes:
+    """Serialise a SolverState message (field order and presence as Caffe writes them)."""
+    parts = [_varint(1 << 3) + _varint(int(state.iter))]
+    if state.learned_net is not None:
+        parts.append(_len_field(2, state.learned_net.encode("utf-8")))
+    parts.extend(_len_field(3, encode_blob(h)) for h in state.history)
+    parts.append(_varint(4 << 3) + _varint(int(state.current_step)))
+    return b"".join(parts)
+
+
+def write_solverstate(path: str, state: SolverStateData) -> None:
+    """Write a binary ``.solverstate`` atomically."""
+    atomic_write_bytes(path, encode_solverstate(state))
+
+
+def _read_binary(path: str) -> SolverStateData:
+    msg = pb.SolverState()
+    try:
+        with open(path, "rb") as f:
+            msg.ParseFromString(f.read())
+    except OSError as err:
+        raise WeightsFileError(f"cannot read solver state {path}: {err.strerror or err}") from None
+    except Exception as err:  # protobuf's DecodeError says little about where
+        raise WeightsFileError(f"{path}: not a binary SolverState file ({err})") from None
+    if not msg.HasField("iter"):
+        raise WeightsFileError(f"{path}: not a SolverState file (it has no iter field)")
+    history = [_blob_array(h, path, i) for i, h in enumerate(msg.history)]
+    learned = msg.learned_net if msg.HasField("learned_net") else None
+    return SolverStateData(int(msg.iter), learned, history, int(msg.current_step))
+
+
+def _blob_array(proto, path: str, index: int) -> numpy.ndarray:
+    try:
+        return proto_to_array(proto)
+    except WeightsFileError as err:
+        raise WeightsFileError(f"{path}: history blob {index}: {err}") from None
+
+
+# --- HDF5 SolverState -------------------------------------------------------------------
+def write_solverstate_hdf5(path: str, state: SolverStateData) -> None:
+    """Write a ``.solverstate.h5`` with Caffe's layout, atomically."""
+    import h5py
+
+    with atomic_target(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=numpy.array([state.iter], dtype=numpy.int32))
+            if state.learned_net is not None:
+                _write_c_string(f, "learned_net", state.learned_net)
+            f.create_dataset("current_step", data=numpy.array([state.current_step], dtype=numpy.int32))
+            group = f.create_group("history")
+            for i, h in enumerate(state.history):
+                h = numpy.asarray(h)
+                group.create_dataset(str(i), data=h if h.dtype == numpy.float64 else h.astype(numpy.float32))
+
+
+def _write_c_string(f, name: str, text: str) -> None:
+    """A scalar, NUL-terminated fixed-length string dataset, the form HDF5's H5LTmake_dataset_string makes."""
+    import h5py
+
+    raw = text.encode("utf-8")
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw) + 1)
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dset = h5py.h5d.create(f.id, name.encode(), tid, space)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, numpy.array(raw + b"\0", dtype=f"S{len(raw) + 1}"), mtype=tid)
+
+
+def _read_hdf5(path: str) -> SolverStateData:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise WeightsFileError(f"cannot open HDF5 solver state {path}: {err}") from None
+    with f:
+        for key in ("iter", "history"):
+            if key not in f:
+                raise WeightsFileError(
+                    f'{path}: not a solver state file (no "{key}" entry; found: {", ".join(sorted(f.keys()))})'
+                )
+        it = int(numpy.asarray(f["iter"][()]).ravel()[0])
+        step = int(numpy.asarray(f["current_step"][()]).ravel()[0]) if "current_step" in f else 0
+        learned = None
+        if "learned_net" in f:
+            raw = f["learned_net"][()]
+            raw = raw.tobytes() if isinstance(raw, numpy.ndarray) else raw
+            learned = (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).rstrip("\0")
+        group = f["history"]
+        names = list(group.keys())
+        if sorted(names, key=_int_or_inf) != [str(i) for i in range(len(names))]:
+            raise WeightsFileError(
+                f"{path}: history datasets must be named 0..{len(names) - 1}. Received: {', '.join(names)}"
+            )
+        history = [numpy.asarray(group[str(i)]) for i in range(len(names))]
+    return SolverStateData(it, learned, history, step)
+
+
+def _int_or_inf(name: str) -> float:
+    return int(name) if name.isdigit() else float("inf")
+
+
+def read_solverstate(path: str) -> SolverStateData:
+    """Read a ``.solverstate`` (binary) or ``.solverstate.h5`` (HDF5, chosen by the ``.h5`` suffix as Caffe does)."""
+    if not os.path.exists(path):
+        raise WeightsFileError(f"solver state file not found: {path}")
+    return _read_hdf5(path) if path.endswith(".h5") else _read_binary(path)
+
+
+def write_solverstate_any(path: str, state: SolverStateData) -> None:
+    """Write in the format the name asks for (``.h5``: HDF5, otherwise binary)."""
+    (write_solverstate_hdf5 if path.endswith(".h5") else write_solverstate)(path, state)
+
+
+# --- netdef's sidecar ------------------------------------------------------------------------
+def sidecar_path(state_path: str) -> str:
+    """Where netdef keeps the extra resume state of ``state_path``."""
+    return state_path + SIDECAR_SUFFIX
+
+
+def write_sidecar(state_path: str, extra: dict) -> None:
+    """Write the extra resume state (JSON) of ``state_path`` atomically."""
+    payload = dict(extra, kind=SIDECAR_KIND, version=1)
+    atomic_write_bytes(sidecar_path(state_path), json.dumps(payload, default=_json_default).encode("utf-8"))
+
+
+def read_sidecar(state_path: str) -> dict | None:
+    """The extra resume state saved with ``state_path``, or None when there is none (e.g. Caffe wrote it)."""
+    path = sidecar_path(state_path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise WeightsFileError(f"{path}: unreadable netdef resume sidecar ({err})") from None
+    if not isinstance(data, dict) or data.get("kind") != SIDECAR_KIND:
+        raise WeightsFileError(f"{path}: not a netdef resume sidecar (kind {data.get('kind')!r})")
+    return data
+
+
+def _json_default(value):
+    if isinstance(value, numpy.ndarray):
+        return value.tolist()
+    if isinstance(value, numpy.generic):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    raise TypeError(f"cannot store a {type(value).__name__} in the resume sidecar")
+
+
+def check_history(history: Sequence[numpy.ndarray], shapes: Sequence[tuple[int, ...]], path: str,
+                  solver_type: str) -> list[numpy.ndarray]:
+    """Match the history blobs of a state file to the solver's, reshaping where only the layout differs."""
+    if len(history) != len(shapes):
+        raise WeightsFileError(
+            f"{path}: incorrect number of history blobs for a {solver_type} solver on this net. "
+            f"Received: {len(history)}. Expected: {len(shapes)}"
+        )
+    out = []
+    for i, (h, shape) in enumerate(zip(history, shapes)):
+        count = int(numpy.prod(shape, dtype=numpy.int64))
+        if h.size != count:
+            raise WeightsFileError(
+                f"{path}: history blob {i} has shape {tuple(h.shape)} but the parameter it belongs to has "
+                f"shape {tuple(shape)}"
+            )
+        out.append(h.reshape(shape))
+    return out
+
+
+__all__ = [
+    "SolverStateData", "atomic_target", "atomic_write_bytes", "check_history", "encode_solverstate",
+    "read_sidecar", "read_solverstate", "sidecar_path", "write_sidecar", "write_solverstate",
+    "write_solverstate_any", "write_solverstate_hdf5",
+]

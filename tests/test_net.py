@@ -1,0 +1,297 @@
+"""Net engine: DAG construction, splits, in-place, sharing, phases/stages, pruning, loss weights."""
+import numpy
+import pytest
+
+import netdef
+from netdef.errors import (
+    BlobCountError,
+    DuplicateTopBlobError,
+    ShapeMismatchError,
+    UnknownBottomBlobError,
+    UnknownLayerTypeError,
+)
+from netdef.net import filter_net, insert_splits, state_meets_rule
+from netdef.proto import net_from_text
+from netdef.proto import netdef_pb2 as pb
+
+
+def make_net(text, phase=netdef.TRAIN, **kw):
+    return netdef.Net(net_from_text(text), phase, **kw)
+
+
+MLP = """
+name: "mlp"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip2" bottom: "label" top: "loss" }
+"""
+
+
+def test_blobs_params_inputs_outputs():
+    net = make_net(MLP)
+    assert list(net.blobs) == ["data", "label", "ip1", "ip2", "loss"]
+    assert list(net.params) == ["ip1", "ip2"]
+    assert [p.shape for p in net.params["ip1"]] == [(5, 3), (5,)]
+    assert net.inputs == ["data", "label"]
+    assert net.outputs == ["loss"]
+    assert net.blobs["ip1"].shape == (4, 5)
+
+
+def test_forward_matches_numpy_and_backward_gives_gradients():
+    net = make_net(MLP)
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((4, 3)).astype(numpy.float32)
+    y = rng.standard_normal((4, 2)).astype(numpy.float32)
+    out = net.forward(data=x, label=y)
+    w1, b1 = (p.data for p in net.params["ip1"])
+    w2, b2 = (p.data for p in net.params["ip2"])
+    h = numpy.maximum(x @ w1.T + b1, 0)
+    pred = h @ w2.T + b2
+    expected = ((pred - y) ** 2).sum() / (2 * 4)
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)
+    net.backward()
+    dpred = (pred - y) / 4
+    numpy.testing.assert_allclose(net.params["ip2"][0].diff, dpred.T @ h, rtol=1e-4, atol=1e-6)
+    dh = (dpred @ w2) * (h > 0)
+    numpy.testing.assert_allclose(net.params["ip1"][0].diff, dh.T @ x, rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_layers_share_one_blob():
+    net = make_net(MLP)
+    relu = net.layer_dict["relu1"]
+    i = net.layers.index(relu)
+    assert net.top_vecs[i][0] is net.bottom_vecs[i][0] is net.blobs["ip1"]
+
+
+SPLIT = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" inner_product_param { num_output: 2 } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" inner_product_param { num_output: 2 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+"""
+
+
+def test_split_insertion_names_follow_caffe():
+    param = insert_splits(net_from_text(SPLIT))
+    names = [l.name for l in param.layer]
+    assert names == ["data", "data_data_0_split", "a", "b", "sum"]
+    split = param.layer[1]
+    assert split.type == "Split"
+    assert list(split.top) == ["data_data_0_split_0", "data_data_0_split_1"]
+    assert list(param.layer[2].bottom) == ["data_data_0_split_0"]
+    assert list(param.layer[3].bottom) == ["data_data_0_split_1"]
+
+
+def test_split_sums_gradients():
+    pytest.importorskip("netdef.layers.common")
+    if "Eltwise" not in netdef.layer_type_list():
+        pytest.skip("Eltwise not registered")
+    net = make_net(SPLIT.replace("layer { name: \"data\"", "force_backward: true\nlayer { name: \"data\""))
+    net.blobs["data"].data[...] = 1.0
+    net.forward()
+    net.blobs["sum"].diff[...] = 1.0
+    net.backward()
+    wa = net.params["a"][0].data
+    wb = net.params["b"][0].data
+    numpy.testing.assert_allclose(net.blobs["data"].diff, numpy.ones((2, 2)) @ (wa + wb), rtol=1e-5)
+
+
+def test_loss_weight_on_a_consumed_top_moves_to_split():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" loss_weight: 2
+            inner_product_param { num_output: 3 } }
+    layer { name: "relu" type: "ReLU" bottom: "ip" top: "r" }
+    """
+    param = insert_splits(net_from_text(text))
+    split = param.layer[2]
+    assert split.type == "Split"
+    assert list(split.loss_weight) == [2.0, 0.0]
+    assert list(param.layer[1].loss_weight) == []
+    assert list(param.layer[3].bottom) == ["ip_ip_0_split_1"]
+
+
+PHASES = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }
+layer { name: "train_only" type: "ReLU" bottom: "data" top: "t" include { phase: TRAIN } }
+layer { name: "test_only" type: "ReLU" bottom: "data" top: "t" include { phase: TEST } }
+layer { name: "staged" type: "ReLU" bottom: "data" top: "s" include { stage: "deploy" } }
+layer { name: "not_staged" type: "ReLU" bottom: "data" top: "n" exclude { stage: "deploy" } }
+layer { name: "leveled" type: "ReLU" bottom: "data" top: "l" include { min_level: 2 } }
+"""
+
+
+def test_phase_stage_level_filtering():
+    train = make_net(PHASES, netdef.TRAIN)
+    assert "train_only" in train.layer_dict and "test_only" not in train.layer_dict
+    test = make_net(PHASES, netdef.TEST)
+    assert "test_only" in test.layer_dict and "train_only" not in test.layer_dict
+    assert "staged" not in train.layer_dict and "not_staged" in train.layer_dict
+    deploy = make_net(PHASES, netdef.TEST, stages=["deploy"])
+    assert "staged" in deploy.layer_dict and "not_staged" not in deploy.layer_dict
+    assert "leveled" not in train.layer_dict
+    assert "leveled" in make_net(PHASES, netdef.TRAIN, level=3).layer_dict
+
+
+def test_state_meets_rule_literal_cases():
+    state = pb.NetState(phase=pb.TEST, level=1, stage=["a", "b"])
+    assert state_meets_rule(state, pb.NetStateRule(phase=pb.TEST, stage=["a"]))
+    assert not state_meets_rule(state, pb.NetStateRule(phase=pb.TRAIN))
+    assert not state_meets_rule(state, pb.NetStateRule(max_level=0))
+    assert not state_meets_rule(state, pb.NetStateRule(not_stage=["b"]))
+    assert not state_meets_rule(state, pb.NetStateRule(stage=["c"]))
+
+
+def test_include_and_exclude_together_is_an_error():
+    text = 'layer { name: "x" type: "Input" top: "x" include { phase: TRAIN } exclude { phase: TEST } }'
+    with pytest.raises(netdef.NetdefError, match="both include and exclude"):
+        filter_net(net_from_text(text), pb.NetState(phase=pb.TRAIN))
+
+
+SHARED = """
+force_backward: true
+layer { name: "data" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip_a" type: "InnerProduct" bottom: "a" top: "ya" param { name: "w" } param { name: "bias" }
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }
+layer { name: "ip_b" type: "InnerProduct" bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }
+"""
+
+
+def test_parameter_sharing_by_name_accumulates_gradients():
+    net = make_net(SHARED)
+    assert net.params["ip_a"][0] is net.params["ip_b"][0]
+    assert len(net.learnable_params) == 2
+    net.blobs["a"].data[...] = 1.0
+    net.blobs["b"].data[...] = 2.0
+    net.forward()
+    net.blobs["ya"].diff[...] = 1.0
+    net.blobs["yb"].diff[...] = 1.0
+    net.backward()
+    # d/dW of sum(W a) + sum(W b) over a batch of 2: each row gets 2*1 + 2*2 = 6
+    numpy.testing.assert_allclose(net.params["ip_a"][0].diff, numpy.full((4, 3), 6.0))
+
+
+def test_sharing_shape_mismatch_is_named():
+    text = SHARED.replace('bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }\n'
+                          '        inner_product_param { num_output: 4',
+                          'bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }\n'
+                          '        inner_product_param { num_output: 5')
+    with pytest.raises(ShapeMismatchError, match='"ip_b".*"w"'):
+        make_net(text)
+
+
+def test_permissive_sharing_allows_same_count():
+    text = """
+    layer { name: "data" type: "Input" top: "a" top: "b" input_param { shape { dim: 1 dim: 6 } shape { dim: 1 dim: 2 } } }
+    layer { name: "p" type: "InnerProduct" bottom: "a" top: "x" param { name: "w" share_mode: PERMISSIVE }
+            inner_product_param { num_output: 2 bias_term: false } }
+    layer { name: "q" type: "InnerProduct" bottom: "b" top: "y" param { name: "w" share_mode: PERMISSIVE }
+            inner_product_param { num_output: 6 bias_term: false } }
+    """
+    net = make_net(text)
+    assert net.params["q"][0].shape == (6, 2)
+    net.params["p"][0].data[...] = numpy.arange(12).reshape(2, 6)
+    numpy.testing.assert_array_equal(net.params["q"][0].data.ravel(), numpy.arange(12))
+
+
+def test_backward_pruning_and_lr_mult_zero():
+    text = """
+    layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
+    layer { name: "frozen" type: "InnerProduct" bottom: "data" top: "f" param { lr_mult: 0 } param { lr_mult: 0 }
+            inner_product_param { num_output: 2 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "f" top: "y" inner_product_param { num_output: 2 } }
+    layer { name: "side" type: "InnerProduct" bottom: "data" top: "unused" inner_product_param { num_output: 2 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "label" top: "loss" }
+    """
+    net = make_net(text)
+    need = dict(zip(net.layer_names, net.layer_need_backward))
+    assert need["ip"] and need["loss"]
+    assert not need["frozen"]  # nothing learnable and its input needs no gradient
+    assert not need["side"]  # does not contribute to the loss
+    assert net.outputs == ["loss", "unused"]
+
+
+def test_propagate_down_false_and_force_backward():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "y" propagate_down: false
+            inner_product_param { num_output: 2 } }
+    """
+    net = make_net(text)
+    assert net.bottom_need_backward[1] == [False]
+    forced = make_net("force_backward: true\n" + text)
+    assert forced.bottom_need_backward[1] == [True]
+
+
+def test_errors_name_layer_and_blob():
+    with pytest.raises(UnknownBottomBlobError, match='"ip".*"nothere"'):
+        make_net('layer { name: "ip" type: "InnerProduct" bottom: "nothere" top: "y" '
+                 'inner_product_param { num_output: 2 } }')
+    with pytest.raises(DuplicateTopBlobError, match='"b".*"x"'):
+        make_net('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+                 'layer { name: "b" type: "Input" top: "x" input_param { shape { dim: 1 } } }')
+    with pytest.raises(UnknownLayerTypeError, match='Did you mean "Convolution"'):
+        make_net('layer { name: "c" type: "Convolutoin" }')
+    with pytest.raises(BlobCountError, match='"relu".*bottom'):
+        make_net('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+                 'layer { name: "relu" type: "ReLU" bottom: "x" bottom: "x" top: "y" }')
+
+
+def test_legacy_input_fields_become_an_input_layer():
+    net = make_net('input: "data" input_dim: 2 input_dim: 3 input_dim: 4 input_dim: 5\n'
+                   'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
+    assert net.layer_names[0] == "input"
+    assert net.blobs["data"].shape == (2, 3, 4, 5)
+    assert net.inputs == ["data"]
+    net2 = make_net('input: "x" input_shape { dim: 7 dim: 1 }\nlayer { name: "r" type: "ReLU" bottom: "x" top: "r" }')
+    assert net2.blobs["x"].shape == (7, 1)
+
+
+def test_v1_layers_are_upgraded():
+    text = """
+    input: "data" input_dim: 1 input_dim: 4 input_dim: 1 input_dim: 1
+    layers { name: "ip" type: INNER_PRODUCT bottom: "data" top: "ip" blobs_lr: 1 blobs_lr: 2
+             weight_decay: 1 weight_decay: 0 inner_product_param { num_output: 3 } }
+    layers { name: "relu" type: RELU bottom: "ip" top: "ip" }
+    """
+    param = net_from_text(text)
+    assert [l.type for l in param.layer] == ["Input", "InnerProduct", "ReLU"]
+    assert [(p.lr_mult, p.decay_mult) for p in param.layer[1].param] == [(1, 1), (2, 0)]
+    net = netdef.Net(param, netdef.TEST)
+    assert net.blobs["ip"].shape == (1, 3)
+
+
+def test_forward_with_inputs_and_start_end():
+    net = make_net(MLP)
+    x = numpy.ones((4, 3), numpy.float32)
+    out = net.forward(end="ip2", data=x)
+    assert set(out) == {"ip2"}
+    with pytest.raises(ShapeMismatchError):
+        net.forward(data=numpy.ones((5, 3)))
+
+
+def test_reshape_propagates_new_input_shape():
+    net = make_net(MLP)
+    net.blobs["data"].reshape((7, 3))
+    net.blobs["label"].reshape((7, 2))
+    net.reshape()
+    assert net.blobs["ip2"].shape == (7, 2)
+
+
+def test_save_and_copy_from_roundtrip(tmp_path):
+    a = make_net(MLP)
+    path = str(tmp_path / "w.caffemodel")
+    a.save(path)
+    b = make_net(MLP)
+    b.copy_from(path)
+    for name in a.params:
+        for pa, pb_ in zip(a.params[name], b.params[name]):
+            numpy.testing.assert_array_equal(pa.data, pb_.data)
+    c = netdef.Net(net_from_text(MLP), netdef.TEST, weights=path)
+    numpy.testing.assert_array_equal(c.params["ip1"][0].data, a.params["ip1"][0].data)
