@@ -236,8 +236,8 @@ def test_errors_name_layer_and_blob():
     with pytest.raises(DuplicateTopBlobError, match='"b".*"x"'):
         make_net('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
                  'layer { name: "b" type: "Input" top: "x" input_param { shape { dim: 1 } } }')
-    with pytest.raises(UnknownLayerTypeError, match='Did you mean "Convolution"'):
-        make_net('layer { name: "c" type: "Convolutoin" }')
+    with pytest.raises(UnknownLayerTypeError, match='Did you mean "InnerProduct"'):
+        make_net('layer { name: "c" type: "InnerProdcut" }')
     with pytest.raises(BlobCountError, match='"relu".*bottom'):
         make_net('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
                  'layer { name: "relu" type: "ReLU" bottom: "x" bottom: "x" top: "y" }')

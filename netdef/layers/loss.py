@@ -8,6 +8,7 @@ casts them to int, truncating toward zero); ``force_backward`` never asks for
 their gradient. When a net does ask (a label computed by a learnable layer), the
 label diff is set to zero: the loss is piecewise constant in an integer label.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ def _canonical_axis(layer: Layer, axis: int, num_axes: int, field: str) -> int:
 def _split_axis(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
     """(outer, classes, inner) counts around ``axis``."""
     outer = int(numpy.prod(shape[:axis], dtype=numpy.int64))
-    inner = int(numpy.prod(shape[axis + 1:], dtype=numpy.int64))
+    inner = int(numpy.prod(shape[axis + 1 :], dtype=numpy.int64))
     return outer, int(shape[axis]), inner
 
 
@@ -548,8 +549,9 @@ class InfogainLossLayer(LossLayer):
         top[0].data[...] = loss / _normalizer(self.normalization, self.outer, self.inner, count)
         self._prob, self._logp, self._label, self._valid, self._count = p, logp, lab, valid, count
         if len(top) > 1:
-            top[1].data = p.reshape(self.outer, self.inner, self.classes).transpose(0, 2, 1).reshape(
-                bottom[0].shape).copy()
+            top[1].data = (
+                p.reshape(self.outer, self.inner, self.classes).transpose(0, 2, 1).reshape(bottom[0].shape).copy()
+            )
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[1]:

@@ -6,6 +6,7 @@ to ``top[0].data``, so a layer that needs its input in the backward pass keeps a
 reference to the bottom array it read (``self._x``): that array is never written
 afterwards, even in place, and no copy is made.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,11 +52,10 @@ class ReLULayer(NeuronLayer):
         if not propagate_down[0]:
             return
         x, dy = self._x, top[0].diff
-        xp = backend.array_module(dy)
         if self.negative_slope == 0.0:
             bottom[0].diff = dy * (x > 0)
         else:
-            bottom[0].diff = dy * xp.where(x > 0, 1.0, self.negative_slope).astype(dy.dtype, copy=False)
+            bottom[0].diff = backend.array_module(dy).where(x > 0, dy, dy * self.negative_slope)
 
 
 @register_layer("PReLU")
@@ -120,7 +120,7 @@ class PReLULayer(NeuronLayer):
             axes = tuple(range(x.ndim)) if self.channel_shared else (0,) + tuple(range(2, x.ndim))
             self.blobs[0].diff += contrib.sum(axis=axes).reshape(self.blobs[0].shape)
         if propagate_down[0]:
-            bottom[0].diff = dy * xp.where(negative, self._slope(x.ndim), 1).astype(dy.dtype, copy=False)
+            bottom[0].diff = xp.where(negative, dy * self._slope(x.ndim), dy)
 
 
 @register_layer("ELU")
@@ -147,7 +147,7 @@ class ELULayer(NeuronLayer):
             return
         x, y, dy = self._x, top[0].data, top[0].diff
         xp = backend.array_module(dy)
-        bottom[0].diff = dy * xp.where(x > 0, 1, y + self.alpha).astype(dy.dtype, copy=False)
+        bottom[0].diff = xp.where(x > 0, dy, dy * (y + self.alpha))
 
 
 @register_layer("Sigmoid")

@@ -3,6 +3,7 @@
 BatchNorm follows Caffe's split design: it only standardises, and a Scale
 layer with ``bias_term: true`` after it supplies the learned gamma and beta.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -84,7 +85,7 @@ class BatchNormLayer(NeuronLayer):
         mean_sum, var_sum, factor = (b.data for b in self.blobs)
         if self.use_global_stats:
             f = factor.reshape(-1)[:1]
-            inv = (f != 0) / xp.where(f == 0, 1, f)
+            inv = (f != 0) / (f + (f == 0))
             mean = mean_sum * inv
             var = var_sum * inv
             d = x - mean.reshape(vshape)
@@ -114,7 +115,7 @@ class BatchNormLayer(NeuronLayer):
             return
         y = self._y
         axes = tuple(i for i in range(y.ndim) if not (y.ndim >= 2 and i == 1))
-        mean_dy = dy.mean(axis=axes, keepdims=True)
+        mean_dy = self._mean(dy, axes)
         mean_dy_y = (dy * y).mean(axis=axes, keepdims=True)
         bottom[0].diff = (dy - mean_dy - y * mean_dy_y) / self._std
 
@@ -153,12 +154,19 @@ def _param_blob_shape(layer: Layer, x_shape: tuple[int, ...], axis: int, num_axe
 class _Broadcast:
     """How a Scale/Bias operand lines up with bottom[0]: its broadcast view shape and the axes to sum over."""
 
-    def __init__(self, layer: Layer, x_shape: tuple[int, ...], operand_shape: tuple[int, ...], axis: int,
-                 operand: str, axis_field: str):
+    def __init__(
+        self,
+        layer: Layer,
+        x_shape: tuple[int, ...],
+        operand_shape: tuple[int, ...],
+        axis: int,
+        operand: str,
+        axis_field: str,
+    ):
         ndim, k = len(x_shape), len(operand_shape)
         # A scalar operand lines up anywhere; Caffe then ignores the axis setting.
         a = 0 if k == 0 else _canonical_axis(layer, axis, ndim, axis_field)
-        if a + k > ndim or tuple(x_shape[a:a + k]) != tuple(operand_shape):
+        if a + k > ndim or tuple(x_shape[a : a + k]) != tuple(operand_shape):
             raise layer.error(
                 f"the {operand} of shape {operand_shape}, applied from axis {a} ({axis_field} {axis}), does not "
                 f"match bottom[0] of shape {x_shape}. Valid: a {operand} whose shape equals "
@@ -170,7 +178,9 @@ class _Broadcast:
         self.operand_shape = tuple(operand_shape)
 
     def reduce(self, g):
-        """Sum an array of bottom[0]'s shape down to the operand's shape."""
+        """Sum an array of bottom[0]'s shape down to the operand's shape (a new array)."""
+        if not self.sum_axes:
+            return g.reshape(self.operand_shape).copy()
         return g.sum(axis=self.sum_axes).reshape(self.operand_shape)
 
 
@@ -270,8 +280,9 @@ class BiasLayer(Layer):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
 
     def reshape(self, bottom, top):
-        self._bc = _Broadcast(self, bottom[0].shape, self._bias(bottom).shape, self.param.bias_param.axis, "bias",
-                              "bias_param.axis")
+        self._bc = _Broadcast(
+            self, bottom[0].shape, self._bias(bottom).shape, self.param.bias_param.axis, "bias", "bias_param.axis"
+        )
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
@@ -311,15 +322,20 @@ class MVNLayer(NeuronLayer):
     def _axes(self, ndim: int) -> tuple[int, ...]:
         return tuple(range(1 if self.across_channels else 2, ndim))
 
+    @staticmethod
+    def _mean(a, axes):
+        # With no axes left to average (a bottom of <= 2 axes), every value is its own group.
+        return a.mean(axis=axes, keepdims=True) if axes else a
+
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = backend.array_module(x)
         axes = self._axes(x.ndim)
-        d = x - x.mean(axis=axes, keepdims=True)
+        d = x - self._mean(x, axes)
         if not self.normalize_variance:
             top[0].data = d
             return
-        s = xp.sqrt((d * d).mean(axis=axes, keepdims=True))
+        s = xp.sqrt(self._mean(d * d, axes))
         u = s + self.eps
         self._d, self._s, self._u = d, s, u
         top[0].data = d / u
@@ -328,15 +344,14 @@ class MVNLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         dy = top[0].diff
-        xp = backend.array_module(dy)
         axes = self._axes(dy.ndim)
-        centred = dy - dy.mean(axis=axes, keepdims=True)
+        centred = dy - self._mean(dy, axes)
         if not self.normalize_variance:
             bottom[0].diff = centred
             return
         # Exact derivative of d / (s + eps). Caffe's formula drops a factor (s + eps) / s on the
         # variance term, which only matters for large eps; where s == 0 the centred input is 0 too.
         d, s, u = self._d, self._s, self._u
-        s_safe = xp.where(s > 0, s, 1)
-        corr = (dy * d).mean(axis=axes, keepdims=True) / (s_safe * u * u)
+        s_safe = s + (s == 0)
+        corr = self._mean(dy * d, axes) / (s_safe * u * u)
         bottom[0].diff = centred / u - d * corr

@@ -58,7 +58,10 @@ def upgrade_v1_layer(v1, where: str):
             else:
                 getattr(layer, name).extend(value)
         elif v1.HasField(name):
-            getattr(layer, name).CopyFrom(value)
+            if field.message_type is not None:
+                getattr(layer, name).CopyFrom(value)
+            else:
+                setattr(layer, name, value)
     if v1.HasField("type"):
         enum_name = pb.V1LayerParameter.LayerType.Name(v1.type)
         if enum_name not in _V1_TYPES:
