@@ -1,7 +1,6 @@
 """User-defined layers for net.prototxt: loaded by netdef's "Python" layer type."""
-import json
 
-import numpy
+import json
 
 import netdef
 

@@ -355,8 +355,12 @@ class BNLLLayer(NeuronLayer):
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            dy = top[0].diff
-            bottom[0].diff = dy * _sigmoid(backend.array_module(dy), self._x)
+            x = self._x
+            xp = backend.array_module(x)
+            # exp(x) / (1 + exp(x)) as Caffe, arranged so that exp never overflows and tiny values survive
+            e = xp.exp(-xp.abs(x))
+            numerator = e + (x >= 0) * (1 - e)
+            bottom[0].diff = top[0].diff * (numerator / (1 + e))
 
 
 @register_layer("Threshold")

@@ -23,6 +23,7 @@ those four methods but no netdef base, works too: it is wrapped so that its
 blobs accept pycaffe's ``reshape(*shape)``, ``num``/``channels``/``height``/
 ``width``, and ``self.blobs.add_blob(*shape)``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -54,8 +55,11 @@ def _ensure_cwd_on_path() -> None:
 def _import_module(param):
     name = param.python_param.module
     if not name:
-        raise _fail(param, 'python_param.module is empty; name the Python module that defines the layer class, '
-                           'e.g. module: "my_layers"')
+        raise _fail(
+            param,
+            "python_param.module is empty; name the Python module that defines the layer class, "
+            'e.g. module: "my_layers"',
+        )
     _ensure_cwd_on_path()
     try:
         return importlib.import_module(name)
@@ -74,8 +78,10 @@ def _import_module(param):
 
 def _candidate_classes(module) -> list[str]:
     return sorted(
-        n for n, v in vars(module).items()
-        if isinstance(v, type) and not n.startswith("_")
+        n
+        for n, v in vars(module).items()
+        if isinstance(v, type)
+        and not n.startswith("_")
         and (issubclass(v, Layer) or all(callable(getattr(v, m, None)) for m in _METHODS))
     )
 
@@ -85,8 +91,11 @@ def load_layer_class(param) -> type:
     module = _import_module(param)
     cls_name = param.python_param.layer
     if not cls_name:
-        raise _fail(param, f'python_param.layer is empty; name the class in module "{module.__name__}". '
-                           f"Valid: {', '.join(_candidate_classes(module)) or '(no layer classes found)'}")
+        raise _fail(
+            param,
+            f'python_param.layer is empty; name the class in module "{module.__name__}". '
+            f"Valid: {', '.join(_candidate_classes(module)) or '(no layer classes found)'}",
+        )
     cls = getattr(module, cls_name, None)
     if cls is None:
         candidates = _candidate_classes(module)
@@ -94,11 +103,13 @@ def load_layer_class(param) -> type:
             param,
             f'module "{module.__name__}" has no class "{cls_name}".'
             f"{did_you_mean(cls_name, [n for n in vars(module) if not n.startswith('_')])} "
-            f"Received: \"{cls_name}\". Valid: {', '.join(candidates) or '(no layer classes found)'}",
+            f'Received: "{cls_name}". Valid: {", ".join(candidates) or "(no layer classes found)"}',
         )
     if not isinstance(cls, type):
-        raise _fail(param, f'"{module.__name__}.{cls_name}" is a {type(cls).__name__}, not a class. '
-                           "Valid: a subclass of netdef.Layer")
+        raise _fail(
+            param,
+            f'"{module.__name__}.{cls_name}" is a {type(cls).__name__}, not a class. Valid: a subclass of netdef.Layer',
+        )
     if not issubclass(cls, Layer):
         missing = [m for m in _METHODS if not callable(getattr(cls, m, None))]
         if missing:
@@ -124,7 +135,8 @@ class PythonLayer(Layer):
     def __new__(cls, param, phase: int = 0, dtype=numpy.float32, xp=None):
         user_cls = load_layer_class(param)
         if issubclass(user_cls, Layer):
-            layer = user_cls.__new__(user_cls)
+            # object.__new__: the user's class may itself derive from PythonLayer, whose __new__ is this one.
+            layer = object.__new__(user_cls)
             layer.param_str = param.python_param.param_str
             layer.__init__(param, phase=phase, dtype=dtype, xp=xp)
             # Caffe reports the type of every Python layer as "Python", whatever the class.
@@ -269,8 +281,9 @@ def _instantiate(user_cls: type, param):
     try:
         return user_cls(param) if takes_param else user_cls()
     except Exception as err:
-        raise _fail(param, f'creating "{user_cls.__module__}.{user_cls.__name__}" failed: '
-                           f"{type(err).__name__}: {err}") from err
+        raise _fail(
+            param, f'creating "{user_cls.__module__}.{user_cls.__name__}" failed: {type(err).__name__}: {err}'
+        ) from err
 
 
 __all__ = ["PythonLayer", "load_layer_class"]

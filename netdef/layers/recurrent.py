@@ -17,6 +17,7 @@ Behaviour kept from Caffe (it is what the reference data shows):
 * LSTMUnit folds ``cont`` into the forget gate, ``f = cont * sigmoid(f')``, and
   its gradient uses ``f * (1 - f)`` with that product (exact for binary cont).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,12 +45,12 @@ def _lstm_step(xp, c_prev, gates, cont):
     """
     d = c_prev.shape[-1]
     i = _sigmoid(xp, gates[:, :d])
-    f = _sigmoid(xp, gates[:, d:2 * d])
+    f = _sigmoid(xp, gates[:, d : 2 * d])
     cont_col = cont[:, None]
     # Caffe sets f to exactly 0 for cont == 0 (not cont * f), which also keeps a NaN/inf c_prev out.
     f = xp.where(cont_col == 0, xp.zeros((), dtype=f.dtype), cont_col * f)
-    o = _sigmoid(xp, gates[:, 2 * d:3 * d])
-    g = xp.tanh(gates[:, 3 * d:])
+    o = _sigmoid(xp, gates[:, 2 * d : 3 * d])
+    g = xp.tanh(gates[:, 3 * d :])
     c = f * c_prev + i * g
     tanh_c = xp.tanh(c)
     h = o * tanh_c
@@ -174,8 +175,9 @@ class _RecurrentLayer(Layer):
         self.input_dim = bottom[0].count_range(2)
         self.static_dim = bottom[2].count_range(1) if self.static_input else 0
         if self.static_input and bottom[2].num_axes < 1:
-            raise self.error("bottom 2 (x_static) must have at least 1 axis (N, ...). Received: a scalar",
-                             ShapeMismatchError)
+            raise self.error(
+                "bottom 2 (x_static) must have at least 1 axis (N, ...). Received: a scalar", ShapeMismatchError
+            )
         self.blobs = self.make_params()
         self._state = None
 
@@ -270,8 +272,9 @@ class _RecurrentLayer(Layer):
             static = bottom[2].data.reshape(n, -1) @ w_static.T
         return xw, static
 
-    def backward_inputs(self, propagate_down, bottom, dpre, w_x_blob: Blob, b_x_blob: Blob,
-                        w_static_blob: Blob | None, pdown) -> None:
+    def backward_inputs(
+        self, propagate_down, bottom, dpre, w_x_blob: Blob, b_x_blob: Blob, w_static_blob: Blob | None, pdown
+    ) -> None:
         """Gradients of the input projections from the (T, N, K) pre-activation diffs ``dpre``."""
         x = bottom[0].data
         t, n = x.shape[:2]
@@ -293,8 +296,13 @@ class _RecurrentLayer(Layer):
     def log_debug(self, what: str, values) -> None:
         if self.debug_info:
             xp = backend.array_module(values)
-            log.info('[%s "%s"] %s: mean |value| %.6g', self.type_name, self.name, what,
-                     float(xp.abs(values).mean()) if values.size else 0.0)
+            log.info(
+                '[%s "%s"] %s: mean |value| %.6g',
+                self.type_name,
+                self.name,
+                what,
+                float(xp.abs(values).mean()) if values.size else 0.0,
+            )
 
 
 @register_layer("LSTM")
@@ -373,8 +381,15 @@ class LSTMLayer(_RecurrentLayer):
             dh_next = (dgates @ w_h) * cont[t][:, None]
         self.log_debug("gate diffs", dgates_all)
         pdown = list(self.param_propagate_down)
-        self.backward_inputs(propagate_down, bottom, dgates_all, self.blobs[0], self.blobs[1],
-                             self.blobs[2] if self.static_input else None, pdown)
+        self.backward_inputs(
+            propagate_down,
+            bottom,
+            dgates_all,
+            self.blobs[0],
+            self.blobs[1],
+            self.blobs[2] if self.static_input else None,
+            pdown,
+        )
         self.zero_state_diffs(propagate_down, bottom)
 
 
@@ -463,8 +478,15 @@ class RNNLayer(_RecurrentLayer):
         if pdown[k]:
             w_hh_blob.diff += dpre.reshape(steps * n, -1).T @ self._h_conted.reshape(steps * n, -1)
         self.log_debug("hidden pre-activation diffs", dpre)
-        self.backward_inputs(propagate_down, bottom, dpre, self.blobs[0], self.blobs[1],
-                             self.blobs[2] if self.static_input else None, pdown)
+        self.backward_inputs(
+            propagate_down,
+            bottom,
+            dpre,
+            self.blobs[0],
+            self.blobs[1],
+            self.blobs[2] if self.static_input else None,
+            pdown,
+        )
         self.zero_state_diffs(propagate_down, bottom)
 
 

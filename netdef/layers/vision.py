@@ -460,3 +460,325 @@ class Im2colLayer(Layer):
         padded = (self.channels, *(s + 2 * p for s, p in zip(self.in_spatial, self.pad)), self.num)
         dxt = col2im(xp.moveaxis(dcol, 0, -1), padded, self.kernel, self.stride, self.dilation, self.out_spatial)
         bottom[0].diff = from_batch_last(dxt, self.pad, self.in_spatial).reshape(bottom[0].shape)
+
+
+# --- pooling ---------------------------------------------------------------------------------------
+def pooled_shape(in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+                 ceil_mode: bool = True) -> tuple[int, int]:
+    """Caffe's pooled (height, width): rounded up by default, and with padding, a last window that
+    would start inside the bottom/right padding is dropped (on both axes once any pad is nonzero)."""
+    out = []
+    for s, k, st, p in zip(in_hw, kernel, stride, pad):
+        span = s + 2 * p - k
+        out.append((-(-span // st) if ceil_mode else span // st) + 1)
+    if any(pad):
+        out = [o - 1 if (o - 1) * st >= s + p else o for o, st, s, p in zip(out, stride, in_hw, pad)]
+    return tuple(out)
+
+
+class PoolWindows:
+    """2-D pooling windows over ``(N, C, H, W)`` with Caffe's geometry, and the pooling kernels.
+
+    Every method walks the ``kh*kw`` kernel offsets, each a strided view of the whole (padded) batch.
+    The window argmax is kept as the kernel-offset index ``kh_i * kw + kw_i`` of the chosen element.
+    """
+
+    def __init__(self, in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+                 ceil_mode: bool = True):
+        self.in_hw = tuple(int(v) for v in in_hw)
+        self.kernel = tuple(int(v) for v in kernel)
+        self.stride = tuple(int(v) for v in stride)
+        self.pad = tuple(int(v) for v in pad)
+        self.out_hw = pooled_shape(self.in_hw, self.kernel, self.stride, self.pad, ceil_mode)
+        # Rows/cols the windows touch: the top/left padding, the image, and any bottom/right overhang.
+        self.padded_hw = tuple(
+            max(p + s, (o - 1) * st + k) for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad,
+                                                                   self.out_hw)
+        )
+        self.needs_pad = any(self.pad) or self.padded_hw != self.in_hw
+        self.overlap = any(st < k for st, k in zip(self.stride, self.kernel))
+        self.is_global = self.out_hw == (1, 1) and self.kernel == self.in_hw and not any(self.pad)
+        size = self.kernel[0] * self.kernel[1]
+        self.idx_dtype = numpy.int8 if size < 128 else numpy.int16 if size < 2**15 else numpy.int32
+
+    # layout helpers ---------------------------------------------------------------------------
+    def pad_input(self, x, fill):
+        if not self.needs_pad:
+            return x
+        xp = backend.array_module(x)
+        out = xp.full((*x.shape[:2], *self.padded_hw), fill, dtype=x.dtype)
+        out[:, :, self.pad[0]:self.pad[0] + self.in_hw[0], self.pad[1]:self.pad[1] + self.in_hw[1]] = x
+        return out
+
+    def unpad(self, a):
+        if not self.needs_pad:
+            return a
+        xp = backend.array_module(a)
+        return xp.ascontiguousarray(
+            a[:, :, self.pad[0]:self.pad[0] + self.in_hw[0], self.pad[1]:self.pad[1] + self.in_hw[1]]
+        )
+
+    def views(self, a) -> Iterator[tuple[int, object]]:
+        """``(offset index, view)`` for every kernel offset, in Caffe's scan order (row-major)."""
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+    def _scatter(self, shape, dtype, xp, parts) -> object:
+        """Sum per-offset window contributions ``parts(k, view)`` back onto the input grid."""
+        acc = xp.zeros((*shape[:2], *self.padded_hw), dtype=dtype)
+        for k, view in self.views(acc):
+            parts(k, view)
+        return self.unpad(acc)
+
+    def divisors(self, xp, dtype):
+        """Caffe's AVE divisor per output: the window clipped to the padded image (padding counts)."""
+        sizes = []
+        for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad, self.out_hw):
+            start = numpy.arange(o) * st - p
+            sizes.append(numpy.minimum(start + k, s + p) - start)
+        return xp.asarray(numpy.outer(sizes[0], sizes[1]).astype(dtype))
+
+    def mask(self, idx, dtype):
+        """Argmax as Caffe's mask: flat index ``h * W + w`` inside the channel plane, as floats."""
+        xp = backend.array_module(idx)
+        kw = self.kernel[1]
+        idx = idx.astype(numpy.int64)
+        h = (xp.arange(self.out_hw[0]) * self.stride[0] - self.pad[0])[:, None] + idx // kw
+        w = (xp.arange(self.out_hw[1]) * self.stride[1] - self.pad[1])[None, :] + idx % kw
+        return (h * self.in_hw[1] + w).astype(dtype)
+
+    # MAX (and the routing shared with STOCHASTIC) -----------------------------------------------
+    def max_forward(self, x):
+        """Window maxima and the first argmax in scan order (Caffe's strict ``>`` scan)."""
+        xp = backend.array_module(x)
+        if self.is_global:
+            flat = x.reshape(*x.shape[:2], -1)
+            idx = xp.argmax(flat, axis=-1)[..., None]
+            y = xp.take_along_axis(flat, idx, axis=-1)
+            return y.reshape(*x.shape[:2], 1, 1), idx.reshape(*x.shape[:2], 1, 1)
+        # Padding holds Caffe's starting value -FLT_MAX, so it never wins against image values.
+        views = self.views(self.pad_input(x, numpy.finfo(x.dtype).min))
+        _, first = next(views)
+        y = first.copy()
+        idx = xp.zeros(y.shape, dtype=self.idx_dtype)
+        for k, v in views:
+            better = v > y
+            xp.copyto(y, v, where=better)
+            xp.copyto(idx, k, where=better)
+        return y, idx
+
+    def route_backward(self, dy, idx, x_shape):
+        """Gradient of picking one element per window (MAX, STOCHASTIC in TRAIN)."""
+        xp = backend.array_module(dy)
+        if self.is_global:
+            n, c = x_shape[:2]
+            hit = xp.arange(self.in_hw[0] * self.in_hw[1]) == idx.reshape(n, c, 1)
+            return (hit * dy.reshape(n, c, 1)).reshape(x_shape)
+
+        def parts(k, view):
+            if self.overlap:
+                view += dy * (idx == k)
+            else:
+                xp.copyto(view, dy, where=idx == k)
+
+        return self._scatter(x_shape, dy.dtype, xp, parts)
+
+    # AVE -------------------------------------------------------------------------------------------
+    def ave_forward(self, x):
+        xp = backend.array_module(x)
+        if self.is_global:
+            return x.reshape(*x.shape[:2], -1).sum(axis=-1).reshape(*x.shape[:2], 1, 1) / x.dtype.type(
+                self.in_hw[0] * self.in_hw[1])
+        views = self.views(self.pad_input(x, 0))
+        _, first = next(views)
+        y = first.copy()
+        for _, v in views:
+            y += v
+        y /= self.divisors(xp, x.dtype)
+        return y
+
+    def ave_backward(self, dy, x_shape):
+        xp = backend.array_module(dy)
+        if self.is_global:
+            g = dy / dy.dtype.type(self.in_hw[0] * self.in_hw[1])
+            return xp.ascontiguousarray(xp.broadcast_to(g, x_shape))
+        g = dy / self.divisors(xp, dy.dtype)
+
+        def parts(k, view):
+            if self.overlap:
+                view += g
+            else:
+                view[...] = g
+
+        return self._scatter(x_shape, dy.dtype, xp, parts)
+
+    # STOCHASTIC --------------------------------------------------------------------------------------
+    def stochastic_train(self, x, u):
+        """Pick the first element whose running window sum reaches ``u * window sum`` (u uniform in [0, 1))."""
+        xp = backend.array_module(x)
+        stack = xp.stack([v for _, v in self.views(self.pad_input(x, 0))])
+        running = xp.cumsum(stack, axis=0)
+        idx = xp.argmax(running >= u * running[-1], axis=0)
+        y = xp.take_along_axis(stack, idx[None], axis=0)[0]
+        return y, idx.astype(self.idx_dtype)
+
+    def stochastic_test(self, x):
+        """Probability-weighted window average ``sum(x^2) / sum(x)`` (0 where the sum is not positive)."""
+        xp = backend.array_module(x)
+        s1 = s2 = None
+        for _, v in self.views(self.pad_input(x, 0)):
+            s1 = v.copy() if s1 is None else s1 + v
+            s2 = v * v if s2 is None else s2 + v * v
+        positive = s1 > 0
+        return xp.where(positive, s2 / xp.where(positive, s1, 1), 0).astype(x.dtype, copy=False), s1
+
+    def stochastic_test_backward(self, dy, x, y, s1):
+        """d(sum x^2 / sum x)/dx_i = (2 x_i - y) / sum x inside each window."""
+        xp = backend.array_module(dy)
+        g = xp.where(s1 > 0, dy / xp.where(s1 > 0, s1, 1), 0)
+        xviews = dict(self.views(self.pad_input(x, 0)))
+
+        def parts(k, view):
+            view += (2 * xviews[k] - y) * g
+
+        return self._scatter(x.shape, dy.dtype, xp, parts)
+
+
+def _pool_error_checks(layer: Layer, method: int, kernel, pad) -> None:
+    if any(pad):
+        if method not in (_MAX, _AVE):
+            raise layer.error(
+                f"padding is implemented only for MAX and AVE pooling. Received: pool {_POOL_NAMES.get(method)} "
+                f"with pad {list(pad)}"
+            )
+        if any(p >= k for p, k in zip(pad, kernel)):
+            raise layer.error(f"pad must be smaller than the kernel. Received: pad {list(pad)}, kernel {list(kernel)}")
+
+
+@register_layer("Pooling")
+class PoolingLayer(Layer):
+    """Caffe type ``Pooling``: MAX, AVE or STOCHASTIC pooling over 2-D windows.
+
+    Output size ``ceil((H + 2*pad - k) / stride) + 1`` (``floor`` with ``round_mode: FLOOR``); with
+    padding, a last window that would start inside the padding is dropped. MAX takes the first maximum
+    in row-major scan order; AVE divides by the window clipped to ``H + pad`` (padding counts);
+    STOCHASTIC samples an element with probability proportional to its value in TRAIN and returns
+    ``sum(x^2) / sum(x)`` in TEST.
+
+    Bottom: ``(N, C, H, W)``. Tops: ``(N, C, PH, PW)``; for MAX an optional second top with the argmax
+    as a float flat index ``h * W + w`` within each channel plane.
+    """
+
+    exact_num_bottom = 1
+    min_num_top = 1
+    max_num_top = 2
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        pp = self.param.pooling_param
+        self.method = pp.pool
+        if self.method not in _POOL_NAMES:
+            raise self.error(f"unknown pool method. Received: {self.method}. Valid: MAX, AVE, STOCHASTIC")
+        if len(top) == 2 and self.method != _MAX:
+            raise self.error(
+                f"only MAX pooling has a second (mask) top. Received: 2 tops with pool {_POOL_NAMES[self.method]}",
+                BlobCountError,
+            )
+        has = pp.HasField
+        self.global_pooling = pp.global_pooling
+        if self.global_pooling:
+            if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+                raise self.error(
+                    "with global_pooling the kernel size comes from the input and cannot be given. Received: "
+                    f"kernel_size={pp.kernel_size}, kernel_h={pp.kernel_h}, kernel_w={pp.kernel_w}"
+                )
+            kernel = None
+        else:
+            if has("kernel_size") == (has("kernel_h") and has("kernel_w")) or not (
+                    has("kernel_size") or (has("kernel_h") and has("kernel_w"))):
+                raise self.error(
+                    "give the kernel as kernel_size or as both kernel_h and kernel_w. Received: "
+                    + ", ".join(f"{f}={getattr(pp, f)}" for f in ("kernel_size", "kernel_h", "kernel_w") if has(f))
+                    if any(has(f) for f in ("kernel_size", "kernel_h", "kernel_w"))
+                    else "give the kernel as kernel_size or as both kernel_h and kernel_w. Received: none"
+                )
+            kernel = (pp.kernel_size,) * 2 if has("kernel_size") else (pp.kernel_h, pp.kernel_w)
+            if min(kernel) <= 0:
+                raise self.error(f"kernel dimensions must be positive. Received: {list(kernel)}")
+        for name in ("pad", "stride"):
+            if not ((not has(name) and has(f"{name}_h") and has(f"{name}_w"))
+                    or (not has(f"{name}_h") and not has(f"{name}_w"))):
+                raise self.error(
+                    f"give {name} or both {name}_h and {name}_w. Received: {name}={getattr(pp, name)}, "
+                    f"{name}_h={getattr(pp, name + '_h')}, {name}_w={getattr(pp, name + '_w')}"
+                )
+        self.pad = (pp.pad_h, pp.pad_w) if has("pad_h") else (pp.pad, pp.pad)
+        self.stride = (pp.stride_h, pp.stride_w) if has("stride_h") else (pp.stride, pp.stride)
+        if min(self.stride) <= 0:
+            raise self.error(f"stride must be positive. Received: {list(self.stride)}")
+        if self.global_pooling and (any(self.pad) or self.stride != (1, 1)):
+            raise self.error(
+                f"global pooling takes only pad 0 and stride 1. Received: pad {list(self.pad)}, "
+                f"stride {list(self.stride)}"
+            )
+        if kernel is not None:
+            _pool_error_checks(self, self.method, kernel, self.pad)
+        self.kernel = kernel
+        self.ceil_mode = pp.round_mode == pb.PoolingParameter.CEIL
+        self.windows: PoolWindows | None = None
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0]
+        if x.num_axes != 4:
+            raise self.error(
+                f"input must have 4 axes (num, channels, height, width). Received: shape {x.shape}",
+                ShapeMismatchError,
+            )
+        in_hw = x.shape[2:]
+        if self.windows is None or self.windows.in_hw != in_hw:
+            kernel = in_hw if self.global_pooling else self.kernel
+            if self.global_pooling:
+                _pool_error_checks(self, self.method, kernel, self.pad)
+            windows = PoolWindows(in_hw, kernel, self.stride, self.pad, self.ceil_mode)
+            if min(windows.out_hw) <= 0 or min(in_hw) <= 0:
+                raise self.error(
+                    f"the pooling window does not fit the input. Received: input {in_hw}, kernel {list(kernel)}, "
+                    f"pad {list(self.pad)}, stride {list(self.stride)} -> output {windows.out_hw}",
+                    ShapeMismatchError,
+                )
+            self.windows = windows
+        for t in top:
+            t.reshape((*x.shape[:2], *self.windows.out_hw))
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0].data
+        xp = backend.array_module(x)
+        win = self.windows
+        self._x_shape = x.shape
+        if self.method == _MAX:
+            y, self._idx = win.max_forward(x)
+            if len(top) > 1:
+                top[1].data = win.mask(self._idx, x.dtype)
+        elif self.method == _AVE:
+            y = win.ave_forward(x)
+        elif self.phase == pb.TRAIN:
+            u = backend.random_uniform(xp, (*x.shape[:2], *win.out_hw), 0.0, 1.0, x.dtype)
+            y, self._idx = win.stochastic_train(x, u)
+        else:
+            y, self._s1 = win.stochastic_test(x)
+            self._x = x.copy()
+        top[0].data = xp.ascontiguousarray(y)
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        dy = top[0].diff
+        win = self.windows
+        if self.method == _AVE:
+            dx = win.ave_backward(dy, self._x_shape)
+        elif self.method == _MAX or self.phase == pb.TRAIN:
+            dx = win.route_backward(dy, self._idx, self._x_shape)
+        else:
+            dx = win.stochastic_test_backward(dy, self._x, top[0].data, self._s1)
+        bottom[0].diff = dx

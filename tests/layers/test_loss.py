@@ -494,3 +494,24 @@ def test_gpu_matches_cpu(definition, bottoms):
         results.append([backend.to_numpy(t.data) for t in top] + [backend.to_numpy(bottom[0].diff)])
     for cpu, gpu in zip(*results, strict=True):
         numpy.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
+
+
+# --- inside a net ---------------------------------------------------------------------------------------
+def test_force_backward_in_a_net_leaves_labels_alone():
+    from netdef.net import Net
+    from netdef.proto import netdef_pb2, parse_text
+
+    text = """
+        force_backward: true
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 } } }
+        layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 2 } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" top: "loss" loss_weight: 3 }
+    """
+    net = Net(parse_text(text, netdef_pb2.NetParameter(), "<net>"), netdef_pb2.TRAIN, dtype=numpy.float64)
+    net.blobs["x"].data[...] = SCORES
+    net.blobs["y"].data[...] = LABELS
+    net.forward()
+    assert net.loss == pytest.approx(3 * 1.5 * LN2)
+    net.backward()
+    numpy.testing.assert_allclose(net.blobs["x"].diff, 3 * numpy.array([[-0.25, 0.25], [0.375, -0.375]]))
+    numpy.testing.assert_array_equal(net.blobs["y"].diff, 0)

@@ -4,6 +4,7 @@ import math
 
 import numpy
 import pytest
+from google.protobuf import text_format
 
 import netdef
 from netdef import backend
@@ -344,8 +345,6 @@ def test_invalid_parameters(definition, x, error, needle):
 def _partial(definition: str) -> bytes:
     # Clip's min/max are `required`: build the message without the completeness check to reach the layer.
     message = pb.LayerParameter()
-    from google.protobuf import text_format
-
     text_format.Merge(definition, message)
     return message.SerializePartialToString()
 

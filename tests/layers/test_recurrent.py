@@ -1,4 +1,5 @@
 """Tests of the recurrent layers: LSTMUnit, LSTM, RNN."""
+
 import math
 
 import numpy
@@ -97,7 +98,7 @@ def test_lstm_unit_no_force_backward_to_cont():
 def lstm_by_hand(xs, conts, w, b, u, h=0.0, c=0.0):
     """Scalar LSTM (one input, one cell) with every gate weight w, bias b and recurrent weight u."""
     hs = []
-    for x, cont in zip(xs, conts):
+    for x, cont in zip(xs, conts, strict=True):
         pre = w * x + b + u * cont * h
         i = f = o = sigmoid(pre)
         g = math.tanh(pre)
@@ -113,8 +114,10 @@ B_RNN = float(numpy.float32(-0.2))
 
 
 def test_lstm_values_by_hand():
-    layer = make_layer('type: "LSTM" recurrent_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } '
-                       'bias_filler { type: "constant" value: 0.1 } }')
+    layer = make_layer(
+        'type: "LSTM" recurrent_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } '
+        'bias_filler { type: "constant" value: 0.1 } }'
+    )
     x = numpy.array([1.0, -2.0, 0.5]).reshape(3, 1, 1)
     cont = numpy.array([0.0, 1.0, 1.0]).reshape(3, 1)
     bottom, (top,) = run_layer(layer, [x, cont])
@@ -168,7 +171,7 @@ def test_lstm_expose_hidden_values_and_gradient():
     # The same weights without expose_hidden, carrying (h0, c0) over from a previous call, give the same sequence.
     carried = make_layer(lstm_def(2))
     cbottom, ctop = run_layer(carried, [x, cont])
-    for mine, theirs in zip(carried.blobs, layer.blobs):
+    for mine, theirs in zip(carried.blobs, layer.blobs, strict=True):
         mine.data[...] = theirs.data
     carried._state = [h0[0], c0[0]]
     carried.forward(cbottom, ctop)
@@ -197,6 +200,17 @@ def test_lstm_expose_hidden_values_and_gradient():
         numpy.testing.assert_allclose(p.diff, numeric_gradient(objective, p.data), atol=1e-7)
 
 
+def test_lstm_debug_info_logs_each_pass(caplog):
+    layer = make_layer('type: "LSTM" name: "seq" recurrent_param { num_output: 2 debug_info: true }')
+    with caplog.at_level("INFO", logger="netdef"):
+        bottom, top = run_layer(layer, [numpy.ones((2, 1, 3)), numpy.zeros((2, 1))])
+        top[0].diff = numpy.ones(top[0].shape)
+        layer.param_propagate_down = [True] * 3
+        layer.backward(top, [True, False], bottom)
+    assert any('LSTM "seq"] h:' in r.getMessage() for r in caplog.records)
+    assert any("gate diffs" in r.getMessage() for r in caplog.records)
+
+
 def test_lstm_rejects_zero_num_output():
     with pytest.raises(InvalidParameterError, match="num_output must be positive. Received: 0"):
         run_layer(make_layer('type: "LSTM"'), [numpy.zeros((2, 1, 3)), numpy.zeros((2, 1))])
@@ -210,11 +224,13 @@ def test_lstm_rejects_cont_shape():
 def test_lstm_rejects_h0_shape_and_bottom_count():
     layer = make_layer(lstm_def(2, expose_hidden=True))
     with pytest.raises(ShapeMismatchError, match=r"h_0.*\(1, 1, 2\)"):
-        run_layer(layer, [numpy.zeros((2, 1, 3)), numpy.zeros((2, 1)), numpy.zeros((1, 1, 3)),
-                          numpy.zeros((1, 1, 2))], num_top=3)
+        run_layer(
+            layer,
+            [numpy.zeros((2, 1, 3)), numpy.zeros((2, 1)), numpy.zeros((1, 1, 3)), numpy.zeros((1, 1, 2))],
+            num_top=3,
+        )
     with pytest.raises(BlobCountError, match="at least 4"):
-        run_layer(make_layer(lstm_def(2, expose_hidden=True)), [numpy.zeros((2, 1, 3)), numpy.zeros((2, 1))],
-                  num_top=3)
+        run_layer(make_layer(lstm_def(2, expose_hidden=True)), [numpy.zeros((2, 1, 3)), numpy.zeros((2, 1))], num_top=3)
 
 
 def test_lstm_rejects_changed_input_width():
@@ -227,13 +243,15 @@ def test_lstm_rejects_changed_input_width():
 
 # --- RNN --------------------------------------------------------------------------------------
 def test_rnn_values_by_hand():
-    layer = make_layer('type: "RNN" recurrent_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } '
-                       'bias_filler { type: "constant" value: -0.2 } }')
+    layer = make_layer(
+        'type: "RNN" recurrent_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } '
+        'bias_filler { type: "constant" value: -0.2 } }'
+    )
     xs, conts = [1.0, 2.0, -1.0], [0.0, 1.0, 0.0]
     _, (top,) = run_layer(layer, [numpy.array(xs).reshape(3, 1, 1), numpy.array(conts).reshape(3, 1)])
     assert [b.shape for b in layer.blobs] == [(1, 1), (1,), (1, 1), (1, 1), (1,)]
     h, want = 0.0, []
-    for x, cont in zip(xs, conts):
+    for x, cont in zip(xs, conts, strict=True):
         h = math.tanh(0.5 * x + B_RNN + 0.5 * cont * h)
         want.append(math.tanh(0.5 * h + B_RNN))
     numpy.testing.assert_allclose(top.data.ravel(), want, rtol=1e-12)
@@ -323,8 +341,10 @@ def test_gpu_matches_cpu(definition):
 
     rng = numpy.random.default_rng(6)
     if "LSTMUnit" in definition:
-        bottoms, num_top = [rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 12)),
-                            numpy.array([[1.0, 0.0, 1.0, 1.0]])], 2
+        bottoms, num_top = (
+            [rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 12)), numpy.array([[1.0, 0.0, 1.0, 1.0]])],
+            2,
+        )
     else:
         bottoms, num_top = [rng.standard_normal((5, 4, 2)), numpy.ones((5, 4))], 1
     results = []
@@ -336,8 +356,14 @@ def test_gpu_matches_cpu(definition):
             t.diff = xp.asarray(rng.standard_normal(t.shape) if xp is numpy else results[0][1][k])
         layer.param_propagate_down = [True] * len(layer.blobs)
         layer.backward(top, [True, True, False] if num_top == 2 else [True, False], bottom)
-        results.append(([backend.to_numpy(t.data) for t in top], [backend.to_numpy(t.diff) for t in top],
-                        [backend.to_numpy(b.diff) for b in bottom[:2]], [backend.to_numpy(p.diff) for p in layer.blobs]))
+        results.append(
+            (
+                [backend.to_numpy(t.data) for t in top],
+                [backend.to_numpy(t.diff) for t in top],
+                [backend.to_numpy(b.diff) for b in bottom[:2]],
+                [backend.to_numpy(p.diff) for p in layer.blobs],
+            )
+        )
     for kind in (0, 2, 3):  # top data, bottom diffs, parameter diffs
-        for a, b in zip(results[0][kind], results[1][kind]):
+        for a, b in zip(results[0][kind], results[1][kind], strict=True):
             numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)

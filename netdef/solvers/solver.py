@@ -1,0 +1,593 @@
+"""The solver loop: nets, iterations, testing, display, snapshots and restore.
+
+This is Caffe's ``Solver`` (solver.cpp) in Python: it builds the train net and the
+test nets from a SolverParameter, runs ``iter_size`` forward/backward passes per
+iteration, smooths the loss over ``average_loss`` iterations, tests every
+``test_interval`` iterations, snapshots every ``snapshot`` iterations, and leaves
+the update rule (``apply_update``) to its subclasses in :mod:`.sgd_solvers`.
+Log lines use Caffe's wording on the ``netdef`` logger.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+import numpy
+
+from .. import backend
+from ..errors import SolverError, WeightsFileError
+from ..net import TEST, TRAIN, Net
+from ..proto import netdef_pb2 as pb
+from .lr_policy import learning_rate
+from .signals import SolverAction, parse_action
+
+log = logging.getLogger("netdef")
+
+_TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
+
+
+def _g(value) -> str:
+    """A number as C++ streams print it by default (6 significant digits)."""
+    return f"{float(value):.6g}"
+
+
+def load_solver_parameter(solver, net: str | None = None) -> tuple[pb.SolverParameter, str | None]:
+    """The SolverParameter to run, and the file it came from (None for a message).
+
+    A file is read and upgraded (legacy ``solver_type``); as Caffe does for solver
+    files, an unset ``snapshot_prefix`` becomes the file's path without extension,
+    and a prefix naming an existing folder becomes ``<folder>/<file stem>``.
+    ``net`` replaces whatever train net the definition names (the CLI's ``--net``).
+    """
+    from ..proto import load_solver
+
+    if isinstance(solver, pb.SolverParameter):
+        param = pb.SolverParameter()
+        param.CopyFrom(solver)
+        source = None
+    elif isinstance(solver, (str, os.PathLike)):
+        source = os.fspath(solver)
+        param = load_solver(source)
+        if not param.HasField("snapshot_prefix"):
+            param.snapshot_prefix = os.path.splitext(source)[0]
+            log.info("snapshot_prefix was not specified and is set to %s", param.snapshot_prefix)
+        elif os.path.isdir(param.snapshot_prefix):
+            stem = os.path.splitext(os.path.basename(source))[0]
+            param.snapshot_prefix = os.path.join(param.snapshot_prefix, stem)
+            log.info("snapshot_prefix was a directory and is replaced to %s", param.snapshot_prefix)
+    else:
+        raise SolverError(
+            f"A solver is built from a solver file path or a SolverParameter. Received: {type(solver).__name__}"
+        )
+    if net is not None:
+        for name in _TRAIN_NET_FIELDS:
+            param.ClearField(name)
+        param.net = os.fspath(net)
+    return param, source
+
+
+class Solver:
+    """Base of all solvers (pycaffe's ``caffe.Solver``).
+
+    Args:
+        solver: a solver definition file path, or a SolverParameter.
+        net: optional net definition path that replaces the solver's train net.
+
+    Attributes:
+        param: the SolverParameter in use.
+        net: the train net.
+        test_nets: the test nets (sharing the train net's parameters).
+        iter: number of parameter updates done so far.
+        current_step: the lr policy's step counter (``step``/``multistep``).
+        history: per learnable parameter the update history (AdaDelta and Adam
+            keep a second set after the first, as Caffe orders them).
+    """
+
+    type_name = ""
+    #: how many history arrays the update keeps per learnable parameter
+    history_sets = 1
+
+    def __init__(self, solver, net: str | None = None, *, source: str | None = None):
+        if isinstance(solver, pb.SolverParameter) and source is not None:
+            param = pb.SolverParameter()
+            param.CopyFrom(solver)
+            if net is not None:
+                param = load_solver_parameter(param, net)[0]
+        else:
+            param, source = load_solver_parameter(solver, net)
+        self.param = param
+        self.source = source
+        if param.type and self.type_name and param.type != self.type_name:
+            log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type,
+                        self.type_name)
+        if log.isEnabledFor(logging.INFO):
+            log.info("Initializing solver from parameters:\n%s", _text(param))
+        self._check_common()
+        self.check_param()
+        self._check_snapshot_prefix()
+        if param.random_seed >= 0:
+            backend.set_random_seed(param.random_seed)
+        self.net = self._init_train_net()
+        self.test_nets = self._init_test_nets()
+        self._load_weights_field()
+        log.info("Solver scaffolding done.")
+        self.iter = 0
+        self.current_step = 0
+        self.requested_early_exit = False
+        self.action_function: Callable[[], SolverAction | str] | None = None
+        self._pending: deque[SolverAction] = deque()
+        self._callbacks: list[tuple[Callable | None, Callable | None]] = []
+        self._losses: list[float] = []
+        self.smoothed_loss = 0.0
+        self.loss = 0.0
+        self.last_lr: float | None = None
+        self.history = [
+            spec[0].xp.zeros_like(spec[0].data) for _ in range(self.history_sets) for spec in self.net.param_specs
+        ]
+
+    # --- checks -----------------------------------------------------------------------
+    def _check_common(self) -> None:
+        p = self.param
+        if p.average_loss < 1:
+            raise SolverError(f"average_loss must be at least 1. Received: {p.average_loss}")
+        if p.iter_size < 1:
+            raise SolverError(f"iter_size must be at least 1. Received: {p.iter_size}")
+        if p.regularization_type not in ("L1", "L2"):
+            raise SolverError(f'Unknown regularization_type "{p.regularization_type}". Valid: L1, L2')
+        if p.max_iter < 0:
+            raise SolverError(f"max_iter must not be negative. Received: {p.max_iter}")
+        # lr policy problems (unknown name, missing stepsize, ...) surface now rather than at the first update
+        learning_rate(p, 0, 0)
+
+    def check_param(self) -> None:
+        """Solver-type specific checks (Caffe's constructor sanity checks); raise SolverError."""
+
+    def _check_snapshot_prefix(self) -> None:
+        p = self.param
+        if not p.snapshot:
+            return
+        if not p.HasField("snapshot_prefix"):
+            raise SolverError("snapshot is set (every %d iterations) but snapshot_prefix is not" % p.snapshot)
+        probe = self.snapshot_filename(".tempfile", iteration=0)
+        try:
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError:
+            raise SolverError(
+                f"Cannot write to snapshot prefix '{p.snapshot_prefix}'. Make sure that the directory exists and "
+                "is writable."
+            ) from None
+
+    # --- nets -----------------------------------------------------------------------------
+    def _net_file(self, path: str) -> str:
+        """A net file path as Caffe opens it (relative to the working directory), else next to the solver file."""
+        if os.path.isabs(path) or os.path.exists(path) or not self.source:
+            return path
+        beside = os.path.join(os.path.dirname(os.path.abspath(self.source)), path)
+        return beside if os.path.exists(beside) else path
+
+    def _read_net(self, path: str) -> pb.NetParameter:
+        from ..proto import load_net
+
+        return load_net(self._net_file(path))
+
+    def _init_train_net(self) -> Net:
+        p = self.param
+        given = [name for name in _TRAIN_NET_FIELDS if p.HasField(name)]
+        if not given:
+            raise SolverError(
+                "The solver definition must name a train net using one of these fields: " + ", ".join(_TRAIN_NET_FIELDS)
+            )
+        if len(given) > 1:
+            raise SolverError(
+                "The solver definition names more than one train net: " + ", ".join(given)
+                + ". Use only one of " + ", ".join(_TRAIN_NET_FIELDS)
+            )
+        which = given[0]
+        if which in ("net_param", "train_net_param"):
+            net_param = pb.NetParameter()
+            net_param.CopyFrom(getattr(p, which))
+            log.info("Creating training net specified in %s.", which)
+        else:
+            log.info("Creating training net from %s file: %s", which, getattr(p, which))
+            net_param = self._read_net(getattr(p, which))
+        state = pb.NetState()
+        state.phase = TRAIN
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        net_param.state.CopyFrom(state)
+        return Net(net_param)
+
+    def _init_test_nets(self) -> list[Net]:
+        p = self.param
+        generic = int(p.HasField("net_param")) + int(p.HasField("net"))
+        if generic > 1:
+            raise SolverError("Both net_param and net are given; the solver needs only one of them")
+        explicit = len(p.test_net_param) + len(p.test_net)
+        if generic:
+            if len(p.test_iter) < explicit:
+                raise SolverError(
+                    f"test_iter must be specified for each test network: {explicit} test nets, "
+                    f"{len(p.test_iter)} test_iter values"
+                )
+        elif len(p.test_iter) != explicit:
+            raise SolverError(
+                f"test_iter must be specified once for each test network: {explicit} test nets, "
+                f"{len(p.test_iter)} test_iter values"
+            )
+        count = explicit + (len(p.test_iter) - explicit if generic else 0)
+        if p.test_state and len(p.test_state) != count:
+            raise SolverError(
+                f"test_state must be unspecified or specified once per test net ({count}). "
+                f"Received: {len(p.test_state)}"
+            )
+        if count and p.test_interval <= 0:
+            raise SolverError(f"test_interval must be positive when there are test nets. Received: {p.test_interval}")
+        sources: list[tuple[str, pb.NetParameter]] = []
+        for net_param in p.test_net_param:
+            copy = pb.NetParameter()
+            copy.CopyFrom(net_param)
+            sources.append(("test_net_param", copy))
+        for path in p.test_net:
+            sources.append((f"test_net file: {path}", self._read_net(path)))
+        for _ in range(count - len(sources)):
+            if p.HasField("net_param"):
+                copy = pb.NetParameter()
+                copy.CopyFrom(p.net_param)
+                sources.append(("net_param", copy))
+            else:
+                sources.append((f"net file: {p.net}", self._read_net(p.net)))
+        nets = []
+        for i, (where, net_param) in enumerate(sources):
+            state = pb.NetState()
+            state.phase = TEST
+            state.MergeFrom(net_param.state)
+            if p.test_state:
+                state.MergeFrom(p.test_state[i])
+            net_param.state.CopyFrom(state)
+            log.info("Creating test net (#%d) specified by %s", i, where)
+            test_net = Net(net_param)
+            test_net.share_with(self.net)
+            nets.append(test_net)
+        return nets
+
+    def _load_weights_field(self) -> None:
+        for entry in self.param.weights:
+            for path in (s.strip() for s in entry.split(",")):
+                if not path:
+                    continue
+                log.info("Finetuning from %s", path)
+                for net in [self.net, *self.test_nets]:
+                    net.copy_from(path)
+
+    # --- callbacks and actions --------------------------------------------------------------
+    def add_callback(self, on_start: Callable[[], None] | None = None,
+                     on_gradients_ready: Callable[[], None] | None = None) -> None:
+        """Call ``on_start()`` before each iteration's passes and ``on_gradients_ready()`` before its update.
+
+        An object with ``on_start``/``on_gradients_ready`` methods may be passed as
+        the only argument instead.
+        """
+        if on_gradients_ready is None and on_start is not None and not callable(on_start):
+            obj = on_start
+            on_start = getattr(obj, "on_start", None)
+            on_gradients_ready = getattr(obj, "on_gradients_ready", None)
+        self._callbacks.append((on_start, on_gradients_ready))
+
+    def set_action_function(self, function: Callable[[], SolverAction | str] | None) -> None:
+        """Poll ``function`` for stop/snapshot requests between iterations (Caffe's SetActionFunction)."""
+        self.action_function = function
+
+    def request_action(self, action: str | SolverAction) -> None:
+        """Ask for ``"stop"`` or ``"snapshot"`` at the end of the current iteration (safe from callbacks)."""
+        action = parse_action(action)
+        if action is not SolverAction.NONE:
+            self._pending.append(action)
+
+    def stop(self) -> None:
+        """Finish the current iteration, then return from ``step``/``solve``."""
+        self.request_action(SolverAction.STOP)
+
+    def get_requested_action(self) -> SolverAction:
+        if self._pending:
+            return self._pending.popleft()
+        if self.action_function is not None:
+            return parse_action(self.action_function() or SolverAction.NONE)
+        return SolverAction.NONE
+
+    # --- the loop -----------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate the next update will use (the lr policy at the current iteration)."""
+        return learning_rate(self.param, self.iter, self.current_step)[0]
+
+    def step(self, iters: int) -> None:
+        """Run ``iters`` iterations (fewer when a stop is requested)."""
+        p = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        self._losses = []
+        self.smoothed_loss = 0.0
+        timer = time.perf_counter()
+        iterations_last = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for on_start, _ in self._callbacks:
+                if on_start is not None:
+                    on_start()
+            display = bool(p.display) and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(p.iter_size):
+                loss += self.net.forward_backward()
+            loss /= p.iter_size
+            self.loss = loss
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            if display:
+                now = time.perf_counter()
+                lapse = now - timer
+                per_s = (self.iter - iterations_last) / (lapse if lapse else 1)
+                log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _g(per_s), _g(lapse),
+                         p.display, _g(self.smoothed_loss))
+                timer = now
+                iterations_last = self.iter
+                self._log_outputs(self.net, "Train")
+            for _, on_ready in self._callbacks:
+                if on_ready is not None:
+                    on_ready()
+            self.apply_update()
+            request = self.get_requested_action()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request is SolverAction.SNAPSHOT:
+                self.snapshot()
+            if request is SolverAction.STOP:
+                self.requested_early_exit = True
+                break
+
+    def solve(self, resume_file: str | None = None) -> None:
+        """Train to ``max_iter`` (optionally resuming from a ``.solverstate``), then snapshot and test."""
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
+        if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            return
+        # As Caffe: one more forward pass to report the final train loss, and a final test.
+        if p.display and self.iter % p.display == 0:
+            loss = self.net.forward_from_to()
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
+        if len(self._losses) < average_loss:
+            self._losses.append(loss)
+            n = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss += (loss - self._losses[idx]) / average_loss
+            self._losses[idx] = loss
+
+    @staticmethod
+    def _loss_weights(net: Net) -> dict[str, float]:
+        weights: dict[str, float] = {}
+        for layer, names in zip(net.layers, net.top_names):
+            for name, w in zip(names, layer.loss_weights):
+                if w:
+                    weights[name] = float(w)
+        return weights
+
+    def _log_outputs(self, net: Net, kind: str) -> None:
+        weights = self._loss_weights(net)
+        index = 0
+        for name in net.outputs:
+            w = weights.get(name, 0.0)
+            for v in backend.to_numpy(net.blobs[name].data).ravel():
+                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+                log.info("    %s net output #%d: %s = %s%s", kind, index, name, _g(v), extra)
+                index += 1
+
+    # --- testing ---------------------------------------------------------------------------------
+    def test_all(self) -> list[OrderedDict]:
+        """Test every test net; one ``{output: mean over test_iter batches}`` per net tested."""
+        results = []
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            scores = self.test(i)
+            if scores is not None:
+                results.append(scores)
+        return results
+
+    def test(self, test_net_id: int = 0) -> OrderedDict | None:
+        """Run ``test_iter`` forward passes of one test net; its mean outputs (None when stopped)."""
+        p = self.param
+        log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
+        net = self.test_nets[test_net_id]
+        net.share_with(self.net)
+        iterations = p.test_iter[test_net_id]
+        sums: OrderedDict[str, numpy.ndarray] = OrderedDict()
+        loss = 0.0
+        for _ in range(iterations):
+            request = self.get_requested_action()
+            while request is not SolverAction.NONE:
+                if request is SolverAction.SNAPSHOT:
+                    self.snapshot()
+                elif request is SolverAction.STOP:
+                    self.requested_early_exit = True
+                request = self.get_requested_action()
+            if self.requested_early_exit:
+                break
+            iter_loss = net.forward_from_to()
+            if p.test_compute_loss:
+                loss += iter_loss
+            for name in net.outputs:
+                value = backend.to_numpy(net.blobs[name].data).astype(numpy.float64)
+                sums[name] = sums[name] + value if name in sums else value.copy()
+        if self.requested_early_exit:
+            log.info("Test interrupted.")
+            return None
+        if p.test_compute_loss and iterations:
+            log.info("Test loss: %s", _g(loss / iterations))
+        weights = self._loss_weights(net)
+        means: OrderedDict[str, object] = OrderedDict()
+        index = 0
+        for name, total in sums.items():
+            mean = total / iterations
+            w = weights.get(name, 0.0)
+            for v in mean.ravel():
+                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+                log.info("    Test net output #%d: %s = %s%s", index, name, _g(v), extra)
+                index += 1
+            means[name] = float(mean) if mean.size == 1 else mean
+        return means
+
+    # --- updates (subclasses) ------------------------------------------------------------------
+    def apply_update(self) -> None:
+        """Turn the accumulated gradients into a parameter update and advance ``iter``."""
+        raise NotImplementedError
+
+    # --- snapshots --------------------------------------------------------------------------------
+    def snapshot_filename(self, extension: str, iteration: int | None = None) -> str:
+        """``<snapshot_prefix>_iter_<N><extension>`` (Caffe's SnapshotFilename)."""
+        it = self.iter if iteration is None else iteration
+        return f"{self.param.snapshot_prefix}_iter_{it}{extension}"
+
+    def snapshot(self) -> str:
+        """Write the weights and the solver state for the current iteration; returns the state file's path.
+
+        BINARYPROTO: ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate``; HDF5:
+        ``.caffemodel.h5`` + ``.solverstate.h5``. Each file is written atomically;
+        netdef's resume extras go to ``<state file>.netdef.json``.
+        """
+        from ..io import caffemodel, solverstate
+
+        p = self.param
+        if not p.HasField("snapshot_prefix"):
+            log.warning("snapshot_prefix is not set; snapshot files are named _iter_<N>.* in the working directory")
+        hdf5 = p.snapshot_format == pb.SolverParameter.HDF5
+        model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
+        log.info("Snapshotting to %s file %s", "HDF5" if hdf5 else "binary proto", model)
+        with solverstate.atomic_target(model) as tmp:
+            caffemodel.save_weights(self.net, tmp, write_diff=p.snapshot_diff)
+        state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
+        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
+        history = [backend.to_numpy(h) for h in self.history]
+        state = solverstate.SolverStateData(self.iter, model, history, self.current_step)
+        solverstate.write_solverstate_any(state_path, state)
+        solverstate.write_sidecar(state_path, self._resume_extras(history))
+        return state_path
+
+    def _fingerprint(self, iteration: int, current_step: int, history) -> str:
+        digest = hashlib.blake2b(f"{iteration}:{current_step}:{len(history)}".encode(), digest_size=16)
+        for h in history:
+            h = numpy.asarray(h)
+            digest.update(numpy.ascontiguousarray(h, dtype=h.dtype.newbyteorder("<")).tobytes())
+        return digest.hexdigest()
+
+    @staticmethod
+    def _data_states(net: Net) -> dict:
+        states = {}
+        for layer in net.layers:
+            get_state = getattr(layer, "get_state", None)
+            if callable(get_state):
+                states[layer.name] = get_state()
+        return states
+
+    def _resume_extras(self, history) -> dict:
+        return {
+            "iter": self.iter,
+            "current_step": self.current_step,
+            "solver_type": self.type_name,
+            "fingerprint": self._fingerprint(self.iter, self.current_step, history),
+            "rng": backend.get_rng_state(),
+            "train_net": self._data_states(self.net),
+            "test_nets": [self._data_states(n) for n in self.test_nets],
+        }
+
+    # --- restore ------------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_learned_net(name: str, state_path: str) -> str:
+        if os.path.isabs(name):
+            candidates = [name]
+        else:
+            folder = os.path.dirname(os.path.abspath(state_path))
+            candidates = [name, os.path.join(folder, name), os.path.join(folder, os.path.basename(name))]
+        for c in candidates:
+            if os.path.exists(c):
+                return c
+        raise WeightsFileError(
+            f"{state_path}: the weights file it names (learned_net) was not found: {name} "
+            f"(looked for: {', '.join(dict.fromkeys(candidates))})"
+        )
+
+    def restore(self, state_file: str) -> None:
+        """Restore iteration, lr step, weights and history from a ``.solverstate`` / ``.solverstate.h5``.
+
+        Files written by Caffe work too. When netdef wrote the file, its sidecar also
+        restores the data layers' read positions and the random generator, so the run
+        continues exactly as if it had not stopped.
+        """
+        from ..io import solverstate
+
+        state_file = os.fspath(state_file)
+        state = solverstate.read_solverstate(state_file)
+        shapes = [spec[0].shape for spec in self.net.param_specs] * self.history_sets
+        history = solverstate.check_history(state.history, shapes, state_file, self.type_name)
+        if state.learned_net:
+            self.net.copy_from(self._resolve_learned_net(state.learned_net, state_file))
+        self.iter = int(state.iter)
+        self.current_step = int(state.current_step)
+        log.info("%sSolver: restoring history", self.type_name)
+        for h, arr in zip(self.history, history):
+            h[...] = backend.asarray(arr, backend.array_module(h), h.dtype)
+        for net in self.test_nets:
+            net.share_with(self.net)
+        extras = solverstate.read_sidecar(state_file)
+        if extras is None:
+            log.info("%s has no netdef resume sidecar (a Caffe snapshot?): data layers start from their "
+                     "beginning", state_file)
+            return
+        if extras.get("fingerprint") != self._fingerprint(state.iter, state.current_step, state.history):
+            log.warning("Ignoring %s: it does not belong to this solver state (written by another snapshot)",
+                        solverstate.sidecar_path(state_file))
+            return
+        if extras.get("rng") is not None:
+            backend.set_rng_state(extras["rng"])
+        self._apply_data_states(self.net, extras.get("train_net", {}))
+        for net, states in zip(self.test_nets, extras.get("test_nets", [])):
+            self._apply_data_states(net, states)
+
+    @staticmethod
+    def _apply_data_states(net: Net, states: dict) -> None:
+        for layer in net.layers:
+            set_state = getattr(layer, "set_state", None)
+            if callable(set_state) and layer.name in states:
+                set_state(states[layer.name])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} iter={self.iter} net={self.net.name!r}>"
+
+
+def _text(param) -> str:
+    from ..proto import to_text
+
+    return to_text(param)

@@ -1,0 +1,134 @@
+"""Weights files: netdef's own round trips and files written by real Caffe."""
+import numpy
+import pytest
+
+import netdef
+from netdef.errors import ShapeMismatchError, WeightsFileError
+from netdef.io.blobproto import array_to_proto, proto_to_array, read_binaryproto, write_binaryproto
+from netdef.io.caffemodel import atomic_write, read_weights
+from netdef.proto import net_from_text
+from netdef.proto import netdef_pb2 as pb
+from netdef.testing.parity import parity_root
+
+NET = """
+name: "io"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" } bias_filler { type: "uniform" } } }
+"""
+
+
+def make(text=NET):
+    return netdef.Net(net_from_text(text), netdef.TEST)
+
+
+def test_blobproto_legacy_shape_and_double_data():
+    proto = pb.BlobProto(num=1, channels=2, height=1, width=3, double_data=[1, 2, 3, 4, 5, 6])
+    arr = proto_to_array(proto)
+    assert arr.shape == (1, 2, 1, 3) and arr.dtype == numpy.float64
+    numpy.testing.assert_array_equal(arr.ravel(), numpy.arange(1, 7))
+    again = proto_to_array(array_to_proto(numpy.ones((2, 2), numpy.float32)))
+    assert again.shape == (2, 2) and again.dtype == numpy.float32
+
+
+def test_blobproto_count_mismatch_is_an_error():
+    with pytest.raises(WeightsFileError, match="holds 2 values"):
+        proto_to_array(pb.BlobProto(shape=pb.BlobShape(dim=[3]), data=[1, 2]))
+
+
+def test_binaryproto_roundtrip(tmp_path):
+    mean = numpy.arange(12, dtype=numpy.float32).reshape(1, 3, 2, 2)
+    write_binaryproto(str(tmp_path / "mean.binaryproto"), mean)
+    numpy.testing.assert_array_equal(read_binaryproto(str(tmp_path / "mean.binaryproto")), mean)
+
+
+@pytest.mark.parametrize("suffix", [".caffemodel", ".caffemodel.h5"])
+def test_weights_roundtrip_is_bit_identical(tmp_path, suffix):
+    a = make()
+    path = str(tmp_path / ("w" + suffix))
+    a.save(path)
+    b = make()
+    b.copy_from(path)
+    for pa, pb_ in zip(a.params["ip"], b.params["ip"]):
+        assert pa.data.tobytes() == pb_.data.tobytes()
+
+
+def test_caffemodel_decodes_field_by_field(tmp_path):
+    net = make()
+    path = tmp_path / "w.caffemodel"
+    net.save(str(path))
+    param = pb.NetParameter()
+    param.ParseFromString(path.read_bytes())
+    assert param.name == "io"
+    assert [l.name for l in param.layer] == ["data", "ip"]
+    ip = param.layer[1]
+    assert ip.type == "InnerProduct" and list(ip.bottom) == ["data"]
+    assert [list(b.shape.dim) for b in ip.blobs] == [[4, 3], [4]]
+    numpy.testing.assert_array_equal(numpy.array(ip.blobs[0].data, numpy.float32).reshape(4, 3),
+                                     net.params["ip"][0].data)
+
+
+def test_shape_mismatch_names_layer_and_fix(tmp_path):
+    make().save(str(tmp_path / "w.caffemodel"))
+    other = make(NET.replace("num_output: 4", "num_output: 5"))
+    with pytest.raises(ShapeMismatchError, match='"ip".*\\(4, 3\\).*\\(5, 3\\).*rename'):
+        other.copy_from(str(tmp_path / "w.caffemodel"))
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(WeightsFileError, match="not found"):
+        make().copy_from(str(tmp_path / "none.caffemodel"))
+    bad = tmp_path / "bad.caffemodel"
+    bad.write_bytes(b"\xff\xff\xff\xff garbage")
+    with pytest.raises(WeightsFileError, match="bad.caffemodel"):
+        make().copy_from(str(bad))
+
+
+def test_legacy_4d_blob_matches_trailing_axes(tmp_path):
+    param = pb.NetParameter()
+    layer = param.layer.add(name="ip", type="InnerProduct")
+    layer.blobs.add(num=1, channels=1, height=4, width=3, data=list(range(12)))
+    layer.blobs.add(num=1, channels=1, height=1, width=4, data=[1, 2, 3, 4])
+    path = tmp_path / "legacy.caffemodel"
+    path.write_bytes(param.SerializeToString())
+    net = make()
+    net.copy_from(str(path))
+    numpy.testing.assert_array_equal(net.params["ip"][0].data.ravel(), numpy.arange(12))
+    numpy.testing.assert_array_equal(net.params["ip"][1].data, [1, 2, 3, 4])
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path):
+    path = str(tmp_path / "w.caffemodel")
+    net = make()
+    net.save(path)
+    before = open(path, "rb").read()
+
+    def half_then_interrupt(tmp):
+        with open(tmp, "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, half_then_interrupt)
+    assert open(path, "rb").read() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.caffemodel"]
+
+
+@pytest.mark.parametrize("suffix", [".caffemodel", ".h5"])
+def test_save_goes_through_atomic_write(tmp_path, monkeypatch, suffix):
+    import netdef.io.caffemodel as cm
+
+    calls = []
+    real = cm.atomic_write
+    monkeypatch.setattr(cm, "atomic_write", lambda path, write: calls.append(path) or real(path, write))
+    make().save(str(tmp_path / ("w" + suffix)))
+    assert calls == [str(tmp_path / ("w" + suffix))]
+
+
+def test_reads_caffemodel_written_by_caffe():
+    root = parity_root()
+    if root is None:
+        pytest.skip("shared/parity not available")
+    weights = read_weights(str(root / "nets" / "lenet" / "weights.caffemodel"))
+    assert weights["conv1"][0].shape == (20, 1, 5, 5)
+    assert weights["ip2"][1].shape == (10,)
