@@ -54,8 +54,13 @@ class Blob:
             )
         return axis % n if n else 0
 
-    def reshape(self, shape: Sequence[int]) -> None:
-        """Give the blob a new shape; contents are kept only when the shape is unchanged."""
+    def reshape(self, *shape) -> None:
+        """Give the blob a new shape; contents are kept only when the shape is unchanged.
+
+        Accepts a sequence (``reshape((2, 3))``) or pycaffe's spelling (``reshape(2, 3)``).
+        """
+        if len(shape) == 1 and not isinstance(shape[0], (int, numpy.integer)):
+            shape = shape[0]
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             from .errors import ShapeMismatchError

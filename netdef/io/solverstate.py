@@ -288,7 +288,7 @@ def check_history(history: Sequence[numpy.ndarray], shapes: Sequence[tuple[int, 
             f"Received: {len(history)}. Expected: {len(shapes)}"
         )
     out = []
-    for i, (h, shape) in enumerate(zip(history, shapes)):
+    for i, (h, shape) in enumerate(zip(history, shapes, strict=True)):
         count = int(numpy.prod(shape, dtype=numpy.int64))
         if h.size != count:
             raise WeightsFileError(

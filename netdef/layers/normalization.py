@@ -22,6 +22,11 @@ def _channel_view_shape(ndim: int, channels: int) -> tuple[int, ...]:
     return (1, channels) + (1,) * (ndim - 2)
 
 
+def _stat_axes(ndim: int) -> tuple[int, ...]:
+    """Every axis but the channel axis 1 (all of them for a 1-axis bottom)."""
+    return tuple(i for i in range(ndim) if i != 1 or ndim == 1)
+
+
 @register_layer("BatchNorm")
 class BatchNormLayer(NeuronLayer):
     """Batch normalisation without the affine part (Caffe type ``BatchNorm``).
@@ -81,7 +86,7 @@ class BatchNormLayer(NeuronLayer):
         x = bottom[0].data
         xp = backend.array_module(x)
         vshape = _channel_view_shape(x.ndim, self.channels)
-        axes = tuple(i for i in range(x.ndim) if not (x.ndim >= 2 and i == 1))
+        axes = _stat_axes(x.ndim)
         mean_sum, var_sum, factor = (b.data for b in self.blobs)
         if self.use_global_stats:
             f = factor.reshape(-1)[:1]
@@ -114,8 +119,8 @@ class BatchNormLayer(NeuronLayer):
             bottom[0].diff = dy / self._std
             return
         y = self._y
-        axes = tuple(i for i in range(y.ndim) if not (y.ndim >= 2 and i == 1))
-        mean_dy = self._mean(dy, axes)
+        axes = _stat_axes(y.ndim)
+        mean_dy = dy.mean(axis=axes, keepdims=True)
         mean_dy_y = (dy * y).mean(axis=axes, keepdims=True)
         bottom[0].diff = (dy - mean_dy - y * mean_dy_y) / self._std
 

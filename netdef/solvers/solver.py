@@ -151,7 +151,7 @@ class Solver:
         if not p.snapshot:
             return
         if not p.HasField("snapshot_prefix"):
-            raise SolverError("snapshot is set (every %d iterations) but snapshot_prefix is not" % p.snapshot)
+            raise SolverError(f"snapshot is set (every {p.snapshot} iterations) but snapshot_prefix is not")
         probe = self.snapshot_filename(".tempfile", iteration=0)
         try:
             with open(probe, "w"):
@@ -389,8 +389,8 @@ class Solver:
     @staticmethod
     def _loss_weights(net: Net) -> dict[str, float]:
         weights: dict[str, float] = {}
-        for layer, names in zip(net.layers, net.top_names):
-            for name, w in zip(names, layer.loss_weights):
+        for layer, names in zip(net.layers, net.top_names, strict=True):
+            for name, w in zip(names, layer.loss_weights, strict=False):
                 if w:
                     weights[name] = float(w)
         return weights
@@ -557,7 +557,7 @@ class Solver:
         self.iter = int(state.iter)
         self.current_step = int(state.current_step)
         log.info("%sSolver: restoring history", self.type_name)
-        for h, arr in zip(self.history, history):
+        for h, arr in zip(self.history, history, strict=True):
             h[...] = backend.asarray(arr, backend.array_module(h), h.dtype)
         for net in self.test_nets:
             net.share_with(self.net)
@@ -573,7 +573,7 @@ class Solver:
         if extras.get("rng") is not None:
             backend.set_rng_state(extras["rng"])
         self._apply_data_states(self.net, extras.get("train_net", {}))
-        for net, states in zip(self.test_nets, extras.get("test_nets", [])):
+        for net, states in zip(self.test_nets, extras.get("test_nets", []), strict=False):
             self._apply_data_states(net, states)
 
     @staticmethod

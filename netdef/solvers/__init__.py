@@ -1,0 +1,53 @@
+"""Solvers: lr policies, the update rules, snapshot/restore, and ``get_solver``.
+
+``get_solver(path)`` builds the solver a definition's ``type:`` names, like
+pycaffe's ``caffe.get_solver``; the classes can also be built directly
+(``netdef.SGDSolver("solver.prototxt")``), which ignores ``type:`` as pycaffe does.
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import SolverError, did_you_mean
+from .lr_policy import LR_POLICIES, learning_rate
+from .sgd_solvers import AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver
+from .signals import SignalHandler, SolverAction, handle_signals
+from .solver import Solver, load_solver_parameter
+
+#: solver classes by the ``type:`` string Caffe registers them under
+SOLVER_TYPES: dict[str, type[Solver]] = {
+    cls.type_name: cls
+    for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver)
+}
+
+
+def solver_class(type_name: str) -> type[Solver]:
+    """The class for a solver ``type:`` string (case-sensitive, as in Caffe); a named error otherwise."""
+    try:
+        return SOLVER_TYPES[type_name]
+    except KeyError:
+        pass
+    known = list(SOLVER_TYPES)
+    by_case = {k.lower(): k for k in known}
+    hint = f' Did you mean "{by_case[type_name.lower()]}"?' if type_name.lower() in by_case else did_you_mean(
+        type_name, known)
+    raise SolverError(f'Unknown solver type "{type_name}".{hint} Known types: {", ".join(known)}')
+
+
+def get_solver(solver, net: str | os.PathLike | None = None) -> Solver:
+    """Build the solver a definition names with ``type:`` (pycaffe's ``caffe.get_solver``).
+
+    Args:
+        solver: a solver definition file path, or a SolverParameter.
+        net: optional net definition path that replaces the definition's train net
+            (and its generic test nets), as the CLI's ``--net`` does.
+    """
+    param, source = load_solver_parameter(solver, net)
+    return solver_class(param.type)(param, source=source)
+
+
+__all__ = [
+    "LR_POLICIES", "SOLVER_TYPES", "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver",
+    "RMSPropSolver", "SGDSolver", "SignalHandler", "Solver", "SolverAction", "get_solver", "handle_signals",
+    "learning_rate", "load_solver_parameter", "solver_class",
+]

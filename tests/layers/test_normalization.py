@@ -1,0 +1,363 @@
+"""Tests of BatchNorm, Scale, Bias and MVN (netdef/layers/normalization.py)."""
+
+import math
+
+import numpy
+import pytest
+
+import netdef
+from netdef import backend
+from netdef.errors import InvalidParameterError, ShapeMismatchError
+from netdef.proto import netdef_pb2 as pb
+from netdef.proto import parse_text
+from netdef.testing import check_gradient, make_layer, run_layer
+from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+
+TYPES = {"BatchNorm", "Scale", "Bias", "MVN"}
+
+
+def run(definition, bottoms, phase=pb.TRAIN, params=None, dy=None):
+    """Set up one float64 layer, optionally set its blobs, run forward (and backward when dy is given)."""
+    layer = make_layer(definition, phase=phase)
+    bottom, top = run_layer(layer, [numpy.asarray(b, dtype=numpy.float64) for b in bottoms])
+    if params is not None:
+        for blob, value in zip(layer.blobs, params):
+            blob.data[...] = value
+        layer.forward(bottom, top)
+    if dy is not None:
+        top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
+        layer.param_propagate_down = [True] * len(layer.blobs)
+        layer.backward(top, [True] * len(bottom), bottom)
+    return layer, bottom, top
+
+
+# --- BatchNorm ----------------------------------------------------------------------------
+SQRT_125 = math.sqrt(1.25)
+
+
+def test_batchnorm_train_values_and_running_stats():
+    definition = 'type: "BatchNorm" batch_norm_param { eps: 0 moving_average_fraction: 0.9 }'
+    x = [[1.0], [2.0], [3.0], [4.0]]  # N=4, C=1: mean 2.5, biased variance 1.25
+    layer, bottom, top = run(definition, [x])
+    numpy.testing.assert_allclose(top[0].data.ravel(), (numpy.array([1, 2, 3, 4]) - 2.5) / SQRT_125)
+    numpy.testing.assert_allclose(layer.blobs[2].data, [1.0])
+    numpy.testing.assert_allclose(layer.blobs[0].data, [2.5])
+    numpy.testing.assert_allclose(layer.blobs[1].data, [1.25 * 4 / 3])  # unbiased: m / (m - 1), m = 4
+    layer.forward(bottom, top)
+    numpy.testing.assert_allclose(layer.blobs[2].data, [1.9])
+    numpy.testing.assert_allclose(layer.blobs[0].data, [0.9 * 2.5 + 2.5])
+    numpy.testing.assert_allclose(layer.blobs[1].data, [1.9 * 5 / 3])
+
+
+def test_batchnorm_train_backward_values():
+    definition = 'type: "BatchNorm" batch_norm_param { eps: 0 }'
+    x = [[1.0], [2.0], [3.0], [4.0]]
+    _, bottom, _ = run(definition, [x], dy=[[1.0], [0.0], [0.0], [0.0]])
+    numpy.testing.assert_allclose(bottom[0].diff.ravel(), [0.26832816, -0.35777088, -0.08944272, 0.17888544], rtol=1e-7)
+    # a loss 0.5 * sum(y^2) has zero gradient: y is standardised whatever x is
+    y = (numpy.array(x) - 2.5) / SQRT_125
+    _, bottom, _ = run(definition, [x], dy=y)
+    numpy.testing.assert_allclose(bottom[0].diff, 0, atol=1e-12)
+
+
+def test_batchnorm_statistics_per_channel():
+    definition = 'type: "BatchNorm" batch_norm_param { eps: 0 moving_average_fraction: 0 }'
+    x = [[[0.0], [10.0]], [[2.0], [30.0]]]  # N=2, C=2, 1 value each
+    layer, _, top = run(definition, [x])
+    numpy.testing.assert_allclose(top[0].data, [[[-1.0], [-1.0]], [[1.0], [1.0]]])
+    numpy.testing.assert_allclose(layer.blobs[0].data, [1.0, 20.0])
+    numpy.testing.assert_allclose(layer.blobs[1].data, [2.0, 200.0])
+    numpy.testing.assert_allclose(layer.blobs[2].data, [1.0])
+
+
+def test_batchnorm_test_phase_uses_scaled_stored_stats():
+    x = [[[2.5], [20.0]], [[4.5], [16.0]]]
+    params = [[5.0, 40.0], [2.0, 8.0], [2.0]]  # mean [2.5, 20], var [1, 4] after dividing by the factor 2
+    layer, bottom, top = run('type: "BatchNorm" batch_norm_param { eps: 0 }', [x], phase=pb.TEST, params=params,
+                             dy=numpy.ones((2, 2, 1)))  # fmt: skip
+    numpy.testing.assert_allclose(top[0].data, [[[0.0], [0.0]], [[2.0], [-2.0]]])
+    numpy.testing.assert_allclose(bottom[0].diff, [[[1.0], [0.5]], [[1.0], [0.5]]])
+    numpy.testing.assert_array_equal(layer.blobs[0].data, params[0])  # not updated in TEST
+    numpy.testing.assert_array_equal(layer.blobs[2].diff, [0.0])
+
+
+def test_batchnorm_zero_scale_factor_means_zero_stats():
+    _, _, top = run('type: "BatchNorm" batch_norm_param { eps: 0.25 }', [[[1.0], [-3.0]]], phase=pb.TEST,
+                    params=[[7.0, 7.0], [7.0, 7.0], [0.0]])  # fmt: skip
+    numpy.testing.assert_allclose(top[0].data, [[[2.0], [-6.0]]])
+
+
+def test_batchnorm_use_global_stats_override():
+    params = [[2.0], [8.0], [2.0]]
+    layer, _, top = run('type: "BatchNorm" batch_norm_param { use_global_stats: true eps: 0 }', [[[3.0], [5.0]]],
+                        params=params)  # fmt: skip
+    assert layer.use_global_stats
+    numpy.testing.assert_allclose(top[0].data, [[[1.0], [2.0]]])
+    numpy.testing.assert_array_equal(layer.blobs[2].data, [2.0])
+    train = make_layer('type: "BatchNorm"', phase=pb.TRAIN)
+    test = make_layer('type: "BatchNorm"', phase=pb.TEST)
+    off = make_layer('type: "BatchNorm" batch_norm_param { use_global_stats: false }', phase=pb.TEST)
+    for layer in (train, test, off):
+        run_layer(layer, [numpy.zeros((2, 3))])
+    assert (train.use_global_stats, test.use_global_stats, off.use_global_stats) == (False, True, False)
+
+
+def test_batchnorm_statistics_are_not_learnable_in_a_net():
+    text = """
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 3 } }
+        layer { name: "bn" type: "BatchNorm" bottom: "h" top: "h" }
+        layer { name: "bn2" type: "BatchNorm" bottom: "h" top: "z" param { lr_mult: 0 } param { lr_mult: 0 }
+                param { lr_mult: 0 } }
+    """
+    net = netdef.Net(parse_text(text, pb.NetParameter()), netdef.TRAIN)
+    for name in ("bn", "bn2"):
+        layer = net.layer_dict[name]
+        assert [spec.lr_mult for spec in layer.param.param] == [0.0, 0.0, 0.0]
+        assert layer.param_propagate_down == [False, False, False]
+        assert all(lr == 0 for blob, lr, _, lname, _ in net.param_specs if lname == name)
+    assert any(lr != 0 for _, lr, _, lname, _ in net.param_specs if lname == "ip")
+
+
+def test_batchnorm_float32_stays_float32():
+    layer = make_layer('type: "BatchNorm"', dtype=numpy.float32)
+    bottom, top = run_layer(layer, [numpy.arange(24, dtype=numpy.float32).reshape(2, 3, 4)])
+    top[0].diff = numpy.ones_like(top[0].data)
+    layer.backward(top, [True], bottom)
+    assert top[0].data.dtype == bottom[0].diff.dtype == layer.blobs[1].data.dtype == numpy.float32
+
+
+# --- Scale ---------------------------------------------------------------------------------
+XS = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+
+
+def test_scale_learned_with_bias_values():
+    layer, bottom, top = run('type: "Scale" scale_param { bias_term: true }', [XS],
+                             params=[[1.0, 2.0, 3.0], [1.0, 0.0, -1.0]], dy=numpy.ones((2, 3)))  # fmt: skip
+    assert [b.shape for b in layer.blobs] == [(3,), (3,)]
+    numpy.testing.assert_allclose(top[0].data, [[2.0, 4.0, 8.0], [5.0, 10.0, 17.0]])
+    numpy.testing.assert_allclose(bottom[0].diff, [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    numpy.testing.assert_allclose(layer.blobs[0].diff, [5.0, 7.0, 9.0])
+    numpy.testing.assert_allclose(layer.blobs[1].diff, [2.0, 2.0, 2.0])
+
+
+def test_scale_default_filler_is_identity():
+    layer, _, top = run('type: "Scale"', [XS])
+    numpy.testing.assert_array_equal(layer.blobs[0].data, [1.0, 1.0, 1.0])
+    numpy.testing.assert_array_equal(top[0].data, XS)
+
+
+def test_scale_from_second_bottom_values():
+    layer, bottom, top = run('type: "Scale" scale_param { axis: 0 bias_term: true }', [XS, [2.0, -1.0]],
+                             params=[[0.5, 0.0]], dy=[[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])  # fmt: skip
+    assert [b.shape for b in layer.blobs] == [(2,)]  # only the bias is a parameter
+    numpy.testing.assert_allclose(top[0].data, [[2.5, 4.5, 6.5], [-4.0, -5.0, -6.0]])
+    numpy.testing.assert_allclose(bottom[0].diff, [[2.0, 0.0, 2.0], [-1.0, -1.0, -1.0]])
+    numpy.testing.assert_allclose(bottom[1].diff, [4.0, 15.0])
+    numpy.testing.assert_allclose(layer.blobs[0].diff, [2.0, 3.0])
+
+
+def test_scale_scalar_and_multi_axis():
+    _, bottom, top = run('type: "Scale"', [XS, 3.0], dy=numpy.ones((2, 3)))
+    numpy.testing.assert_allclose(top[0].data, 3 * numpy.array(XS))
+    numpy.testing.assert_allclose(bottom[1].diff, 21.0)
+    layer, _, top = run('type: "Scale" scale_param { axis: 0 num_axes: -1 }', [XS], params=[[[1, 0, 2], [0, 1, 0]]])
+    assert layer.blobs[0].shape == (2, 3)
+    numpy.testing.assert_allclose(top[0].data, [[1.0, 0.0, 6.0], [0.0, 5.0, 0.0]])
+    layer, _, _ = run('type: "Scale" scale_param { num_axes: 0 }', [XS])
+    assert layer.blobs[0].shape == ()
+
+
+def test_scale_param_diff_accumulates():
+    layer, bottom, top = run('type: "Scale"', [XS], dy=numpy.ones((2, 3)))
+    layer.backward(top, [True], bottom)
+    numpy.testing.assert_allclose(layer.blobs[0].diff, [10.0, 14.0, 18.0])
+
+
+# --- Bias ----------------------------------------------------------------------------------
+def test_bias_values():
+    layer, bottom, top = run('type: "Bias" bias_param { axis: 0 }', [XS, [10.0, 20.0]], dy=[[1, 2, 3], [4, 5, 6]])
+    assert layer.blobs == []
+    numpy.testing.assert_allclose(top[0].data, [[11.0, 12.0, 13.0], [24.0, 25.0, 26.0]])
+    numpy.testing.assert_allclose(bottom[0].diff, [[1, 2, 3], [4, 5, 6]])
+    numpy.testing.assert_allclose(bottom[1].diff, [6.0, 15.0])
+    layer, _, top = run('type: "Bias"', [XS], params=[[1.0, -1.0, 0.5]], dy=numpy.ones((2, 3)))
+    numpy.testing.assert_allclose(top[0].data, [[2.0, 1.0, 3.5], [5.0, 4.0, 6.5]])
+    numpy.testing.assert_allclose(layer.blobs[0].diff, [2.0, 2.0, 2.0])
+
+
+def test_bias_default_filler_is_zero():
+    layer, _, top = run('type: "Bias"', [XS])
+    numpy.testing.assert_array_equal(layer.blobs[0].data, [0.0, 0.0, 0.0])
+    numpy.testing.assert_array_equal(top[0].data, XS)
+
+
+# --- MVN -----------------------------------------------------------------------------------
+def test_mvn_values():
+    _, _, top = run('type: "MVN"', [[[[[1.0, 2.0, 3.0, 4.0]]]]])
+    numpy.testing.assert_allclose(top[0].data.ravel(), numpy.array([-1.5, -0.5, 0.5, 1.5]) / (SQRT_125 + 1e-9))
+    # eps is added to the standard deviation, not the variance
+    _, _, top = run('type: "MVN" mvn_param { eps: 0.5 }', [[[[1.0, 3.0]]]])
+    numpy.testing.assert_allclose(top[0].data.ravel(), [-1 / 1.5, 1 / 1.5])
+    _, _, top = run('type: "MVN" mvn_param { across_channels: true eps: 0 }', [[[[1.0]], [[3.0]]]])
+    numpy.testing.assert_allclose(top[0].data.ravel(), [-1.0, 1.0])
+    _, bottom, top = run('type: "MVN" mvn_param { normalize_variance: false }', [[[[1.0, 3.0]], [[5.0, 5.0]]]],
+                         dy=[[[[1.0, 0.0]], [[2.0, 2.0]]]])  # fmt: skip
+    numpy.testing.assert_allclose(top[0].data, [[[[-1.0, 1.0]], [[0.0, 0.0]]]])
+    numpy.testing.assert_allclose(bottom[0].diff, [[[[0.5, -0.5]], [[0.0, 0.0]]]])
+
+
+def test_mvn_backward_values():
+    # y = d / (s + eps); with d = [-1, 1], s = 1, eps = 1: y = d / 2 and dx = (dy - mean dy) / 2 - d * mean(dy d) / 4
+    _, bottom, _ = run('type: "MVN" mvn_param { eps: 1 }', [[[[0.0, 2.0]]]], dy=[[[[1.0, 0.0]]]])
+    numpy.testing.assert_allclose(bottom[0].diff.ravel(), [0.25 - 0.125, -0.25 + 0.125])
+
+
+def test_mvn_constant_input_is_finite():
+    _, bottom, top = run('type: "MVN"', [numpy.full((1, 2, 3), 4.0)], dy=numpy.ones((1, 2, 3)))
+    assert numpy.all(top[0].data == 0) and numpy.all(numpy.isfinite(bottom[0].diff))
+
+
+# --- numerical gradients ------------------------------------------------------------------
+RNG = numpy.random.default_rng(3)
+X = RNG.standard_normal((3, 2, 2, 3))
+
+GRADIENT_CASES = [
+    ('type: "BatchNorm"', [X], pb.TRAIN, {}),
+    ('type: "BatchNorm" batch_norm_param { eps: 0.1 }', [X[:, :, 0, :]], pb.TRAIN, {}),
+    ('type: "BatchNorm"', [X[:, :, 0, 0]], pb.TRAIN, {}),
+    ('type: "BatchNorm"', [X], pb.TEST, {"check_params": False}),
+    ('type: "Scale" scale_param { filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
+    ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+     [X], pb.TRAIN, {}),
+    ('type: "Scale" scale_param { axis: -2 num_axes: 2 filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
+    ('type: "Scale" scale_param { num_axes: 0 bias_term: true filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
+    ('type: "Scale" scale_param { axis: 0 bias_term: true bias_filler { type: "gaussian" } }',
+     [X, RNG.standard_normal((3, 2))], pb.TRAIN, {}),
+    ('type: "Scale" scale_param { axis: 0 num_axes: -1 filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
+    ('type: "Bias" bias_param { filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
+    ('type: "Bias" bias_param { axis: 2 num_axes: -1 filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
+    ('type: "Bias"', [X, RNG.standard_normal((2, 2))], pb.TRAIN, {}),
+    ('type: "MVN"', [X], pb.TRAIN, {}),
+    ('type: "MVN" mvn_param { eps: 0.3 }', [X], pb.TRAIN, {}),
+    ('type: "MVN" mvn_param { across_channels: true eps: 0.2 }', [X], pb.TRAIN, {}),
+    ('type: "MVN" mvn_param { normalize_variance: false }', [X], pb.TRAIN, {}),
+    ('type: "MVN" mvn_param { normalize_variance: false across_channels: true }', [X], pb.TRAIN, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("definition,bottoms,phase,kwargs", GRADIENT_CASES,
+                         ids=[f"{c[0]}-{'TRAIN' if c[2] == pb.TRAIN else 'TEST'}-{c[1][0].ndim}d" for c in GRADIENT_CASES])  # fmt: skip
+def test_gradient(definition, bottoms, phase, kwargs):
+    result = check_gradient(make_layer(definition, phase=phase), bottoms, **kwargs)
+    assert result["checked"] > 0
+
+
+# --- in-place use inside a net -------------------------------------------------------------
+IN_PLACE = [
+    ('type: "BatchNorm"', netdef.TRAIN),
+    ('type: "BatchNorm"', netdef.TEST),
+    ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+     netdef.TRAIN),
+    ('type: "Bias" bias_param { filler { type: "gaussian" } }', netdef.TRAIN),
+    ('type: "MVN"', netdef.TRAIN),
+    ('type: "MVN" mvn_param { normalize_variance: false }', netdef.TRAIN),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body,phase", IN_PLACE)
+def test_in_place_matches_out_of_place(body, phase):
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5)).astype(numpy.float32)
+    dy = rng.standard_normal((4, 3, 5)).astype(numpy.float32)
+    stats = [rng.uniform(0.5, 2.0, 3), rng.uniform(0.5, 2.0, 3), numpy.array([1.5])]
+    results = []
+    for in_place in (False, True):
+        top = "x" if in_place else "y"
+        text = f"""
+            force_backward: true
+            layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ dim: 4 dim: 3 dim: 5 }} }} }}
+            layer {{ name: "L" bottom: "x" top: "{top}" {body} }}
+        """
+        netdef.set_random_seed(5)
+        net = netdef.Net(parse_text(text, pb.NetParameter()), phase)
+        if "BatchNorm" in body:
+            for p, v in zip(net.params["L"], stats):
+                p.data[...] = v
+        net.blobs["x"].data[...] = x
+        net.forward()
+        y = net.blobs[top].data.copy()
+        net.blobs[top].diff[...] = dy
+        net.backward()
+        params = [p.data.copy() for p in net.params.get("L", [])] + [p.diff.copy() for p in net.params.get("L", [])]
+        results.append((y, net.blobs["x"].diff.copy(), params))
+    (y0, dx0, p0), (y1, dx1, p1) = results
+    numpy.testing.assert_allclose(y1, y0, rtol=1e-6)
+    numpy.testing.assert_allclose(dx1, dx0, rtol=1e-5, atol=1e-7)
+    for a, b in zip(p1, p0):
+        numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# --- parity with Caffe ---------------------------------------------------------------------
+CASES = layer_cases(TYPES)
+
+
+@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+def test_parity(case):
+    if parity_root() is None or case is None:
+        pytest.skip("shared/parity not available")
+    errors = run_layer_case(case["case"], case["phase"])
+    assert errors, "the case compared nothing"
+
+
+# --- errors -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "definition,bottoms,error,needle",
+    [
+        ('type: "BatchNorm" param { lr_mult: 0 } param { lr_mult: 1 }', [X], InvalidParameterError, "lr_mult 1"),
+        ('type: "BatchNorm" batch_norm_param { eps: -1 }', [X], InvalidParameterError, "Received: -1"),
+        ('type: "BatchNorm"', [numpy.float64(1.0)], ShapeMismatchError, "at least 1 axis"),
+        ('type: "Scale" scale_param { axis: 4 }', [X], ShapeMismatchError, "scale_param.axis 4"),
+        ('type: "Scale" scale_param { num_axes: -2 }', [X], InvalidParameterError, "Received: -2"),
+        ('type: "Scale" scale_param { axis: 2 num_axes: 3 }', [X], ShapeMismatchError, "num_axes 3"),
+        ('type: "Scale"', [X, numpy.ones(3)], ShapeMismatchError, "(3,)"),
+        ('type: "Bias" bias_param { axis: -5 }', [X], ShapeMismatchError, "bias_param.axis -5"),
+        ('type: "Bias" bias_param { axis: 0 }', [X, numpy.ones((3, 3))], ShapeMismatchError, "(3, 3)"),
+        ('type: "MVN" mvn_param { eps: -0.1 }', [X], InvalidParameterError, "Received: -0.1"),
+    ],
+)
+def test_invalid_parameters(definition, bottoms, error, needle):
+    with pytest.raises(error) as info:
+        run_layer(make_layer(definition), bottoms)
+    assert needle in str(info.value)
+    assert 'Layer "L"' in str(info.value)
+
+
+def test_batchnorm_channel_change_is_refused():
+    layer = make_layer('type: "BatchNorm"')
+    bottom, top = run_layer(layer, [X])
+    bottom[0].reshape((3, 4, 2, 3))
+    with pytest.raises(ShapeMismatchError, match="3 channels"):
+        layer.reshape(bottom, top)
+
+
+# --- GPU -----------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("definition,bottoms,phase,kwargs", GRADIENT_CASES)
+def test_gpu_matches_cpu(definition, bottoms, phase, kwargs):
+    if not backend.gpu_available():
+        pytest.skip("CuPy or a CUDA device is not available")
+    import cupy
+
+    out = []
+    for xp in (numpy, cupy):
+        backend.set_random_seed(0)
+        layer = make_layer(definition, phase=phase, xp=xp)
+        bottom, top = run_layer(layer, bottoms)
+        top[0].diff = xp.asarray(numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape))
+        layer.param_propagate_down = [True] * len(layer.blobs)
+        layer.backward(top, [True] * len(bottom), bottom)
+        out.append([backend.to_numpy(a) for a in [top[0].data] + [b.diff for b in bottom]
+                    + [b.data for b in layer.blobs] + [b.diff for b in layer.blobs]])  # fmt: skip
+    for a, b in zip(*out):
+        numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
