@@ -59,16 +59,37 @@ def atomic_target(path: str) -> Iterator[str]:
     The file is flushed to disk before the rename, so ``path`` always holds either
     its previous contents or the complete new file.
     """
-    tmp = temp_path_for(path)
+    with staged_files() as stage:
+        yield stage(path)
+
+
+@contextlib.contextmanager
+def staged_files() -> Iterator:
+    """Write several files so that a failure while writing any of them changes none.
+
+    Yields ``stage(target) -> temporary path``. When the block ends normally, every
+    staged file is flushed and renamed onto its target, in the order staged; when it
+    raises, the temporary files are removed and the targets keep their old contents.
+    """
+    staged: list[tuple[str, str]] = []
+
+    def stage(target: str) -> str:
+        tmp = temp_path_for(target)
+        staged.append((tmp, target))
+        return tmp
+
     try:
-        yield tmp
-        if not os.path.exists(tmp):
-            raise WeightsFileError(f"writing {path}: the writer produced no file")
-        _fsync(tmp)
-        os.replace(tmp, path)
+        yield stage
+        for tmp, target in staged:
+            if not os.path.exists(tmp):
+                raise WeightsFileError(f"writing {target}: the writer produced no file")
+            _fsync(tmp)
+        for tmp, target in staged:
+            os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         raise
 
 
@@ -136,9 +157,13 @@ def encode_solverstate(state: SolverStateData) -> bytes:
     return b"".join(parts)
 
 
-def write_solverstate(path: str, state: SolverStateData) -> None:
-    """Write a binary ``.solverstate`` atomically."""
-    atomic_write_bytes(path, encode_solverstate(state))
+def write_solverstate(path: str, state: SolverStateData, atomic: bool = True) -> None:
+    """Write a binary ``.solverstate`` (atomically unless ``atomic`` is False: the caller stages it)."""
+    if atomic:
+        atomic_write_bytes(path, encode_solverstate(state))
+        return
+    with open(path, "wb") as f:
+        f.write(encode_solverstate(state))
 
 
 def _read_binary(path: str) -> SolverStateData:
@@ -165,20 +190,23 @@ def _blob_array(proto, path: str, index: int) -> numpy.ndarray:
 
 
 # --- HDF5 SolverState -------------------------------------------------------------------
-def write_solverstate_hdf5(path: str, state: SolverStateData) -> None:
-    """Write a ``.solverstate.h5`` with Caffe's layout, atomically."""
+def write_solverstate_hdf5(path: str, state: SolverStateData, atomic: bool = True) -> None:
+    """Write a ``.solverstate.h5`` with Caffe's layout (atomically unless ``atomic`` is False)."""
     import h5py
 
-    with atomic_target(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("iter", data=numpy.array([state.iter], dtype=numpy.int32))
-            if state.learned_net is not None:
-                _write_c_string(f, "learned_net", state.learned_net)
-            f.create_dataset("current_step", data=numpy.array([state.current_step], dtype=numpy.int32))
-            group = f.create_group("history")
-            for i, h in enumerate(state.history):
-                h = numpy.asarray(h)
-                group.create_dataset(str(i), data=h if h.dtype == numpy.float64 else h.astype(numpy.float32))
+    if atomic:
+        with atomic_target(path) as tmp:
+            write_solverstate_hdf5(tmp, state, atomic=False)
+        return
+    with h5py.File(path, "w") as f:
+        f.create_dataset("iter", data=numpy.array([state.iter], dtype=numpy.int32))
+        if state.learned_net is not None:
+            _write_c_string(f, "learned_net", state.learned_net)
+        f.create_dataset("current_step", data=numpy.array([state.current_step], dtype=numpy.int32))
+        group = f.create_group("history")
+        for i, h in enumerate(state.history):
+            h = numpy.asarray(h)
+            group.create_dataset(str(i), data=h if h.dtype == numpy.float64 else h.astype(numpy.float32))
 
 
 def _write_c_string(f, name: str, text: str) -> None:
@@ -235,9 +263,9 @@ def read_solverstate(path: str) -> SolverStateData:
     return _read_hdf5(path) if path.endswith(".h5") else _read_binary(path)
 
 
-def write_solverstate_any(path: str, state: SolverStateData) -> None:
+def write_solverstate_any(path: str, state: SolverStateData, atomic: bool = True) -> None:
     """Write in the format the name asks for (``.h5``: HDF5, otherwise binary)."""
-    (write_solverstate_hdf5 if path.endswith(".h5") else write_solverstate)(path, state)
+    (write_solverstate_hdf5 if path.endswith(".h5") else write_solverstate)(path, state, atomic=atomic)
 
 
 # --- netdef's sidecar ------------------------------------------------------------------------
@@ -246,10 +274,14 @@ def sidecar_path(state_path: str) -> str:
     return state_path + SIDECAR_SUFFIX
 
 
-def write_sidecar(state_path: str, extra: dict) -> None:
-    """Write the extra resume state (JSON) of ``state_path`` atomically."""
-    payload = dict(extra, kind=SIDECAR_KIND, version=1)
-    atomic_write_bytes(sidecar_path(state_path), json.dumps(payload, default=_json_default).encode("utf-8"))
+def write_sidecar(state_path: str, extra: dict, path: str | None = None) -> None:
+    """Write the extra resume state (JSON) of ``state_path`` atomically (or to ``path``, staged by the caller)."""
+    payload = json.dumps(dict(extra, kind=SIDECAR_KIND, version=1), default=_json_default).encode("utf-8")
+    if path is None:
+        atomic_write_bytes(sidecar_path(state_path), payload)
+        return
+    with open(path, "wb") as f:
+        f.write(payload)
 
 
 def read_sidecar(state_path: str) -> dict | None:
@@ -300,7 +332,7 @@ def check_history(history: Sequence[numpy.ndarray], shapes: Sequence[tuple[int, 
 
 
 __all__ = [
-    "SolverStateData", "atomic_target", "atomic_write_bytes", "check_history", "encode_solverstate",
+    "SolverStateData", "atomic_target", "staged_files", "atomic_write_bytes", "check_history", "encode_solverstate",
     "read_sidecar", "read_solverstate", "sidecar_path", "write_sidecar", "write_solverstate",
     "write_solverstate_any", "write_solverstate_hdf5",
 ]

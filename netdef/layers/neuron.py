@@ -4,7 +4,9 @@ Every layer here has one bottom and one top of the same shape and may run in
 place (``top: "x"`` equal to ``bottom: "x"``). Forward passes assign a new array
 to ``top[0].data``, so a layer that needs its input in the backward pass keeps a
 reference to the bottom array it read (``self._x``): that array is never written
-afterwards, even in place, and no copy is made.
+afterwards, even in place, and no copy is made. Layers whose gradient can be
+told from the top (Sigmoid, TanH, ReLU and ELU with non-negative slope/alpha)
+keep nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class ReLULayer(NeuronLayer):
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = backend.array_module(x)
-        self._x = x
+        # With a non-negative slope, y > 0 exactly where x > 0: backward reads the top and an
+        # in-place ReLU keeps no second activation-sized array alive.
+        self._x = x if self.negative_slope < 0 else None
         if self.negative_slope == 0.0:
             top[0].data = xp.maximum(x, 0)
         else:
@@ -51,11 +55,12 @@ class ReLULayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        x, dy = self._x, top[0].diff
+        dy = top[0].diff
+        positive = (top[0].data if self._x is None else self._x) > 0
         if self.negative_slope == 0.0:
-            bottom[0].diff = dy * (x > 0)
+            bottom[0].diff = dy * positive
         else:
-            bottom[0].diff = backend.array_module(dy).where(x > 0, dy, dy * self.negative_slope)
+            bottom[0].diff = backend.array_module(dy).where(positive, dy, dy * self.negative_slope)
 
 
 @register_layer("PReLU")
@@ -139,15 +144,16 @@ class ELULayer(NeuronLayer):
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = backend.array_module(x)
-        self._x = x
+        # For alpha >= 0 the sign of y is that of x, so only the top is needed in backward.
+        self._x = x if self.alpha < 0 else None
         top[0].data = xp.maximum(x, 0) + self.alpha * (xp.exp(xp.minimum(x, 0)) - 1)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        x, y, dy = self._x, top[0].data, top[0].diff
-        xp = backend.array_module(dy)
-        bottom[0].diff = xp.where(x > 0, dy, dy * (y + self.alpha))
+        y, dy = top[0].data, top[0].diff
+        positive = (y if self._x is None else self._x) > 0
+        bottom[0].diff = backend.array_module(dy).where(positive, dy, dy * (y + self.alpha))
 
 
 @register_layer("Sigmoid")

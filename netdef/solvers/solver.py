@@ -471,12 +471,14 @@ class Solver:
         it = self.iter if iteration is None else iteration
         return f"{self.param.snapshot_prefix}_iter_{it}{extension}"
 
-    def snapshot(self) -> str:
+    def snapshot(self) -> str | None:
         """Write the weights and the solver state for the current iteration; returns the state file's path.
 
         BINARYPROTO: ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate``; HDF5:
         ``.caffemodel.h5`` + ``.solverstate.h5``. Each file is written atomically;
-        netdef's resume extras go to ``<state file>.netdef.json``.
+        netdef's resume extras go to ``<state file>.netdef.json``. When one of these
+        files already exists and is read-only, nothing is written (a warning says so)
+        and None is returned.
         """
         from ..io import caffemodel, solverstate
 
@@ -485,15 +487,25 @@ class Solver:
             log.warning("snapshot_prefix is not set; snapshot files are named _iter_<N>.* in the working directory")
         hdf5 = p.snapshot_format == pb.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
-        log.info("Snapshotting to %s file %s", "HDF5" if hdf5 else "binary proto", model)
-        with solverstate.atomic_target(model) as tmp:
-            caffemodel.save_weights(self.net, tmp, write_diff=p.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
+        # Renaming over a file ignores its own permissions; keep the protection a plain open() would give.
+        protected = [f for f in (model, state_path, solverstate.sidecar_path(state_path)) if _read_only(f)]
+        if protected:
+            log.warning("Snapshot at iteration %d skipped: %s is read-only and netdef does not replace "
+                        "read-only files", self.iter, protected[0])
+            return None
+        kind = "HDF5" if hdf5 else "binary proto"
         history = [backend.to_numpy(h) for h in self.history]
         state = solverstate.SolverStateData(self.iter, model, history, self.current_step)
-        solverstate.write_solverstate_any(state_path, state)
-        solverstate.write_sidecar(state_path, self._resume_extras(history))
+        # All three files are written to temporary names first and renamed only when all are complete,
+        # so a failure part way leaves the previous files of this name untouched.
+        with solverstate.staged_files() as stage:
+            log.info("Snapshotting to %s file %s", kind, model)
+            caffemodel.save_weights(self.net, stage(model), write_diff=p.snapshot_diff)
+            log.info("Snapshotting solver state to %s file %s", kind, state_path)
+            solverstate.write_solverstate_any(stage(state_path), state, atomic=False)
+            solverstate.write_sidecar(state_path, self._resume_extras(history),
+                                      path=stage(solverstate.sidecar_path(state_path)))
         return state_path
 
     def _fingerprint(self, iteration: int, current_step: int, history) -> str:
@@ -585,6 +597,14 @@ class Solver:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} iter={self.iter} net={self.net.name!r}>"
+
+
+def _read_only(path: str) -> bool:
+    """True for an existing file without any write permission bit (whoever runs us, root included)."""
+    try:
+        return not os.stat(path).st_mode & 0o222
+    except OSError:
+        return False
 
 
 def _text(param) -> str:

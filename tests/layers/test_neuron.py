@@ -15,9 +15,21 @@ from netdef.testing import check_gradient, make_layer, run_layer
 from netdef.testing.parity import layer_cases, parity_root, run_layer_case
 
 TYPES = {
-    "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "Swish", "Clip",
+    "ReLU",
+    "PReLU",
+    "ELU",
+    "Sigmoid",
+    "TanH",
+    "AbsVal",
+    "Power",
+    "Exp",
+    "Log",
+    "BNLL",
+    "Threshold",
+    "Swish",
+    "Clip",
     "Dropout",
-}  # fmt: skip
+}
 
 
 def forward_backward(definition, x, dy=None, phase=pb.TRAIN, params=None):
@@ -25,7 +37,7 @@ def forward_backward(definition, x, dy=None, phase=pb.TRAIN, params=None):
     layer = make_layer(definition, phase=phase)
     bottom, top = run_layer(layer, [numpy.asarray(x, dtype=numpy.float64)])
     if params is not None:
-        for blob, value in zip(layer.blobs, params):
+        for blob, value in zip(layer.blobs, params, strict=True):
             blob.data[...] = value
         layer.forward(bottom, top)
     y = top[0].data.copy()
@@ -208,9 +220,16 @@ def test_dropout_zero_ratio_keeps_everything():
 
 
 def test_float32_stays_float32():
-    for definition in ('type: "ReLU" relu_param { negative_slope: 0.1 }', 'type: "PReLU"', 'type: "ELU"',
-                       'type: "Sigmoid"', 'type: "Swish"', 'type: "Clip" clip_param { min: 0 max: 1 }',
-                       'type: "Power" power_param { power: 1.5 shift: 4 }', 'type: "Threshold"'):  # fmt: skip
+    for definition in (
+        'type: "ReLU" relu_param { negative_slope: 0.1 }',
+        'type: "PReLU"',
+        'type: "ELU"',
+        'type: "Sigmoid"',
+        'type: "Swish"',
+        'type: "Clip" clip_param { min: 0 max: 1 }',
+        'type: "Power" power_param { power: 1.5 shift: 4 }',
+        'type: "Threshold"',
+    ):
         layer = make_layer(definition, dtype=numpy.float32)
         bottom, top = run_layer(layer, [numpy.linspace(-2, 2, 12, dtype=numpy.float32).reshape(2, 3, 2)])
         top[0].diff = numpy.ones_like(top[0].data)
@@ -226,6 +245,8 @@ X = numpy.random.default_rng(5).standard_normal((2, 3, 2, 3))
 GRADIENT_CASES = [
     ('type: "ReLU"', X, {"kink": 0.0}),
     ('type: "ReLU" relu_param { negative_slope: 0.2 }', X, {"kink": 0.0}),
+    ('type: "ReLU" relu_param { negative_slope: -0.3 }', X, {"kink": 0.0}),
+    ('type: "ELU" elu_param { alpha: -0.5 }', X, {"kink": 0.0}),
     ('type: "PReLU" prelu_param { filler { type: "uniform" min: -1 max: 1 } }', X, {"kink": 0.0}),
     ('type: "PReLU" prelu_param { channel_shared: true }', X, {"kink": 0.0}),
     ('type: "ELU" elu_param { alpha: 0.7 }', X, {"kink": 0.0}),
@@ -259,13 +280,25 @@ def test_dropout_test_phase_gradient():
 
 # --- in-place use inside a net -------------------------------------------------------------
 IN_PLACE = [
+    'type: "ReLU"',
     'type: "ReLU" relu_param { negative_slope: 0.1 }',
+    'type: "ReLU" relu_param { negative_slope: -0.5 }',
+    'type: "ELU" elu_param { alpha: -0.5 }',
     'type: "PReLU" prelu_param { filler { type: "uniform" min: -1 max: 1 } }',
-    'type: "ELU"', 'type: "Sigmoid"', 'type: "TanH"', 'type: "AbsVal"',
-    'type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }', 'type: "Power" power_param { power: 3 shift: 1 }',
-    'type: "Exp" exp_param { base: 2 }', 'type: "Log" log_param { shift: 5 }', 'type: "BNLL"', 'type: "Swish"',
-    'type: "Clip" clip_param { min: -0.5 max: 0.5 }', 'type: "Dropout"', 'type: "Threshold"',
-]  # fmt: skip
+    'type: "ELU"',
+    'type: "Sigmoid"',
+    'type: "TanH"',
+    'type: "AbsVal"',
+    'type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }',
+    'type: "Power" power_param { power: 3 shift: 1 }',
+    'type: "Exp" exp_param { base: 2 }',
+    'type: "Log" log_param { shift: 5 }',
+    'type: "BNLL"',
+    'type: "Swish"',
+    'type: "Clip" clip_param { min: -0.5 max: 0.5 }',
+    'type: "Dropout"',
+    'type: "Threshold"',
+]
 
 
 def _net(body: str, in_place: bool) -> netdef.Net:
@@ -290,7 +323,7 @@ def test_in_place_matches_out_of_place(body):
         if "L" in net.params and not in_place:
             params = [p.data.copy() for p in net.params["L"]]
         elif "L" in net.params:
-            for p, v in zip(net.params["L"], params):
+            for p, v in zip(net.params["L"], params, strict=True):
                 p.data[...] = v
         net.blobs["x"].data[...] = x
         netdef.set_random_seed(11)
@@ -303,7 +336,7 @@ def test_in_place_matches_out_of_place(body):
     (y0, dx0, p0), (y1, dx1, p1) = results
     numpy.testing.assert_allclose(y1, y0, rtol=1e-6)
     numpy.testing.assert_allclose(dx1, dx0, rtol=1e-6)
-    for a, b in zip(p1, p0):
+    for a, b in zip(p1, p0, strict=True):
         numpy.testing.assert_allclose(a, b, rtol=1e-5)
 
 
@@ -379,7 +412,9 @@ def test_gpu_matches_cpu(definition):
         top[0].diff = xp.asarray(numpy.cos(numpy.arange(x.size)).reshape(x.shape))
         layer.param_propagate_down = [True] * len(layer.blobs)
         layer.backward(top, [True], bottom)
-        out.append([backend.to_numpy(top[0].data), backend.to_numpy(bottom[0].diff)]
-                   + [backend.to_numpy(b.diff) for b in layer.blobs])  # fmt: skip
-    for a, b in zip(*out):
+        out.append(
+            [backend.to_numpy(top[0].data), backend.to_numpy(bottom[0].diff)]
+            + [backend.to_numpy(b.diff) for b in layer.blobs]
+        )
+    for a, b in zip(*out, strict=True):
         numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)

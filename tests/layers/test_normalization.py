@@ -19,11 +19,17 @@ TYPES = {"BatchNorm", "Scale", "Bias", "MVN"}
 def run(definition, bottoms, phase=pb.TRAIN, params=None, dy=None):
     """Set up one float64 layer, optionally set its blobs, run forward (and backward when dy is given)."""
     layer = make_layer(definition, phase=phase)
-    bottom, top = run_layer(layer, [numpy.asarray(b, dtype=numpy.float64) for b in bottoms])
-    if params is not None:
-        for blob, value in zip(layer.blobs, params):
-            blob.data[...] = value
-        layer.forward(bottom, top)
+    bottom = []
+    for i, value in enumerate(bottoms):
+        value = numpy.asarray(value, dtype=numpy.float64)
+        bottom.append(netdef.Blob(value.shape, dtype=numpy.float64, name=f"b{i}"))
+        bottom[-1].data = value.copy()
+    top = [netdef.Blob((), dtype=numpy.float64, name="t0")]
+    layer.layer_setup(bottom, top)
+    for blob, value in zip(layer.blobs, params or [], strict=params is not None):
+        blob.data[...] = value
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
     if dy is not None:
         top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
         layer.param_propagate_down = [True] * len(layer.blobs)
@@ -73,8 +79,9 @@ def test_batchnorm_statistics_per_channel():
 def test_batchnorm_test_phase_uses_scaled_stored_stats():
     x = [[[2.5], [20.0]], [[4.5], [16.0]]]
     params = [[5.0, 40.0], [2.0, 8.0], [2.0]]  # mean [2.5, 20], var [1, 4] after dividing by the factor 2
-    layer, bottom, top = run('type: "BatchNorm" batch_norm_param { eps: 0 }', [x], phase=pb.TEST, params=params,
-                             dy=numpy.ones((2, 2, 1)))  # fmt: skip
+    layer, bottom, top = run(
+        'type: "BatchNorm" batch_norm_param { eps: 0 }', [x], phase=pb.TEST, params=params, dy=numpy.ones((2, 2, 1))
+    )
     numpy.testing.assert_allclose(top[0].data, [[[0.0], [0.0]], [[2.0], [-2.0]]])
     numpy.testing.assert_allclose(bottom[0].diff, [[[1.0], [0.5]], [[1.0], [0.5]]])
     numpy.testing.assert_array_equal(layer.blobs[0].data, params[0])  # not updated in TEST
@@ -82,17 +89,22 @@ def test_batchnorm_test_phase_uses_scaled_stored_stats():
 
 
 def test_batchnorm_zero_scale_factor_means_zero_stats():
-    _, _, top = run('type: "BatchNorm" batch_norm_param { eps: 0.25 }', [[[1.0], [-3.0]]], phase=pb.TEST,
-                    params=[[7.0, 7.0], [7.0, 7.0], [0.0]])  # fmt: skip
+    _, _, top = run(
+        'type: "BatchNorm" batch_norm_param { eps: 0.25 }',
+        [[[[1.0], [-3.0]]]],
+        phase=pb.TEST,
+        params=[[7.0, 7.0], [7.0, 7.0], [0.0]],
+    )
     numpy.testing.assert_allclose(top[0].data, [[[2.0], [-6.0]]])
 
 
 def test_batchnorm_use_global_stats_override():
     params = [[2.0], [8.0], [2.0]]
-    layer, _, top = run('type: "BatchNorm" batch_norm_param { use_global_stats: true eps: 0 }', [[[3.0], [5.0]]],
-                        params=params)  # fmt: skip
+    layer, _, top = run(
+        'type: "BatchNorm" batch_norm_param { use_global_stats: true eps: 0 }', [[[3.0], [5.0]]], params=params
+    )
     assert layer.use_global_stats
-    numpy.testing.assert_allclose(top[0].data, [[[1.0], [2.0]]])
+    numpy.testing.assert_allclose(top[0].data, [[1.0], [2.0]])
     numpy.testing.assert_array_equal(layer.blobs[2].data, [2.0])
     train = make_layer('type: "BatchNorm"', phase=pb.TRAIN)
     test = make_layer('type: "BatchNorm"', phase=pb.TEST)
@@ -132,8 +144,12 @@ XS = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
 
 
 def test_scale_learned_with_bias_values():
-    layer, bottom, top = run('type: "Scale" scale_param { bias_term: true }', [XS],
-                             params=[[1.0, 2.0, 3.0], [1.0, 0.0, -1.0]], dy=numpy.ones((2, 3)))  # fmt: skip
+    layer, bottom, top = run(
+        'type: "Scale" scale_param { bias_term: true }',
+        [XS],
+        params=[[1.0, 2.0, 3.0], [1.0, 0.0, -1.0]],
+        dy=numpy.ones((2, 3)),
+    )
     assert [b.shape for b in layer.blobs] == [(3,), (3,)]
     numpy.testing.assert_allclose(top[0].data, [[2.0, 4.0, 8.0], [5.0, 10.0, 17.0]])
     numpy.testing.assert_allclose(bottom[0].diff, [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
@@ -148,8 +164,12 @@ def test_scale_default_filler_is_identity():
 
 
 def test_scale_from_second_bottom_values():
-    layer, bottom, top = run('type: "Scale" scale_param { axis: 0 bias_term: true }', [XS, [2.0, -1.0]],
-                             params=[[0.5, 0.0]], dy=[[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])  # fmt: skip
+    layer, bottom, top = run(
+        'type: "Scale" scale_param { axis: 0 bias_term: true }',
+        [XS, [2.0, -1.0]],
+        params=[[0.5, 0.0]],
+        dy=[[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]],
+    )
     assert [b.shape for b in layer.blobs] == [(2,)]  # only the bias is a parameter
     numpy.testing.assert_allclose(top[0].data, [[2.5, 4.5, 6.5], [-4.0, -5.0, -6.0]])
     numpy.testing.assert_allclose(bottom[0].diff, [[2.0, 0.0, 2.0], [-1.0, -1.0, -1.0]])
@@ -199,12 +219,15 @@ def test_mvn_values():
     # eps is added to the standard deviation, not the variance
     _, _, top = run('type: "MVN" mvn_param { eps: 0.5 }', [[[[1.0, 3.0]]]])
     numpy.testing.assert_allclose(top[0].data.ravel(), [-1 / 1.5, 1 / 1.5])
-    _, _, top = run('type: "MVN" mvn_param { across_channels: true eps: 0 }', [[[[1.0]], [[3.0]]]])
+    _, _, top = run('type: "MVN" mvn_param { across_channels: true eps: 0 }', [numpy.reshape([1.0, 3.0], (1, 2, 1))])
     numpy.testing.assert_allclose(top[0].data.ravel(), [-1.0, 1.0])
-    _, bottom, top = run('type: "MVN" mvn_param { normalize_variance: false }', [[[[1.0, 3.0]], [[5.0, 5.0]]]],
-                         dy=[[[[1.0, 0.0]], [[2.0, 2.0]]]])  # fmt: skip
-    numpy.testing.assert_allclose(top[0].data, [[[[-1.0, 1.0]], [[0.0, 0.0]]]])
-    numpy.testing.assert_allclose(bottom[0].diff, [[[[0.5, -0.5]], [[0.0, 0.0]]]])
+    _, bottom, top = run(
+        'type: "MVN" mvn_param { normalize_variance: false }',
+        [[[[1.0, 3.0]], [[5.0, 5.0]]]],
+        dy=[[[1.0, 0.0]], [[2.0, 2.0]]],
+    )
+    numpy.testing.assert_allclose(top[0].data, [[[-1.0, 1.0]], [[0.0, 0.0]]])
+    numpy.testing.assert_allclose(bottom[0].diff, [[[0.5, -0.5]], [[0.0, 0.0]]])
 
 
 def test_mvn_backward_values():
@@ -228,12 +251,20 @@ GRADIENT_CASES = [
     ('type: "BatchNorm"', [X[:, :, 0, 0]], pb.TRAIN, {}),
     ('type: "BatchNorm"', [X], pb.TEST, {"check_params": False}),
     ('type: "Scale" scale_param { filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
-    ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
-     [X], pb.TRAIN, {}),
+    (
+        'type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+        [X],
+        pb.TRAIN,
+        {},
+    ),
     ('type: "Scale" scale_param { axis: -2 num_axes: 2 filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
     ('type: "Scale" scale_param { num_axes: 0 bias_term: true filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
-    ('type: "Scale" scale_param { axis: 0 bias_term: true bias_filler { type: "gaussian" } }',
-     [X, RNG.standard_normal((3, 2))], pb.TRAIN, {}),
+    (
+        'type: "Scale" scale_param { axis: 0 bias_term: true bias_filler { type: "gaussian" } }',
+        [X, RNG.standard_normal((3, 2))],
+        pb.TRAIN,
+        {},
+    ),
     ('type: "Scale" scale_param { axis: 0 num_axes: -1 filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
     ('type: "Bias" bias_param { filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
     ('type: "Bias" bias_param { axis: 2 num_axes: -1 filler { type: "gaussian" } }', [X], pb.TRAIN, {}),
@@ -243,11 +274,13 @@ GRADIENT_CASES = [
     ('type: "MVN" mvn_param { across_channels: true eps: 0.2 }', [X], pb.TRAIN, {}),
     ('type: "MVN" mvn_param { normalize_variance: false }', [X], pb.TRAIN, {}),
     ('type: "MVN" mvn_param { normalize_variance: false across_channels: true }', [X], pb.TRAIN, {}),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize("definition,bottoms,phase,kwargs", GRADIENT_CASES,
-                         ids=[f"{c[0]}-{'TRAIN' if c[2] == pb.TRAIN else 'TEST'}-{c[1][0].ndim}d" for c in GRADIENT_CASES])  # fmt: skip
+GRADIENT_IDS = [f"{c[0]}-{'TRAIN' if c[2] == pb.TRAIN else 'TEST'}-{c[1][0].ndim}d" for c in GRADIENT_CASES]
+
+
+@pytest.mark.parametrize("definition,bottoms,phase,kwargs", GRADIENT_CASES, ids=GRADIENT_IDS)
 def test_gradient(definition, bottoms, phase, kwargs):
     result = check_gradient(make_layer(definition, phase=phase), bottoms, **kwargs)
     assert result["checked"] > 0
@@ -257,12 +290,14 @@ def test_gradient(definition, bottoms, phase, kwargs):
 IN_PLACE = [
     ('type: "BatchNorm"', netdef.TRAIN),
     ('type: "BatchNorm"', netdef.TEST),
-    ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
-     netdef.TRAIN),
+    (
+        'type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+        netdef.TRAIN,
+    ),
     ('type: "Bias" bias_param { filler { type: "gaussian" } }', netdef.TRAIN),
     ('type: "MVN"', netdef.TRAIN),
     ('type: "MVN" mvn_param { normalize_variance: false }', netdef.TRAIN),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("body,phase", IN_PLACE)
@@ -282,7 +317,7 @@ def test_in_place_matches_out_of_place(body, phase):
         netdef.set_random_seed(5)
         net = netdef.Net(parse_text(text, pb.NetParameter()), phase)
         if "BatchNorm" in body:
-            for p, v in zip(net.params["L"], stats):
+            for p, v in zip(net.params["L"], stats, strict=True):
                 p.data[...] = v
         net.blobs["x"].data[...] = x
         net.forward()
@@ -294,7 +329,7 @@ def test_in_place_matches_out_of_place(body, phase):
     (y0, dx0, p0), (y1, dx1, p1) = results
     numpy.testing.assert_allclose(y1, y0, rtol=1e-6)
     numpy.testing.assert_allclose(dx1, dx0, rtol=1e-5, atol=1e-7)
-    for a, b in zip(p1, p0):
+    for a, b in zip(p1, p0, strict=True):
         numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -337,7 +372,7 @@ def test_batchnorm_channel_change_is_refused():
     layer = make_layer('type: "BatchNorm"')
     bottom, top = run_layer(layer, [X])
     bottom[0].reshape((3, 4, 2, 3))
-    with pytest.raises(ShapeMismatchError, match="3 channels"):
+    with pytest.raises(ShapeMismatchError, match="set up for 2 channels"):
         layer.reshape(bottom, top)
 
 
@@ -357,7 +392,14 @@ def test_gpu_matches_cpu(definition, bottoms, phase, kwargs):
         top[0].diff = xp.asarray(numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape))
         layer.param_propagate_down = [True] * len(layer.blobs)
         layer.backward(top, [True] * len(bottom), bottom)
-        out.append([backend.to_numpy(a) for a in [top[0].data] + [b.diff for b in bottom]
-                    + [b.data for b in layer.blobs] + [b.diff for b in layer.blobs]])  # fmt: skip
-    for a, b in zip(*out):
+        out.append(
+            [
+                backend.to_numpy(a)
+                for a in [top[0].data]
+                + [b.diff for b in bottom]
+                + [b.data for b in layer.blobs]
+                + [b.diff for b in layer.blobs]
+            ]
+        )
+    for a, b in zip(*out, strict=True):
         numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
