@@ -92,13 +92,10 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
-    # Alternate the two so that both see the same machine state.
-    nd, pt = [], []
-    for _ in range(3):
-        nd += time_netdef(args.iterations // 3 or 1, x, y)
-        t = time_torch(args.iterations // 3 or 1, x, y)
-        if t is not None:
-            pt += t
+    # One after the other, netdef first: PyTorch's OpenMP worker threads keep spinning for a
+    # while after each call and would slow down whatever runs right after them.
+    nd = time_netdef(args.iterations, x, y)
+    pt = time_torch(args.iterations, x, y)
     med_nd = statistics.median(nd) * 1e3
     print(f"netdef  LeNet fwd+bwd batch 64: median {med_nd:.2f} ms over {len(nd)} iterations")
     if pt:

@@ -61,7 +61,7 @@ def _select_device(gpu: str | None, solver_mode_gpu: bool = False, device_id: in
 def cmd_train(args) -> int:
     from .proto import load_solver
     from .solvers import get_solver
-    from .solvers.signals import signal_handler
+    from .solvers.signals import handle_signals
 
     solver_file = args.solver or args.solver_pos
     if not solver_file:
@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
             solver.net.copy_from(w)
             for test_net in solver.test_nets:
                 test_net.copy_from(w)
-    with signal_handler(solver, args.sigint_effect, args.sighup_effect):
+    with handle_signals(solver, args.sigint_effect, args.sighup_effect):
         log.info("Starting Optimization")
         solver.solve(args.snapshot)
     log.info("Optimization Done.")

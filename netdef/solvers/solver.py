@@ -475,7 +475,7 @@ class Solver:
         """Write the weights and the solver state for the current iteration; returns the state file's path.
 
         BINARYPROTO: ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate``; HDF5:
-        ``.caffemodel.h5`` + ``.solverstate.h5``. Each file is written atomically;
+        ``.caffemodel.h5`` + ``.solverstate.h5``. The files are replaced together, atomically;
         netdef's resume extras go to ``<state file>.netdef.json``. When one of these
         files already exists and is read-only, nothing is written (a warning says so)
         and None is returned.
