@@ -82,7 +82,6 @@ def cmd_train(args) -> int:
     with handle_signals(solver, args.sigint_effect, args.sighup_effect):
         log.info("Starting Optimization")
         solver.solve(args.snapshot)
-    log.info("Optimization Done.")
     return 0
 
 

@@ -59,28 +59,28 @@ def learning_rate(param, iteration: int, current_step: int = 0) -> tuple[float, 
             rate = base_lr
         elif policy == "step":
             _need(param.stepsize > 0, policy, f"stepsize must be positive. Received: {param.stepsize}")
-            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma}")
+            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma:.7g}")
             current_step = iteration // param.stepsize
             rate = _f32(float(base_lr) * _pow_double(float(gamma), current_step))
         elif policy == "exp":
-            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma}")
+            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma:.7g}")
             rate = _f32(float(base_lr) * _pow_double(float(gamma), iteration))
         elif policy == "inv":
-            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma}")
+            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma:.7g}")
             inner = _f32(1) + gamma * _f32(iteration)
             rate = base_lr * numpy.power(inner, -_f32(param.power))
         elif policy == "multistep":
             values = list(param.stepvalue)
             if current_step < len(values) and iteration >= values[current_step]:
                 current_step += 1
-            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma}")
+            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma:.7g}")
             rate = _f32(float(base_lr) * _pow_double(float(gamma), current_step))
         elif policy == "poly":
             _need(param.max_iter > 0, policy, f"max_iter must be positive. Received: {param.max_iter}")
             frac = _f32(1) - _f32(iteration) / _f32(param.max_iter)
             rate = base_lr * numpy.power(frac, _f32(param.power))
         elif policy == "sigmoid":
-            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma}")
+            _need(gamma >= 0, policy, f"gamma must be >= 0. Received: {param.gamma:.7g}")
             _need(param.stepsize > 0, policy, f"stepsize must be positive. Received: {param.stepsize}")
             z = numpy.exp(-gamma * (_f32(iteration) - _f32(param.stepsize)))
             rate = base_lr * (_f32(1) / (_f32(1) + z))

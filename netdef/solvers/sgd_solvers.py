@@ -23,6 +23,11 @@ from .solver import Solver, _g
 log = logging.getLogger("netdef")
 
 
+def _num(value: float) -> str:
+    """A float32 hyper-parameter as written in the file (0.9, not 0.8999999761581421)."""
+    return f"{value:.7g}"
+
+
 class SGDSolver(Solver):
     """Stochastic gradient descent with momentum (Caffe type ``SGD``).
 
@@ -129,7 +134,7 @@ class AdaGradSolver(SGDSolver):
 
     def check_param(self) -> None:
         if self.param.momentum != 0:
-            raise SolverError(f"Momentum cannot be used with AdaGrad. Received: momentum {self.param.momentum}")
+            raise SolverError(f"Momentum cannot be used with AdaGrad. Received: momentum {_num(self.param.momentum)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
         blob = self.net.param_specs[index][0]
@@ -152,9 +157,9 @@ class RMSPropSolver(SGDSolver):
     def check_param(self) -> None:
         p = self.param
         if p.momentum != 0:
-            raise SolverError(f"Momentum cannot be used with RMSProp. Received: momentum {p.momentum}")
+            raise SolverError(f"Momentum cannot be used with RMSProp. Received: momentum {_num(p.momentum)}")
         if not 0 <= p.rms_decay < 1:
-            raise SolverError(f"rms_decay should lie in [0, 1). Received: {p.rms_decay}")
+            raise SolverError(f"rms_decay should lie in [0, 1). Received: {_num(p.rms_decay)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
         blob = self.net.param_specs[index][0]
@@ -182,9 +187,9 @@ class AdaDeltaSolver(SGDSolver):
     def check_param(self) -> None:
         p = self.param
         if not 0 <= p.momentum < 1:
-            raise SolverError(f"AdaDelta needs momentum (its decay rate rho) in [0, 1). Received: {p.momentum}")
+            raise SolverError(f"AdaDelta needs momentum (its decay rate rho) in [0, 1). Received: {_num(p.momentum)}")
         if p.delta <= 0:
-            raise SolverError(f"AdaDelta needs a positive delta (it divides by history + delta). Received: {p.delta}")
+            raise SolverError(f"AdaDelta needs a positive delta (it divides by history + delta). Received: {_num(p.delta)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
         blob = self.net.param_specs[index][0]
@@ -217,11 +222,11 @@ class AdamSolver(SGDSolver):
     def check_param(self) -> None:
         p = self.param
         if not 0 <= p.momentum < 1:
-            raise SolverError(f"Adam needs momentum (beta1) in [0, 1). Received: {p.momentum}")
+            raise SolverError(f"Adam needs momentum (beta1) in [0, 1). Received: {_num(p.momentum)}")
         if not 0 <= p.momentum2 < 1:
-            raise SolverError(f"Adam needs momentum2 (beta2) in [0, 1). Received: {p.momentum2}")
+            raise SolverError(f"Adam needs momentum2 (beta2) in [0, 1). Received: {_num(p.momentum2)}")
         if p.delta < 0:
-            raise SolverError(f"Adam needs delta (epsilon) >= 0. Received: {p.delta}")
+            raise SolverError(f"Adam needs delta (epsilon) >= 0. Received: {_num(p.delta)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
         blob = self.net.param_specs[index][0]

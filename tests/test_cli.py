@@ -1,0 +1,114 @@
+"""End-to-end command line: train, test, time, fine-tune, errors."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+
+import netdef
+from netdef.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def digits(tmp_path, monkeypatch):
+    """A copy of the bundled digits example in a scratch working directory."""
+    shutil.copytree(REPO / "models" / "digits", tmp_path / "models" / "digits")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def short_solver(folder, max_iter=60, extra=""):
+    text = (REPO / "models" / "digits" / "solver.prototxt").read_text()
+    text = text.replace("max_iter: 1000", f"max_iter: {max_iter}").replace("test_interval: 250", "test_interval: 30")
+    text = text.replace("display: 50", "display: 20") + extra
+    path = folder / "short_solver.prototxt"
+    path.write_text(text)
+    return str(path)
+
+
+def test_train_writes_caffe_logs_and_final_weights(digits, capsys):
+    solver = short_solver(digits)
+    assert main(["train", solver]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"Iteration 20 \(.*\), loss = [0-9.]+", err)
+    assert "Train net output #0: loss = " in err
+    assert "Iteration 20, lr = " in err
+    assert "Test net output #0: accuracy = " in err
+    weights = digits / "models" / "digits" / "digits_iter_60.caffemodel"
+    assert weights.exists()
+    net = netdef.Net(str(digits / "models" / "digits" / "deploy.prototxt"), netdef.TEST, weights=str(weights))
+    assert net.params["conv1"][0].data.std() > 0
+
+
+def test_train_solver_spellings_and_test_command(digits, capsys):
+    solver = short_solver(digits, max_iter=40)
+    assert main(["train", "-solver", solver]) == 0
+    assert main(["train", f"-solver={solver}"]) == 0
+    assert main(["train", "--solver", solver]) == 0
+    weights = "models/digits/digits_iter_40.caffemodel"
+    capsys.readouterr()
+    assert main(["test", "--model", "models/digits/train_val.prototxt", "--weights", weights,
+                 "--iterations", "3"]) == 0
+    out = capsys.readouterr().out
+    acc = float(next(line for line in out.splitlines() if line.startswith("accuracy")).split("=")[1])
+    assert 0.5 < acc <= 1.0
+
+
+def test_recipe_with_net_override(digits):
+    shutil.copytree(REPO / "solvers", digits / "solvers")
+    recipe = (digits / "solvers" / "multistep.prototxt").read_text().replace("max_iter: 1000", "max_iter: 20")
+    (digits / "solvers" / "multistep.prototxt").write_text(recipe.replace("test_interval: 250", "test_interval: 20"))
+    assert main(["train", "--solver", "solvers/multistep.prototxt", "--net", "models/digits/train_val.prototxt"]) == 0
+    assert (digits / "snapshots" / "multistep_iter_20.caffemodel").exists()
+
+
+def test_finetune_from_weights(digits, capsys):
+    solver = short_solver(digits, max_iter=20)
+    assert main(["train", solver]) == 0
+    assert main(["train", solver, "--weights", "models/digits/digits_iter_20.caffemodel"]) == 0
+    assert "Finetuning from models/digits/digits_iter_20.caffemodel" in capsys.readouterr().err
+    assert main(["train", solver, "--weights", "x.caffemodel", "--snapshot", "y.solverstate"]) == 1
+    assert "not both" in capsys.readouterr().err
+
+
+def test_time_prints_per_layer_rows(digits, capsys):
+    assert main(["time", "--model", "models/digits/deploy.prototxt", "--iterations", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1\tforward:" in out and "conv1\tbackward:" in out
+    assert "Average Forward-Backward:" in out
+
+
+def test_bad_input_gives_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "net.prototxt"
+    bad.write_text('layer { name: "c" type: "Convolution" convolution_param { kernal_size: 3 } }')
+    assert main(["test", "--model", str(bad), "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("netdef: error: ")]
+    assert len(errors) == 1
+    assert "net.prototxt:1:" in err and 'Did you mean "kernel_size"' in err
+    assert "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.prototxt")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "netdef", "--help"], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0
+    for cmd in ("train", "test", "time"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.slow
+def test_digits_example_reaches_97_percent(digits, capsys):
+    assert main(["train", "models/digits/solver.prototxt"]) == 0
+    err = capsys.readouterr().err
+    accs = [float(line.rsplit("=", 1)[1]) for line in err.splitlines() if "Test net output #0: accuracy" in line]
+    assert accs[-1] >= 0.97
+    numpy.testing.assert_array_less(0, accs)
