@@ -1,12 +1,16 @@
 """Vision layers: Convolution, Deconvolution, Im2col, Pooling, SPP, Crop and LRN.
 
-Convolution-like layers share one ``im2col``/``col2im`` pair working on a
-"channel-major, batch-last" layout ``(C, *spatial, N)``. In that layout the
-patch gather of a stride-1 convolution copies long contiguous runs
-(``out_width * N`` values) instead of short rows, and the whole batch becomes
-one GEMM of shape ``(C_out, C_in*k) x (C_in*k, out_pixels*N)`` (batched over
-groups only). Pooling walks the kernel offsets (``kh*kw`` strided views of the
-whole batch), never the pixels.
+Convolution-like layers share one im2col/col2im pair. The column matrix holds
+the whole batch, so a convolution is one GEMM ``(C_out, C_in*k) x (C_in*k,
+columns)`` (batched over groups only). Its columns are ordered either
+sample-major (``(N, *out)``) or, when output rows are short, pixel-major with
+the sample last (``(*out, N)``): then the patch gather and the col2im adds move
+runs of ``out_width * N`` contiguous values instead of ``out_width``.
+
+Pooling is separable: a window maximum (or sum) is taken along the width, then
+along the height, each a loop over the kernel offsets of one axis, with strided
+views of the whole batch. The argmax is the first maximum in row-major scan
+order, as in Caffe.
 """
 from __future__ import annotations
 
@@ -26,68 +30,138 @@ from .base import Layer, register_layer
 COL_CHUNK_BYTES = 256 * 2**20
 #: Column buffers up to this size are kept from forward for the weight gradient instead of rebuilt.
 COL_CACHE_BYTES = 64 * 2**20
+#: Output rows shorter than this use the pixel-major, sample-last column order.
+SHORT_ROW = 16
 
-_MAX, _AVE, _STOCHASTIC = (pb.PoolingParameter.MAX, pb.PoolingParameter.AVE, pb.PoolingParameter.STOCHASTIC)
+_MAX, _AVE, _STOCHASTIC = pb.PoolingParameter.MAX, pb.PoolingParameter.AVE, pb.PoolingParameter.STOCHASTIC
 _POOL_NAMES = {_MAX: "MAX", _AVE: "AVE", _STOCHASTIC: "STOCHASTIC"}
 
 
-# --- im2col / col2im ------------------------------------------------------------------
-def to_batch_last(x, pad: Sequence[int]):
-    """``(N, C, *S)`` -> zero-padded ``(C, *(S + 2*pad), N)``, C-contiguous, in one copy."""
-    xp = backend.array_module(x)
-    moved = xp.moveaxis(x, 0, -1)
-    if not any(pad):
-        return xp.ascontiguousarray(moved)
-    shape = (x.shape[1], *(s + 2 * p for s, p in zip(x.shape[2:], pad)), x.shape[0])
-    out = xp.zeros(shape, dtype=x.dtype)
-    out[(slice(None), *(slice(p, p + s) for s, p in zip(x.shape[2:], pad)), slice(None))] = moved
+# --- array helpers ----------------------------------------------------------------------------
+def _transpose2d(a):
+    """C-contiguous transpose of a 2-D array.
+
+    NumPy copies a tall, narrow transpose element by element with cache-hostile reads; in row
+    blocks that fit the cache it is several times faster. CuPy's kernel needs no help.
+    """
+    xp = backend.array_module(a)
+    rows, cols = a.shape
+    if xp is not numpy or rows <= 2048 or cols <= 1:
+        return xp.ascontiguousarray(a.T)
+    out = numpy.empty((cols, rows), dtype=a.dtype)
+    for i in range(0, rows, 1024):
+        out[:, i:i + 1024] = a[i:i + 1024].T
     return out
 
 
-def from_batch_last(xt, pad: Sequence[int], spatial: Sequence[int]):
-    """Inverse of :func:`to_batch_last`: drop the padding, return C-contiguous ``(N, C, *S)``."""
-    xp = backend.array_module(xt)
-    inner = xt[(slice(None), *(slice(p, p + s) for s, p in zip(spatial, pad)), slice(None))]
-    return xp.ascontiguousarray(xp.moveaxis(inner, -1, 0))
+def _interior(pad: Sequence[int], spatial: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(p, p + s) for p, s in zip(pad, spatial))
 
 
-def im2col(xt, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int], out_shape: Sequence[int]):
-    """Patches of a padded batch-last array.
+# --- im2col / col2im ----------------------------------------------------------------------------
+# A "source" is the padded input of im2col: (N, C, *Sp) sample-major, or (C, *Sp, N) sample-last.
+def to_source(x, pad: Sequence[int], batch_last: bool):
+    """``(N, C, *S)`` -> zero-padded im2col source in the chosen order (one copy at most)."""
+    xp = backend.array_module(x)
+    n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    if batch_last:
+        x = xp.moveaxis(x, 0, -1)
+        if not any(pad):
+            return xp.ascontiguousarray(x)
+        out = xp.zeros((c, *(s + 2 * p for s, p in zip(spatial, pad)), n), dtype=x.dtype)
+        out[(slice(None), *_interior(pad, spatial), slice(None))] = x
+        return out
+    if not any(pad):
+        return x
+    out = xp.zeros((n, c, *(s + 2 * p for s, p in zip(spatial, pad))), dtype=x.dtype)
+    out[(slice(None), slice(None), *_interior(pad, spatial))] = x
+    return out
 
-    Args:
-        xt: ``(C, *padded_spatial, N)`` (see :func:`to_batch_last`).
-        kernel, stride, dilation: one value per spatial axis.
-        out_shape: output positions per spatial axis.
 
-    Returns:
-        C-contiguous ``(C, *kernel, *out_shape, N)``; entry ``[c, k..., o..., n]`` is
-        ``xt[c, o*stride + k*dilation ..., n]``. Rows ``(c, k...)`` are Caffe's column order.
+def from_source(src, pad: Sequence[int], spatial: Sequence[int], batch_last: bool):
+    """Inverse of :func:`to_source`: C-contiguous ``(N, C, *S)`` without the padding."""
+    xp = backend.array_module(src)
+    if batch_last:
+        n = src.shape[-1]
+        src = _transpose2d(src.reshape(-1, n)).reshape(n, *src.shape[:-1])
+    if not any(pad):
+        return xp.ascontiguousarray(src)
+    return xp.ascontiguousarray(src[(slice(None), slice(None), *_interior(pad, spatial))])
+
+
+def im2col(src, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int], out_shape: Sequence[int],
+           batch_last: bool):
+    """Every kernel-sized patch of an im2col source, as one C-contiguous array.
+
+    Returns ``(C, *kernel, *columns)`` with columns ``(N, *out_shape)``, or ``(*out_shape, N)`` when
+    ``batch_last``. Entry ``[c, k..., o...]`` is the source at ``o*stride + k*dilation``; rows
+    ``(c, k...)`` are in Caffe's column-buffer order.
     """
-    xp = backend.array_module(xt)
+    xp = backend.array_module(src)
     nd = len(kernel)
-    st = xt.strides
-    shape = (xt.shape[0], *kernel, *out_shape, xt.shape[-1])
-    strides = (
-        st[0],
-        *(st[1 + i] * dilation[i] for i in range(nd)),
-        *(st[1 + i] * stride[i] for i in range(nd)),
-        st[-1],
-    )
-    return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(xt, shape, strides))
+    st = src.strides
+    if batch_last:
+        c_stride, n_stride, sp = st[0], st[-1], st[1:-1]
+    else:
+        c_stride, n_stride, sp = st[1], st[0], st[2:]
+    taps = tuple(sp[i] * dilation[i] for i in range(nd))
+    steps = tuple(sp[i] * stride[i] for i in range(nd))
+    n = src.shape[-1] if batch_last else src.shape[0]
+    c = src.shape[0] if batch_last else src.shape[1]
+    if batch_last:
+        shape, strides = (c, *kernel, *out_shape, n), (c_stride, *taps, *steps, n_stride)
+    else:
+        shape, strides = (c, *kernel, n, *out_shape), (c_stride, *taps, n_stride, *steps)
+    return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(src, shape, strides))
 
 
-def col2im(col, padded_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-           dilation: Sequence[int], out_shape: Sequence[int]):
-    """Adjoint of :func:`im2col`: sum ``(C, *kernel, *out_shape, N)`` patches into ``(C, *padded, N)``.
+def col2im(col, src_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+           out_shape: Sequence[int], batch_last: bool):
+    """Adjoint of :func:`im2col`: sum patches ``(C, *kernel, *columns)`` into a source-shaped array.
 
     One strided add per kernel offset (no scatter-add), so overlapping windows accumulate.
     """
     xp = backend.array_module(col)
-    xt = xp.zeros(tuple(padded_shape), dtype=col.dtype)
+    src = xp.zeros(tuple(src_shape), dtype=col.dtype)
+    # Index the destination as (C, [N,] *Sp [, N]) to line up with the patch array.
+    dst = src if batch_last else src.swapaxes(0, 1)
+    lead = (slice(None),) if batch_last else (slice(None), slice(None))
+    tail = (slice(None),) if batch_last else ()
     for offs in itertools.product(*(range(k) for k in kernel)):
-        region = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offs, dilation, stride, out_shape))
-        xt[(slice(None), *region, slice(None))] += col[(slice(None), *offs)]
-    return xt
+        region = tuple(slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offs, dilation, stride, out_shape))
+        dst[(*lead, *region, *tail)] += col[(slice(None), *offs)]
+    return src
+
+
+def batch_to_columns(y, batch_last: bool):
+    """``(N, O, *P)`` -> C-contiguous ``(O, columns)`` in the column order of :func:`im2col`."""
+    xp = backend.array_module(y)
+    n, o = y.shape[:2]
+    if batch_last:
+        return xp.ascontiguousarray(y.reshape(n, -1).T).reshape(o, -1)
+    return xp.ascontiguousarray(y.reshape(n, o, -1).swapaxes(0, 1)).reshape(o, -1)
+
+
+def columns_to_batch(yc, n: int, out_shape: Sequence[int], batch_last: bool, bias=None):
+    """``(O, columns)`` -> C-contiguous ``(N, O, *out_shape)``, adding ``bias[o]`` when given."""
+    xp = backend.array_module(yc)
+    o = yc.shape[0]
+    if batch_last:
+        y = _transpose2d(yc.reshape(-1, n)).reshape(n, o, *out_shape)
+        if bias is not None:
+            y += bias.reshape((1, o) + (1,) * len(out_shape))
+        return y
+    moved = yc.reshape(o, n, -1).swapaxes(0, 1)
+    if bias is None:
+        return xp.ascontiguousarray(moved).reshape(n, o, *out_shape)
+    y = xp.empty((n, o, moved.shape[-1]), dtype=yc.dtype)
+    xp.add(moved, bias.reshape(1, o, 1), out=y)
+    return y.reshape(n, o, *out_shape)
+
+
+def use_batch_last(n: int, out_shape: Sequence[int]) -> bool:
+    """Pick the sample-last column order when output rows are short and there is a batch."""
+    return n > 1 and out_shape[-1] < SHORT_ROW
 
 
 def _batch_chunks(n: int, bytes_per_sample: int) -> list[slice]:
@@ -96,6 +170,7 @@ def _batch_chunks(n: int, bytes_per_sample: int) -> list[slice]:
     return [slice(i, min(i + per, n)) for i in range(0, n, per)] or [slice(0, 0)]
 
 
+# --- convolution geometry ---------------------------------------------------------------------------
 def conv_geometry(layer: Layer, cp, num_spatial: int) -> tuple[tuple[int, ...], ...]:
     """Kernel, stride, pad and dilation per spatial axis from a ConvolutionParameter (Caffe's rules)."""
 
@@ -112,7 +187,10 @@ def conv_geometry(layer: Layer, cp, num_spatial: int) -> tuple[tuple[int, ...], 
                     f"{h_name}={getattr(cp, h_name)}, {w_name}={getattr(cp, w_name)}"
                 )
             if name != "pad" and not (cp.HasField(h_name) and cp.HasField(w_name)):
-                raise layer.error(f"{h_name} and {w_name} must be given together. Received: only one of them")
+                raise layer.error(
+                    f"{h_name} and {w_name} must be given together. Received: only "
+                    f"{h_name if cp.HasField(h_name) else w_name}"
+                )
             return (int(getattr(cp, h_name)), int(getattr(cp, w_name)))
         n = len(values)
         if not (n == 1 or n == num_spatial or (n == 0 and default is not None)):
@@ -152,6 +230,20 @@ def conv_output_shape(layer: Layer, spatial: Sequence[int], kernel, pad, stride,
     return tuple(out)
 
 
+def _channel_axis(layer: Layer, bottom: Blob, axis: int) -> tuple[int, int]:
+    """Canonical channel axis and number of spatial axes after it (at least one)."""
+    try:
+        axis = bottom.canonical_axis(axis)
+    except InvalidParameterError as err:
+        raise layer.error(f"convolution_param.axis is out of range. Received: {axis}. {err}") from None
+    num_spatial = bottom.num_axes - axis - 1
+    if num_spatial < 1:
+        raise layer.error(
+            f"needs at least one spatial axis after the channel axis {axis}. Received: bottom shape {bottom.shape}"
+        )
+    return axis, num_spatial
+
+
 # --- convolution family -----------------------------------------------------------------------
 class _ConvolutionBase(Layer):
     """Shared set-up of Convolution and Deconvolution (Caffe's BaseConvolutionLayer)."""
@@ -165,16 +257,7 @@ class _ConvolutionBase(Layer):
     def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         cp = self.param.convolution_param
         x = bottom[0]
-        try:
-            self.axis = x.canonical_axis(cp.axis)
-        except InvalidParameterError as err:
-            raise self.error(f"convolution_param.axis is out of range. Received: {cp.axis}. {err}") from None
-        self.num_spatial = x.num_axes - self.axis - 1
-        if self.num_spatial < 1:
-            raise self.error(
-                f"needs at least one spatial axis after the channel axis {self.axis}. Received: bottom shape "
-                f"{x.shape}"
-            )
+        self.axis, self.num_spatial = _channel_axis(self, x, cp.axis)
         self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, self.num_spatial)
         self.channels = x.shape[self.axis]
         self.num_output = int(cp.num_output)
@@ -225,8 +308,16 @@ class _ConvolutionBase(Layer):
         for t in top:
             t.reshape((*x.shape[: self.axis], self.num_output, *self.out_spatial))
 
-    def _bias_view(self, ndim_spatial: int):
-        return self.blobs[1].data.reshape((1, self.num_output) + (1,) * ndim_spatial)
+    def _param_grads_wanted(self) -> tuple[bool, bool]:
+        want_w = bool(self.param_propagate_down[0])
+        want_b = self.bias_term and bool(self.param_propagate_down[1])
+        return want_w, want_b
+
+    def _add_param_grads(self, dw, db) -> None:
+        if dw is not None:
+            self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
+        if db is not None:
+            self.blobs[1].diff += db
 
 
 @register_layer("Convolution")
@@ -246,9 +337,10 @@ class ConvolutionLayer(_ConvolutionBase):
     def output_spatial(self, spatial):
         return conv_output_shape(self, spatial, self.kernel, self.pad, self.stride, self.dilation)
 
-    def _columns(self, x):
-        """Column matrix ``(group, C_in/group * K, P*n)`` of samples ``x`` of shape ``(n, C_in, *S)``."""
-        col = im2col(to_batch_last(x, self.pad), self.kernel, self.stride, self.dilation, self.out_spatial)
+    def _columns(self, x, batch_last: bool):
+        """Column matrix ``(group, C_in/group * K, columns)`` of samples ``x`` of shape ``(n, C_in, *S)``."""
+        src = to_source(x, self.pad, batch_last)
+        col = im2col(src, self.kernel, self.stride, self.dilation, self.out_spatial, batch_last)
         return col.reshape(self.group, self.channels // self.group * math.prod(self.kernel), -1)
 
     def _col_bytes(self, itemsize: int) -> int:
@@ -258,19 +350,21 @@ class ConvolutionLayer(_ConvolutionBase):
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
-        nsp = len(self.out_spatial)
+        bias = self.blobs[1].data if self.bias_term else None
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
+            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) > 1 else None
             self._cols[i] = None
             for sl in chunks:
-                col = self._columns(x[sl])
-                yt = xp.matmul(w, col).reshape(o, *self.out_spatial, sl.stop - sl.start)
-                if self.bias_term:
-                    xp.add(xp.moveaxis(yt, -1, 0), self._bias_view(nsp), out=y[sl])
+                n = sl.stop - sl.start
+                batch_last = use_batch_last(n, self.out_spatial)
+                col = self._columns(x[sl], batch_last)
+                part = columns_to_batch(xp.matmul(w, col).reshape(o, -1), n, self.out_spatial, batch_last, bias)
+                if y is None:
+                    y = part
                 else:
-                    y[sl] = xp.moveaxis(yt, -1, 0)
+                    y[sl] = part
                 if len(chunks) == 1 and col.nbytes <= COL_CACHE_BYTES:
                     self._cols[i] = col
             t.data = y.reshape(t.shape)
@@ -279,40 +373,45 @@ class ConvolutionLayer(_ConvolutionBase):
         xp = backend.array_module(top[0].diff)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
-        want_w = self.param_propagate_down[0]
-        want_b = self.bias_term and self.param_propagate_down[1]
+        want_w, want_b = self._param_grads_wanted()
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top)):
             if not (want_w or want_b or propagate_down[i]):
                 continue
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] else None
-            for sl in _batch_chunks(self.num, self._col_bytes(x.itemsize)):
-                dyt = xp.ascontiguousarray(xp.moveaxis(dy[sl], 0, -1)).reshape(g, o // g, -1)
+            chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
+            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) > 1 else None
+            for sl in chunks:
+                n = sl.stop - sl.start
+                batch_last = use_batch_last(n, self.out_spatial)
+                dyc = batch_to_columns(dy[sl], batch_last)
                 if want_b:
-                    part = dyt.reshape(o, -1).sum(axis=1)
+                    part = dyc.sum(axis=1)
                     db = part if db is None else db + part
+                dyc = dyc.reshape(g, o // g, -1)
                 if want_w:
-                    col = self._cols.get(i)
-                    if col is None or col.shape[-1] != dyt.shape[-1]:
-                        col = self._columns(x[sl])
-                    part = xp.matmul(dyt, col.transpose(0, 2, 1))
+                    col = self._cols.get(i) if len(chunks) == 1 else None
+                    if col is None:
+                        col = self._columns(x[sl], batch_last)
+                    part = xp.matmul(dyc, col.transpose(0, 2, 1))
                     dw = part if dw is None else dw + part
                 if propagate_down[i]:
-                    n = sl.stop - sl.start
-                    dcol = xp.matmul(w.transpose(0, 2, 1), dyt)
-                    dcol = dcol.reshape(self.channels, *self.kernel, *self.out_spatial, n)
-                    padded = (self.channels, *(s + 2 * p for s, p in zip(self.in_spatial, self.pad)), n)
-                    dxt = col2im(dcol, padded, self.kernel, self.stride, self.dilation, self.out_spatial)
-                    dx[sl] = from_batch_last(dxt, self.pad, self.in_spatial)
+                    cols = (n, *self.out_spatial) if not batch_last else (*self.out_spatial, n)
+                    dcol = xp.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
+                    padded = tuple(s + 2 * p for s, p in zip(self.in_spatial, self.pad))
+                    src_shape = (self.channels, *padded, n) if batch_last else (n, self.channels, *padded)
+                    src = col2im(dcol, src_shape, self.kernel, self.stride, self.dilation, self.out_spatial,
+                                 batch_last)
+                    part = from_source(src, self.pad, self.in_spatial, batch_last)
+                    if dx is None:
+                        dx = part
+                    else:
+                        dx[sl] = part
             if propagate_down[i]:
                 b.diff = dx.reshape(b.shape)
         self._cols = {}
-        if dw is not None:
-            self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
-        if db is not None:
-            self.blobs[1].diff += db
+        self._add_param_grads(dw, db)
 
 
 @register_layer("Deconvolution")
@@ -342,10 +441,6 @@ class DeconvolutionLayer(_ConvolutionBase):
             )
         return out
 
-    def _grouped_input(self, x):
-        """Samples ``(n, C_in, *S)`` as ``(group, C_in/group, P*n)``."""
-        return to_batch_last(x, (0,) * self.num_spatial).reshape(self.group, self.channels // self.group, -1)
-
     def _col_bytes(self, itemsize: int) -> int:
         return self.num_output * math.prod(self.kernel) * math.prod(self.in_spatial) * itemsize
 
@@ -353,57 +448,65 @@ class DeconvolutionLayer(_ConvolutionBase):
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, self.channels // g, -1)
-        padded = (s + 2 * p for s, p in zip(self.out_spatial, self.pad))
-        padded = tuple(padded)
+        padded = tuple(s + 2 * p for s, p in zip(self.out_spatial, self.pad))
+        bias = self.blobs[1].data.reshape((1, o) + (1,) * self.num_spatial) if self.bias_term else None
         for b, t in zip(bottom, top):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype)
-            for sl in _batch_chunks(self.num, self._col_bytes(x.itemsize)):
+            chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
+            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) > 1 else None
+            for sl in chunks:
                 n = sl.stop - sl.start
-                col = xp.matmul(w.transpose(0, 2, 1), self._grouped_input(x[sl]))
-                col = col.reshape(o, *self.kernel, *self.in_spatial, n)
-                yt = col2im(col, (o, *padded, n), self.kernel, self.stride, self.dilation, self.in_spatial)
-                inner = yt[(slice(None), *(slice(p, p + s) for s, p in zip(self.out_spatial, self.pad)), slice(None))]
-                if self.bias_term:
-                    xp.add(xp.moveaxis(inner, -1, 0), self._bias_view(self.num_spatial), out=y[sl])
+                batch_last = use_batch_last(n, self.in_spatial)
+                xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
+                cols = (n, *self.in_spatial) if not batch_last else (*self.in_spatial, n)
+                col = xp.matmul(w.transpose(0, 2, 1), xc).reshape(o, *self.kernel, *cols)
+                src_shape = (o, *padded, n) if batch_last else (n, o, *padded)
+                src = col2im(col, src_shape, self.kernel, self.stride, self.dilation, self.in_spatial, batch_last)
+                part = from_source(src, self.pad, self.out_spatial, batch_last)
+                if bias is not None:
+                    part += bias
+                if y is None:
+                    y = part
                 else:
-                    y[sl] = xp.moveaxis(inner, -1, 0)
+                    y[sl] = part
             t.data = y.reshape(t.shape)
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         xp = backend.array_module(top[0].diff)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, self.channels // g, -1)
-        want_w = self.param_propagate_down[0]
-        want_b = self.bias_term and self.param_propagate_down[1]
+        want_w, want_b = self._param_grads_wanted()
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top)):
-            if not (want_w or want_b or propagate_down[i]):
+            if want_b:
+                part = t.diff.reshape(self.num, o, -1).sum(axis=(0, 2))
+                db = part if db is None else db + part
+            if not (want_w or propagate_down[i]):
                 continue
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] else None
-            for sl in _batch_chunks(self.num, self._col_bytes(x.itemsize)):
-                dyt = to_batch_last(dy[sl], self.pad)
-                if want_b:
-                    part = dyt.reshape(o, -1).sum(axis=1)
-                    db = part if db is None else db + part
-                if not (want_w or propagate_down[i]):
-                    continue
-                col = im2col(dyt, self.kernel, self.stride, self.dilation, self.in_spatial).reshape(g, o // g * math.prod(
-                    self.kernel), -1)
+            chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
+            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) > 1 else None
+            for sl in chunks:
+                n = sl.stop - sl.start
+                batch_last = use_batch_last(n, self.in_spatial)
+                src = to_source(dy[sl], self.pad, batch_last)
+                col = im2col(src, self.kernel, self.stride, self.dilation, self.in_spatial, batch_last)
+                col = col.reshape(g, o // g * math.prod(self.kernel), -1)
                 if want_w:
-                    part = xp.matmul(self._grouped_input(x[sl]), col.transpose(0, 2, 1))
+                    xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
+                    part = xp.matmul(xc, col.transpose(0, 2, 1))
                     dw = part if dw is None else dw + part
                 if propagate_down[i]:
-                    dxt = xp.matmul(w, col).reshape(self.channels, *self.in_spatial, sl.stop - sl.start)
-                    dx[sl] = xp.moveaxis(dxt, -1, 0)
+                    dxc = xp.matmul(w, col).reshape(self.channels, -1)
+                    part = columns_to_batch(dxc, n, self.in_spatial, batch_last)
+                    if dx is None:
+                        dx = part
+                    else:
+                        dx[sl] = part
             if propagate_down[i]:
                 b.diff = dx.reshape(b.shape)
-        if dw is not None:
-            self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
-        if db is not None:
-            self.blobs[1].diff += db
+        self._add_param_grads(dw, db)
 
 
 @register_layer("Im2col")
@@ -421,16 +524,7 @@ class Im2colLayer(Layer):
 
     def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         cp = self.param.convolution_param
-        try:
-            self.axis = bottom[0].canonical_axis(cp.axis)
-        except InvalidParameterError as err:
-            raise self.error(f"convolution_param.axis is out of range. Received: {cp.axis}. {err}") from None
-        self.num_spatial = bottom[0].num_axes - self.axis - 1
-        if self.num_spatial < 1:
-            raise self.error(
-                f"needs at least one spatial axis after the channel axis {self.axis}. Received: bottom shape "
-                f"{bottom[0].shape}"
-            )
+        self.axis, self.num_spatial = _channel_axis(self, bottom[0], cp.axis)
         self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, self.num_spatial)
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
@@ -447,26 +541,36 @@ class Im2colLayer(Layer):
         top[0].reshape((*x.shape[: self.axis], self.channels * math.prod(self.kernel), *self.out_spatial))
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
-        xp = backend.array_module(bottom[0].data)
         x = bottom[0].data.reshape(self.num, self.channels, *self.in_spatial)
-        col = im2col(to_batch_last(x, self.pad), self.kernel, self.stride, self.dilation, self.out_spatial)
-        top[0].data = xp.ascontiguousarray(xp.moveaxis(col, -1, 0)).reshape(top[0].shape)
+        batch_last = use_batch_last(self.num, self.out_spatial)
+        col = im2col(to_source(x, self.pad, batch_last), self.kernel, self.stride, self.dilation, self.out_spatial,
+                     batch_last)
+        rows = self.channels * math.prod(self.kernel)
+        top[0].data = columns_to_batch(col.reshape(rows, -1), self.num, self.out_spatial, batch_last).reshape(
+            top[0].shape)
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         if not propagate_down[0]:
             return
-        xp = backend.array_module(top[0].diff)
-        dcol = top[0].diff.reshape(self.num, self.channels, *self.kernel, *self.out_spatial)
-        padded = (self.channels, *(s + 2 * p for s, p in zip(self.in_spatial, self.pad)), self.num)
-        dxt = col2im(xp.moveaxis(dcol, 0, -1), padded, self.kernel, self.stride, self.dilation, self.out_spatial)
-        bottom[0].diff = from_batch_last(dxt, self.pad, self.in_spatial).reshape(bottom[0].shape)
+        n = self.num
+        batch_last = use_batch_last(n, self.out_spatial)
+        dy = top[0].diff.reshape(n, -1, *self.out_spatial)
+        cols = (n, *self.out_spatial) if not batch_last else (*self.out_spatial, n)
+        dcol = batch_to_columns(dy, batch_last).reshape(self.channels, *self.kernel, *cols)
+        padded = tuple(s + 2 * p for s, p in zip(self.in_spatial, self.pad))
+        src_shape = (self.channels, *padded, n) if batch_last else (n, self.channels, *padded)
+        src = col2im(dcol, src_shape, self.kernel, self.stride, self.dilation, self.out_spatial, batch_last)
+        bottom[0].diff = from_source(src, self.pad, self.in_spatial, batch_last).reshape(bottom[0].shape)
 
 
 # --- pooling ---------------------------------------------------------------------------------------
 def pooled_shape(in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
                  ceil_mode: bool = True) -> tuple[int, int]:
-    """Caffe's pooled (height, width): rounded up by default, and with padding, a last window that
-    would start inside the bottom/right padding is dropped (on both axes once any pad is nonzero)."""
+    """Caffe's pooled (height, width).
+
+    Rounded up by default (down with ``ceil_mode=False``). With any padding, a last window that would
+    start inside the bottom/right padding is dropped, on both axes.
+    """
     out = []
     for s, k, st, p in zip(in_hw, kernel, stride, pad):
         span = s + 2 * p - k
@@ -476,11 +580,17 @@ def pooled_shape(in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[i
     return tuple(out)
 
 
+def _index_dtype(k: int):
+    return numpy.int8 if k < 128 else numpy.int32
+
+
 class PoolWindows:
     """2-D pooling windows over ``(N, C, H, W)`` with Caffe's geometry, and the pooling kernels.
 
-    Every method walks the ``kh*kw`` kernel offsets, each a strided view of the whole (padded) batch.
-    The window argmax is kept as the kernel-offset index ``kh_i * kw + kw_i`` of the chosen element.
+    MAX and AVE are separable: reduce along the width (one strided view per kernel column), then along
+    the height. The argmax is stored per axis: ``aw`` (N, C, padded H, PW) is the first maximum's column
+    offset in each row segment, ``ah`` (N, C, PH, PW) the first maximising row; together they give the
+    first maximum of each window in row-major scan order, as Caffe's strict ``>`` scan does.
     """
 
     def __init__(self, in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
@@ -490,47 +600,79 @@ class PoolWindows:
         self.stride = tuple(int(v) for v in stride)
         self.pad = tuple(int(v) for v in pad)
         self.out_hw = pooled_shape(self.in_hw, self.kernel, self.stride, self.pad, ceil_mode)
-        # Rows/cols the windows touch: the top/left padding, the image, and any bottom/right overhang.
+        # Rows/cols the windows touch: top/left padding, the image, and any bottom/right overhang.
         self.padded_hw = tuple(
-            max(p + s, (o - 1) * st + k) for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad,
-                                                                   self.out_hw)
+            max(p + s, (o - 1) * st + k)
+            for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad, self.out_hw)
         )
         self.needs_pad = any(self.pad) or self.padded_hw != self.in_hw
-        self.overlap = any(st < k for st, k in zip(self.stride, self.kernel))
+        self.overlap = tuple(st < k for st, k in zip(self.stride, self.kernel))
         self.is_global = self.out_hw == (1, 1) and self.kernel == self.in_hw and not any(self.pad)
-        size = self.kernel[0] * self.kernel[1]
-        self.idx_dtype = numpy.int8 if size < 128 else numpy.int16 if size < 2**15 else numpy.int32
 
     # layout helpers ---------------------------------------------------------------------------
     def pad_input(self, x, fill):
+        """``x`` placed in the padded grid, ``fill`` elsewhere (``x`` itself when nothing is padded)."""
         if not self.needs_pad:
             return x
         xp = backend.array_module(x)
         out = xp.full((*x.shape[:2], *self.padded_hw), fill, dtype=x.dtype)
-        out[:, :, self.pad[0]:self.pad[0] + self.in_hw[0], self.pad[1]:self.pad[1] + self.in_hw[1]] = x
+        out[(slice(None), slice(None), *_interior(self.pad, self.in_hw))] = x
         return out
 
     def unpad(self, a):
         if not self.needs_pad:
             return a
         xp = backend.array_module(a)
-        return xp.ascontiguousarray(
-            a[:, :, self.pad[0]:self.pad[0] + self.in_hw[0], self.pad[1]:self.pad[1] + self.in_hw[1]]
-        )
+        return xp.ascontiguousarray(a[(slice(None), slice(None), *_interior(self.pad, self.in_hw))])
+
+    def axis_views(self, a, axis: int) -> Iterator[tuple[int, object]]:
+        """``(offset, view)`` for each kernel offset along ``axis`` (2: height, 3: width)."""
+        d = axis - 2
+        k, s, o = self.kernel[d], self.stride[d], self.out_hw[d]
+        index = [slice(None)] * 4
+        for j in range(k):
+            index[axis] = slice(j, j + s * (o - 1) + 1, s)
+            yield j, a[tuple(index)]
 
     def views(self, a) -> Iterator[tuple[int, object]]:
-        """``(offset index, view)`` for every kernel offset, in Caffe's scan order (row-major)."""
-        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
-        for i in range(kh):
-            for j in range(kw):
-                yield i * kw + j, a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+        """``(offset index, view)`` for every 2-D kernel offset, in row-major scan order."""
+        kw = self.kernel[1]
+        for i, rows in self.axis_views(a, 2):
+            for j, v in self.axis_views(rows, 3):
+                yield i * kw + j, v
 
-    def _scatter(self, shape, dtype, xp, parts) -> object:
-        """Sum per-offset window contributions ``parts(k, view)`` back onto the input grid."""
-        acc = xp.zeros((*shape[:2], *self.padded_hw), dtype=dtype)
-        for k, view in self.views(acc):
-            parts(k, view)
-        return self.unpad(acc)
+    def _spread(self, g, axis: int, shape):
+        """Adjoint of a window reduction along ``axis``: add ``g`` back to every offset of its windows."""
+        xp = backend.array_module(g)
+        out = xp.zeros(shape, dtype=g.dtype)
+        for _, view in self.axis_views(out, axis):
+            if self.overlap[axis - 2]:
+                view += g
+            else:
+                view[...] = g
+        return out
+
+    def _sum(self, a, axis: int):
+        views = self.axis_views(a, axis)
+        _, first = next(views)
+        s = first.copy()
+        for _, v in views:
+            s += v
+        return s
+
+    def _max(self, a, axis: int):
+        """Running maximum along ``axis`` and the offset of the first maximum (strict ``>``)."""
+        xp = backend.array_module(a)
+        views = self.axis_views(a, axis)
+        _, first = next(views)
+        m = first.copy()
+        arg = xp.zeros(m.shape, dtype=_index_dtype(self.kernel[axis - 2]))
+        for j, v in views:
+            better = v > m
+            # fmax keeps the running value where v is NaN, like a failed comparison in Caffe's scan.
+            xp.fmax(m, v, out=m)
+            arg += better * (j - arg)
+        return m, arg
 
     def divisors(self, xp, dtype):
         """Caffe's AVE divisor per output: the window clipped to the padded image (padding counts)."""
@@ -540,113 +682,122 @@ class PoolWindows:
             sizes.append(numpy.minimum(start + k, s + p) - start)
         return xp.asarray(numpy.outer(sizes[0], sizes[1]).astype(dtype))
 
-    def mask(self, idx, dtype):
-        """Argmax as Caffe's mask: flat index ``h * W + w`` inside the channel plane, as floats."""
-        xp = backend.array_module(idx)
-        kw = self.kernel[1]
-        idx = idx.astype(numpy.int64)
-        h = (xp.arange(self.out_hw[0]) * self.stride[0] - self.pad[0])[:, None] + idx // kw
-        w = (xp.arange(self.out_hw[1]) * self.stride[1] - self.pad[1])[None, :] + idx % kw
+    # MAX ---------------------------------------------------------------------------------------------
+    def max_forward(self, x):
+        """Window maxima and the argmax state used by :meth:`max_backward` and :meth:`max_mask`."""
+        xp = backend.array_module(x)
+        n, c = x.shape[:2]
+        if self.is_global:
+            flat = x.reshape(n, c, -1)
+            idx = xp.argmax(flat, axis=-1)[..., None]
+            return xp.take_along_axis(flat, idx, axis=-1).reshape(n, c, 1, 1), ("flat", idx)
+        # Padding holds Caffe's starting value -FLT_MAX, so it never wins against image values.
+        rows, aw = self._max(self.pad_input(x, numpy.finfo(x.dtype).min), 3)
+        y, ah = self._max(rows, 2)
+        return y, ("separable", ah, aw)
+
+    def max_mask(self, state, dtype):
+        """Caffe's mask top: the argmax as a flat index ``h * W + w`` in the channel plane, as floats."""
+        xp = backend.array_module(state[1])
+        if state[0] == "flat":
+            return state[1].reshape(*state[1].shape[:2], 1, 1).astype(dtype)
+        _, ah, aw = state
+        ah = ah.astype(numpy.int64)
+        col = xp.zeros(ah.shape, dtype=numpy.int64)
+        for i, rows in self.axis_views(aw, 2):
+            col += (ah == i) * rows
+        h = (xp.arange(self.out_hw[0]) * self.stride[0] - self.pad[0])[:, None] + ah
+        w = (xp.arange(self.out_hw[1]) * self.stride[1] - self.pad[1])[None, :] + col
         return (h * self.in_hw[1] + w).astype(dtype)
 
-    # MAX (and the routing shared with STOCHASTIC) -----------------------------------------------
-    def max_forward(self, x):
-        """Window maxima and the first argmax in scan order (Caffe's strict ``>`` scan)."""
-        xp = backend.array_module(x)
-        if self.is_global:
-            flat = x.reshape(*x.shape[:2], -1)
-            idx = xp.argmax(flat, axis=-1)[..., None]
-            y = xp.take_along_axis(flat, idx, axis=-1)
-            return y.reshape(*x.shape[:2], 1, 1), idx.reshape(*x.shape[:2], 1, 1)
-        # Padding holds Caffe's starting value -FLT_MAX, so it never wins against image values.
-        views = self.views(self.pad_input(x, numpy.finfo(x.dtype).min))
-        _, first = next(views)
-        y = first.copy()
-        idx = xp.zeros(y.shape, dtype=self.idx_dtype)
-        for k, v in views:
-            better = v > y
-            xp.copyto(y, v, where=better)
-            xp.copyto(idx, k, where=better)
-        return y, idx
-
-    def route_backward(self, dy, idx, x_shape):
-        """Gradient of picking one element per window (MAX, STOCHASTIC in TRAIN)."""
+    def max_backward(self, dy, state, x_shape):
         xp = backend.array_module(dy)
-        if self.is_global:
-            n, c = x_shape[:2]
-            hit = xp.arange(self.in_hw[0] * self.in_hw[1]) == idx.reshape(n, c, 1)
+        n, c = x_shape[:2]
+        if state[0] == "flat":
+            hit = xp.arange(self.in_hw[0] * self.in_hw[1]) == state[1]
             return (hit * dy.reshape(n, c, 1)).reshape(x_shape)
-
-        def parts(k, view):
-            if self.overlap:
-                view += dy * (idx == k)
+        _, ah, aw = state
+        rows = xp.zeros((n, c, self.padded_hw[0], self.out_hw[1]), dtype=dy.dtype)
+        for i, view in self.axis_views(rows, 2):
+            if self.overlap[0]:
+                view += dy * (ah == i)
             else:
-                xp.copyto(view, dy, where=idx == k)
-
-        return self._scatter(x_shape, dy.dtype, xp, parts)
+                view[...] = dy * (ah == i)
+        dx = xp.zeros((n, c, *self.padded_hw), dtype=dy.dtype)
+        for j, view in self.axis_views(dx, 3):
+            if self.overlap[1]:
+                view += rows * (aw == j)
+            else:
+                view[...] = rows * (aw == j)
+        return self.unpad(dx)
 
     # AVE -------------------------------------------------------------------------------------------
     def ave_forward(self, x):
         xp = backend.array_module(x)
+        n, c = x.shape[:2]
         if self.is_global:
-            return x.reshape(*x.shape[:2], -1).sum(axis=-1).reshape(*x.shape[:2], 1, 1) / x.dtype.type(
-                self.in_hw[0] * self.in_hw[1])
-        views = self.views(self.pad_input(x, 0))
-        _, first = next(views)
-        y = first.copy()
-        for _, v in views:
-            y += v
+            return x.reshape(n, c, -1).sum(axis=-1).reshape(n, c, 1, 1) / x.dtype.type(math.prod(self.in_hw))
+        y = self._sum(self._sum(self.pad_input(x, 0), 3), 2)
         y /= self.divisors(xp, x.dtype)
         return y
 
     def ave_backward(self, dy, x_shape):
         xp = backend.array_module(dy)
+        n, c = x_shape[:2]
         if self.is_global:
-            g = dy / dy.dtype.type(self.in_hw[0] * self.in_hw[1])
-            return xp.ascontiguousarray(xp.broadcast_to(g, x_shape))
+            return xp.ascontiguousarray(xp.broadcast_to(dy / dy.dtype.type(math.prod(self.in_hw)), x_shape))
         g = dy / self.divisors(xp, dy.dtype)
-
-        def parts(k, view):
-            if self.overlap:
-                view += g
-            else:
-                view[...] = g
-
-        return self._scatter(x_shape, dy.dtype, xp, parts)
+        rows = self._spread(g, 2, (n, c, self.padded_hw[0], self.out_hw[1]))
+        return self.unpad(self._spread(rows, 3, (n, c, *self.padded_hw)))
 
     # STOCHASTIC --------------------------------------------------------------------------------------
     def stochastic_train(self, x, u):
-        """Pick the first element whose running window sum reaches ``u * window sum`` (u uniform in [0, 1))."""
+        """Pick the first element whose running window sum reaches ``u * window sum`` (scan order).
+
+        Returns the picked values and their 2-D kernel-offset index.
+        """
         xp = backend.array_module(x)
         stack = xp.stack([v for _, v in self.views(self.pad_input(x, 0))])
         running = xp.cumsum(stack, axis=0)
         idx = xp.argmax(running >= u * running[-1], axis=0)
         y = xp.take_along_axis(stack, idx[None], axis=0)[0]
-        return y, idx.astype(self.idx_dtype)
+        return y, idx.astype(_index_dtype(math.prod(self.kernel)))
+
+    def stochastic_train_backward(self, dy, idx, x_shape):
+        """Route each window's gradient to the element it picked."""
+        xp = backend.array_module(dy)
+        dx = xp.zeros((*x_shape[:2], *self.padded_hw), dtype=dy.dtype)
+        for k, view in self.views(dx):
+            view += dy * (idx == k)
+        return self.unpad(dx)
 
     def stochastic_test(self, x):
-        """Probability-weighted window average ``sum(x^2) / sum(x)`` (0 where the sum is not positive)."""
+        """Probability-weighted window average ``sum(x^2) / sum(x)`` (0 where the sum is not positive).
+
+        Returns the output and the window sums (kept for the backward pass).
+        """
         xp = backend.array_module(x)
-        s1 = s2 = None
-        for _, v in self.views(self.pad_input(x, 0)):
-            s1 = v.copy() if s1 is None else s1 + v
-            s2 = v * v if s2 is None else s2 + v * v
+        xpad = self.pad_input(x, 0)
+        s1 = self._sum(self._sum(xpad, 3), 2)
+        s2 = self._sum(self._sum(xpad * xpad, 3), 2)
         positive = s1 > 0
         return xp.where(positive, s2 / xp.where(positive, s1, 1), 0).astype(x.dtype, copy=False), s1
 
     def stochastic_test_backward(self, dy, x, y, s1):
-        """d(sum x^2 / sum x)/dx_i = (2 x_i - y) / sum x inside each window."""
+        """``d(sum x^2 / sum x)/dx_i = (2 x_i - y) / sum x``, summed over the windows holding ``x_i``."""
         xp = backend.array_module(dy)
-        g = xp.where(s1 > 0, dy / xp.where(s1 > 0, s1, 1), 0)
-        xviews = dict(self.views(self.pad_input(x, 0)))
+        n, c = x.shape[:2]
+        g = xp.where(s1 > 0, dy / xp.where(s1 > 0, s1, 1), 0).astype(dy.dtype, copy=False)
 
-        def parts(k, view):
-            view += (2 * xviews[k] - y) * g
+        def spread(v):
+            rows = self._spread(v, 2, (n, c, self.padded_hw[0], self.out_hw[1]))
+            return self.unpad(self._spread(rows, 3, (n, c, *self.padded_hw)))
 
-        return self._scatter(x.shape, dy.dtype, xp, parts)
+        return 2 * x * spread(g) - spread(g * y)
 
 
-def _pool_error_checks(layer: Layer, method: int, kernel, pad) -> None:
+def _pool_checks(layer: Layer, method: int, kernel: Sequence[int], pad: Sequence[int]) -> None:
+    """Caffe's set-up checks on padded pooling."""
     if any(pad):
         if method not in (_MAX, _AVE):
             raise layer.error(
@@ -655,6 +806,48 @@ def _pool_error_checks(layer: Layer, method: int, kernel, pad) -> None:
             )
         if any(p >= k for p, k in zip(pad, kernel)):
             raise layer.error(f"pad must be smaller than the kernel. Received: pad {list(pad)}, kernel {list(kernel)}")
+
+
+class _Pooler:
+    """One pooling operation (method + windows) with its forward/backward state."""
+
+    def __init__(self, method: int, windows: PoolWindows, train: bool):
+        self.method, self.windows, self.train = method, windows, train
+
+    def forward(self, x):
+        win = self.windows
+        self.x_shape = x.shape
+        if self.method == _MAX:
+            y, self.state = win.max_forward(x)
+        elif self.method == _AVE:
+            y = win.ave_forward(x)
+        elif self.train:
+            xp = backend.array_module(x)
+            u = backend.random_uniform(xp, (*x.shape[:2], *win.out_hw), 0.0, 1.0, x.dtype)
+            y, self.state = win.stochastic_train(x, u)
+        else:
+            y, s1 = win.stochastic_test(x)
+            self.state = (x, y, s1)
+        return y
+
+    def backward(self, dy):
+        win = self.windows
+        if self.method == _MAX:
+            return win.max_backward(dy, self.state, self.x_shape)
+        if self.method == _AVE:
+            return win.ave_backward(dy, self.x_shape)
+        if self.train:
+            return win.stochastic_train_backward(dy, self.state, self.x_shape)
+        x, y, s1 = self.state
+        return win.stochastic_test_backward(dy, x, y, s1)
+
+
+def _check_4d(layer: Layer, blob: Blob) -> None:
+    if blob.num_axes != 4:
+        raise layer.error(
+            f"input must have 4 axes (num, channels, height, width). Received: shape {blob.shape}",
+            ShapeMismatchError,
+        )
 
 
 @register_layer("Pooling")
@@ -677,41 +870,38 @@ class PoolingLayer(Layer):
 
     def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         pp = self.param.pooling_param
+        has = pp.HasField
         self.method = pp.pool
-        if self.method not in _POOL_NAMES:
-            raise self.error(f"unknown pool method. Received: {self.method}. Valid: MAX, AVE, STOCHASTIC")
         if len(top) == 2 and self.method != _MAX:
             raise self.error(
                 f"only MAX pooling has a second (mask) top. Received: 2 tops with pool {_POOL_NAMES[self.method]}",
                 BlobCountError,
             )
-        has = pp.HasField
         self.global_pooling = pp.global_pooling
+        given = [f"{f}={getattr(pp, f)}" for f in ("kernel_size", "kernel_h", "kernel_w") if has(f)]
         if self.global_pooling:
-            if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+            if given:
                 raise self.error(
-                    "with global_pooling the kernel size comes from the input and cannot be given. Received: "
-                    f"kernel_size={pp.kernel_size}, kernel_h={pp.kernel_h}, kernel_w={pp.kernel_w}"
+                    f"with global_pooling the kernel comes from the input and cannot be given. Received: "
+                    f"{', '.join(given)}"
                 )
-            kernel = None
+            self.kernel = None
         else:
-            if has("kernel_size") == (has("kernel_h") and has("kernel_w")) or not (
-                    has("kernel_size") or (has("kernel_h") and has("kernel_w"))):
+            if not (has("kernel_size") or (has("kernel_h") and has("kernel_w"))) or (
+                    has("kernel_size") and has("kernel_h") and has("kernel_w")):
                 raise self.error(
-                    "give the kernel as kernel_size or as both kernel_h and kernel_w. Received: "
-                    + ", ".join(f"{f}={getattr(pp, f)}" for f in ("kernel_size", "kernel_h", "kernel_w") if has(f))
-                    if any(has(f) for f in ("kernel_size", "kernel_h", "kernel_w"))
-                    else "give the kernel as kernel_size or as both kernel_h and kernel_w. Received: none"
+                    f"give the kernel as kernel_size or as both kernel_h and kernel_w. Received: "
+                    f"{', '.join(given) or 'none'}"
                 )
-            kernel = (pp.kernel_size,) * 2 if has("kernel_size") else (pp.kernel_h, pp.kernel_w)
-            if min(kernel) <= 0:
-                raise self.error(f"kernel dimensions must be positive. Received: {list(kernel)}")
+            self.kernel = (pp.kernel_size,) * 2 if has("kernel_size") else (pp.kernel_h, pp.kernel_w)
+            if min(self.kernel) <= 0:
+                raise self.error(f"kernel dimensions must be positive. Received: {list(self.kernel)}")
         for name in ("pad", "stride"):
-            if not ((not has(name) and has(f"{name}_h") and has(f"{name}_w"))
-                    or (not has(f"{name}_h") and not has(f"{name}_w"))):
+            both, either = has(f"{name}_h") and has(f"{name}_w"), has(f"{name}_h") or has(f"{name}_w")
+            if either and (has(name) or not both):
                 raise self.error(
-                    f"give {name} or both {name}_h and {name}_w. Received: {name}={getattr(pp, name)}, "
-                    f"{name}_h={getattr(pp, name + '_h')}, {name}_w={getattr(pp, name + '_w')}"
+                    f"give {name} or both {name}_h and {name}_w. Received: "
+                    + ", ".join(f"{f}={getattr(pp, f)}" for f in (name, f"{name}_h", f"{name}_w") if has(f))
                 )
         self.pad = (pp.pad_h, pp.pad_w) if has("pad_h") else (pp.pad, pp.pad)
         self.stride = (pp.stride_h, pp.stride_w) if has("stride_h") else (pp.stride, pp.stride)
@@ -722,63 +912,258 @@ class PoolingLayer(Layer):
                 f"global pooling takes only pad 0 and stride 1. Received: pad {list(self.pad)}, "
                 f"stride {list(self.stride)}"
             )
-        if kernel is not None:
-            _pool_error_checks(self, self.method, kernel, self.pad)
-        self.kernel = kernel
+        if self.kernel is not None:
+            _pool_checks(self, self.method, self.kernel, self.pad)
         self.ceil_mode = pp.round_mode == pb.PoolingParameter.CEIL
-        self.windows: PoolWindows | None = None
+        self.pooler: _Pooler | None = None
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         x = bottom[0]
-        if x.num_axes != 4:
-            raise self.error(
-                f"input must have 4 axes (num, channels, height, width). Received: shape {x.shape}",
-                ShapeMismatchError,
-            )
+        _check_4d(self, x)
         in_hw = x.shape[2:]
-        if self.windows is None or self.windows.in_hw != in_hw:
+        if self.pooler is None or self.pooler.windows.in_hw != in_hw:
             kernel = in_hw if self.global_pooling else self.kernel
-            if self.global_pooling:
-                _pool_error_checks(self, self.method, kernel, self.pad)
             windows = PoolWindows(in_hw, kernel, self.stride, self.pad, self.ceil_mode)
-            if min(windows.out_hw) <= 0 or min(in_hw) <= 0:
+            if min(in_hw) <= 0 or min(windows.out_hw) <= 0:
                 raise self.error(
                     f"the pooling window does not fit the input. Received: input {in_hw}, kernel {list(kernel)}, "
                     f"pad {list(self.pad)}, stride {list(self.stride)} -> output {windows.out_hw}",
                     ShapeMismatchError,
                 )
-            self.windows = windows
+            self.pooler = _Pooler(self.method, windows, self.phase == pb.TRAIN)
         for t in top:
-            t.reshape((*x.shape[:2], *self.windows.out_hw))
+            t.reshape((*x.shape[:2], *self.pooler.windows.out_hw))
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        top[0].data = self.pooler.forward(bottom[0].data)
+        if len(top) > 1:
+            top[1].data = self.pooler.windows.max_mask(self.pooler.state, bottom[0].dtype)
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        if propagate_down[0]:
+            bottom[0].diff = self.pooler.backward(top[0].diff)
+
+
+@register_layer("SPP")
+class SPPLayer(Layer):
+    """Caffe type ``SPP``: spatial pyramid pooling.
+
+    Level ``l`` (0 .. pyramid_height-1) pools with ``2^l`` bins per side: kernel ``ceil(H / 2^l)``,
+    stride = kernel, pad ``(kernel * 2^l - H + 1) // 2`` (Pooling's rules otherwise). Each level is
+    flattened and the levels are concatenated. As in Caffe, the inner pooling always runs in the
+    TRAIN phase (STOCHASTIC samples even in TEST nets).
+
+    Bottom: ``(N, C, H, W)``. Top: ``(N, C * sum_l bins_l)``; with ``pyramid_height: 1`` the single
+    pooling output ``(N, C, PH, PW)`` is passed on unflattened.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        sp = self.param.spp_param
+        self.height = int(sp.pyramid_height)
+        if self.height < 1:
+            raise self.error(f"pyramid_height must be at least 1. Received: {sp.pyramid_height}")
+        self.method = sp.pool
+        self.poolers: list[_Pooler] = []
+        self._in_hw: tuple[int, ...] | None = None
+
+    def _level(self, level: int, in_hw: Sequence[int]) -> _Pooler:
+        bins = 2**level
+        kernel = tuple(-(-s // bins) for s in in_hw)
+        pad = tuple((k * bins - s + 1) // 2 for k, s in zip(kernel, in_hw))
+        try:
+            _pool_checks(self, self.method, kernel, pad)
+        except InvalidParameterError as err:
+            raise self.error(
+                f"pyramid level {level} ({bins} bins) cannot pool an input of {tuple(in_hw)}: {err}",
+                ShapeMismatchError,
+            ) from None
+        return _Pooler(self.method, PoolWindows(in_hw, kernel, kernel, pad), train=True)
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0]
+        _check_4d(self, x)
+        in_hw = x.shape[2:]
+        if min(in_hw) <= 0:
+            raise self.error(f"input height and width must be positive. Received: {in_hw}", ShapeMismatchError)
+        if self._in_hw != in_hw:
+            self.poolers = [self._level(i, in_hw) for i in range(self.height)]
+            self._in_hw = in_hw
+        n, c = x.shape[:2]
+        if self.height == 1:
+            top[0].reshape((n, c, *self.poolers[0].windows.out_hw))
+        else:
+            top[0].reshape((n, sum(c * math.prod(p.windows.out_hw) for p in self.poolers)))
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         x = bottom[0].data
         xp = backend.array_module(x)
-        win = self.windows
-        self._x_shape = x.shape
-        if self.method == _MAX:
-            y, self._idx = win.max_forward(x)
-            if len(top) > 1:
-                top[1].data = win.mask(self._idx, x.dtype)
-        elif self.method == _AVE:
-            y = win.ave_forward(x)
-        elif self.phase == pb.TRAIN:
-            u = backend.random_uniform(xp, (*x.shape[:2], *win.out_hw), 0.0, 1.0, x.dtype)
-            y, self._idx = win.stochastic_train(x, u)
-        else:
-            y, self._s1 = win.stochastic_test(x)
-            self._x = x.copy()
-        top[0].data = xp.ascontiguousarray(y)
+        if self.height == 1:
+            top[0].data = self.poolers[0].forward(x)
+            return
+        n = x.shape[0]
+        top[0].data = xp.concatenate([p.forward(x).reshape(n, -1) for p in self.poolers], axis=1)
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         if not propagate_down[0]:
             return
         dy = top[0].diff
-        win = self.windows
-        if self.method == _AVE:
-            dx = win.ave_backward(dy, self._x_shape)
-        elif self.method == _MAX or self.phase == pb.TRAIN:
-            dx = win.route_backward(dy, self._idx, self._x_shape)
-        else:
-            dx = win.stochastic_test_backward(dy, self._x, top[0].data, self._s1)
+        if self.height == 1:
+            bottom[0].diff = self.poolers[0].backward(dy)
+            return
+        n, c = bottom[0].shape[:2]
+        dx, start = None, 0
+        for p in self.poolers:
+            size = c * math.prod(p.windows.out_hw)
+            part = p.backward(dy[:, start:start + size].reshape(n, c, *p.windows.out_hw))
+            dx = part if dx is None else dx + part
+            start += size
         bottom[0].diff = dx
+
+
+# --- Crop ------------------------------------------------------------------------------------------
+@register_layer("Crop")
+class CropLayer(Layer):
+    """Caffe type ``Crop``: cut bottom 0 to the shape of bottom 1 from ``axis`` on.
+
+    ``top = x[..., o_a : o_a + s_a, ...]`` for every axis ``a >= axis`` with ``s_a`` from bottom 1 and
+    offset ``o_a`` (one offset for all such axes, one per axis, or 0). Bottom 1 only gives the shape
+    and receives no gradient.
+
+    Bottoms: ``x`` and the reference. Top: ``x``'s shape before ``axis``, the reference's from it.
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index == 0
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        cp = self.param.crop_param
+        try:
+            self.axis = bottom[0].canonical_axis(cp.axis)
+        except InvalidParameterError as err:
+            raise self.error(f"crop_param.axis is out of range. Received: {cp.axis}. {err}") from None
+        self.offsets = [int(v) for v in cp.offset]
+        n_crop = bottom[0].num_axes - self.axis
+        if len(self.offsets) > 1 and len(self.offsets) != n_crop:
+            raise self.error(
+                f"give one offset, or one per cropped axis ({n_crop} axes from axis {self.axis}). "
+                f"Received: {len(self.offsets)} offsets {self.offsets}"
+            )
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x, ref = bottom
+        if ref.num_axes < x.num_axes:
+            raise self.error(
+                f"the reference bottom needs at least as many axes as the data. Received: {x.shape} and "
+                f"{ref.shape}",
+                ShapeMismatchError,
+            )
+        slices, shape = [], []
+        for a in range(x.num_axes):
+            if a < self.axis:
+                slices.append(slice(None))
+                shape.append(x.shape[a])
+                continue
+            off = self.offsets[0] if len(self.offsets) == 1 else self.offsets[a - self.axis] if self.offsets else 0
+            size = ref.shape[a]
+            if off + size > x.shape[a]:
+                raise self.error(
+                    f"the crop of axis {a} is out of bounds. Received: offset {off} + size {size} > "
+                    f"input size {x.shape[a]} (data {x.shape}, reference {ref.shape})",
+                    ShapeMismatchError,
+                )
+            slices.append(slice(off, off + size))
+            shape.append(size)
+        self.slices = tuple(slices)
+        top[0].reshape(shape)
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        xp = backend.array_module(bottom[0].data)
+        top[0].data = xp.ascontiguousarray(bottom[0].data[self.slices])
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        xp = backend.array_module(top[0].diff)
+        if propagate_down[0]:
+            dx = xp.zeros(bottom[0].shape, dtype=top[0].diff.dtype)
+            dx[self.slices] = top[0].diff
+            bottom[0].diff = dx
+        if len(propagate_down) > 1 and propagate_down[1]:
+            # The output does not depend on the reference's values.
+            bottom[1].diff = xp.zeros(bottom[1].shape, dtype=bottom[1].dtype)
+
+
+# --- LRN ---------------------------------------------------------------------------------------------
+@register_layer("LRN")
+class LRNLayer(Layer):
+    """Caffe type ``LRN``: local response normalisation.
+
+    ACROSS_CHANNELS: ``y = x * (k + alpha/n * sum_{c' in window(c)} x[c']^2)^-beta`` over ``n = local_size``
+    channels centred on ``c`` (zero beyond the edges).
+
+    WITHIN_CHANNEL: ``y = x * (1 + alpha * avgpool_n(x^2))^-beta`` with an n x n zero-padded AVE pool
+    (divisor ``n^2``). As in Caffe, ``k`` is ignored in this mode.
+
+    Bottom: ``(N, C, H, W)``. Top: same shape.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        lp = self.param.lrn_param
+        self.size = int(lp.local_size)
+        if self.size < 1 or self.size % 2 == 0:
+            raise self.error(f"local_size must be a positive odd number. Received: {lp.local_size}")
+        self.alpha, self.beta, self.k = float(lp.alpha), float(lp.beta), float(lp.k)
+        self.within = lp.norm_region == pb.LRNParameter.WITHIN_CHANNEL
+        self.windows: PoolWindows | None = None
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        _check_4d(self, bottom[0])
+        if self.within:
+            in_hw = bottom[0].shape[2:]
+            if self.windows is None or self.windows.in_hw != in_hw:
+                half = (self.size - 1) // 2
+                self.windows = PoolWindows(in_hw, (self.size,) * 2, (1, 1), (half, half))
+        top[0].reshape(bottom[0].shape)
+
+    def _channel_window_sum(self, a):
+        """``sum_{|c' - c| <= n//2} a[:, c']`` with zeros beyond the channel edges."""
+        xp = backend.array_module(a)
+        c, half = a.shape[1], (self.size - 1) // 2
+        padded = xp.zeros((a.shape[0], c + self.size - 1, *a.shape[2:]), dtype=a.dtype)
+        padded[:, half:half + c] = a
+        s = padded[:, :c].copy()
+        for j in range(1, self.size):
+            s += padded[:, j:j + c]
+        return s
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0].data
+        t = x.dtype.type
+        if self.within:
+            scale = t(1) + t(self.alpha) * self.windows.ave_forward(x * x)
+        else:
+            scale = t(self.k) + t(self.alpha / self.size) * self._channel_window_sum(x * x)
+        self._x, self._scale = x, scale
+        top[0].data = x * scale ** t(-self.beta)
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        x, scale, dy = self._x, self._scale, top[0].diff
+        t = x.dtype.type
+        inv = scale ** t(-self.beta)
+        if self.within:
+            # y = x * u^-beta with u = 1 + alpha * avgpool(x^2)
+            g = dy * x * (t(-self.beta * self.alpha) * inv / scale)
+            bottom[0].diff = dy * inv + t(2) * x * self.windows.ave_backward(g, x.shape)
+        else:
+            ratio = dy * (x * inv) / scale
+            coeff = t(2 * self.alpha * self.beta / self.size)
+            bottom[0].diff = dy * inv - coeff * x * self._channel_window_sum(ratio)

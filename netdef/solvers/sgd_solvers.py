@@ -189,7 +189,9 @@ class AdaDeltaSolver(SGDSolver):
         if not 0 <= p.momentum < 1:
             raise SolverError(f"AdaDelta needs momentum (its decay rate rho) in [0, 1). Received: {_num(p.momentum)}")
         if p.delta <= 0:
-            raise SolverError(f"AdaDelta needs a positive delta (it divides by history + delta). Received: {_num(p.delta)}")
+            raise SolverError(
+                f"AdaDelta needs a positive delta (it divides by history + delta). Received: {_num(p.delta)}"
+            )
 
     def compute_update_value(self, index: int, rate: float) -> None:
         blob = self.net.param_specs[index][0]

@@ -69,11 +69,9 @@ class SignalHandler:
         self._got_sigint += 1
         if self._got_sigint > 1 and self.sigint_action is SolverAction.STOP:
             raise KeyboardInterrupt
-        log.info("Received SIGINT (action: %s)", self.sigint_action.value)
 
     def _on_sighup(self, signum, frame) -> None:
         self._got_sighup = True
-        log.info("Received SIGHUP (action: %s)", self.sighup_action.value)
 
     def install(self) -> None:
         """Install the handlers (main thread only; elsewhere signals stay as they are, with a warning)."""
@@ -93,11 +91,14 @@ class SignalHandler:
 
     def check_for_signals(self) -> SolverAction:
         """The action asked for since the last call (SIGHUP first, as Caffe), clearing it."""
+        # Logging happens here, not in the handlers: a handler may interrupt a logging call.
         if self._got_sighup:
             self._got_sighup = False
+            log.info("Caught SIGHUP (action: %s)", self.sighup_action.value)
             return self.sighup_action
         if self._got_sigint:
             self._got_sigint = 0
+            log.info("Caught SIGINT (action: %s)", self.sigint_action.value)
             return self.sigint_action
         return SolverAction.NONE
 
