@@ -2,16 +2,18 @@
 
 The Python API follows pycaffe: ``netdef.Net(model, netdef.TRAIN)``,
 ``net.blobs``/``net.params``, ``net.forward()``/``net.backward()``,
-``netdef.get_solver(path)``.
+``netdef.get_solver(path)``, ``netdef.NetSpec`` with ``from netdef import layers as L,
+params as P``, and ``netdef.io`` for files and input preprocessing.
 """
 from __future__ import annotations
 
-from . import backend
+from . import backend, io, params
 from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .blob import Blob
 from .errors import NetdefError
 from .layers import Layer, layer_type_list, register_layer
 from .net import TEST, TRAIN, Net
+from .netspec import NetSpec
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Blob", "Layer", "Net", "NetdefError", "TEST", "TRAIN", "backend", "get_solver", "layer_type_list",
-    "register_layer", "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed",
+    "Blob", "Layer", "Net", "NetSpec", "NetdefError", "TEST", "TRAIN", "backend", "get_solver", "io",
+    "layer_type_list", "params", "register_layer", "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed",
 ]

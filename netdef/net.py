@@ -384,6 +384,13 @@ class Net:
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
 
+    def set_input_arrays(self, data, labels, layer: int | str = 0) -> None:
+        """Give a MemoryData layer (by index or name; default the first layer) arrays to serve (pycaffe)."""
+        target = self.layer_dict[layer] if isinstance(layer, str) else self.layers[layer]
+        if not hasattr(target, "set_input_arrays"):
+            raise NetdefError(f'Layer "{target.name}" (type {target.type_name}) is not a MemoryData layer')
+        target.set_input_arrays(data, labels)
+
     def clear_param_diffs(self) -> None:
         for blob, *_ in self.param_specs:
             blob.diff[...] = 0

@@ -453,3 +453,20 @@ def test_net_path_relative_to_solver_file(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
     solver = get_solver(str(tmp_path / "solver.prototxt"))
     assert solver.net.name == "mlp"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs POSIX signals")
+def test_signal_handler_polling_and_second_sigint():
+    from netdef.solvers import SignalHandler, SolverAction
+
+    with SignalHandler(sigint="stop", sighup="snapshot") as handler:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert handler.check_for_signals() is SolverAction.SNAPSHOT  # SIGHUP is reported first, as in Caffe
+        assert handler.check_for_signals() is SolverAction.STOP
+        assert handler.check_for_signals() is SolverAction.NONE
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl+C before the first was picked up
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass

@@ -139,12 +139,11 @@ def encode_blob(array: numpy.ndarray) -> bytes:
         number, values = 8, numpy.ascontiguousarray(array, dtype="<f8")
     else:
         number, values = 5, numpy.ascontiguousarray(array, dtype="<f4")
-    out = b""
-    if values.size:
-        out += _len_field(number, values.tobytes())
+    packed = _len_field(number, values.tobytes()) if values.size else b""
     dims = b"".join(_varint(int(d)) for d in array.shape)
-    shape = _len_field(1, dims) if dims else b""
-    return out + _len_field(7, shape)
+    shape = _len_field(7, _len_field(1, dims) if dims else b"")
+    # fields go out in number order, as protobuf writes them: data (5) < shape (7) < double_data (8)
+    return packed + shape if number == 5 else shape + packed
 
 
 def encode_solverstate(state: SolverStateData) -> bytes:

@@ -210,3 +210,95 @@ class HDF5DataLayer(Layer):
             self._load(int(state["loaded"]))
         self.perm = numpy.asarray(state["perm"], dtype=numpy.int64)
         self.row = int(state["row"])
+
+
+@register_layer("MemoryData")
+class MemoryDataLayer(Layer):
+    """Caffe type ``MemoryData``: batches served from arrays given with ``net.set_input_arrays``.
+
+    Tops: data (batch_size, channels, height, width) and label (batch_size, 1, 1, 1).
+    Consecutive forwards walk through the arrays and wrap around at the end.
+    """
+
+    exact_num_bottom = 0
+    exact_num_top = 2
+
+    def setup(self, bottom, top):
+        p = self.param.memory_data_param
+        dims = (p.batch_size, p.channels, p.height, p.width)
+        if min(dims) <= 0:
+            raise self.error(
+                "memory_data_param needs positive batch_size, channels, height and width. "
+                f"Received: {dims}"
+            )
+        self.shape = dims
+        self.data = None
+        self.labels = None
+        self.pos = 0
+        top[0].reshape(dims)
+        top[1].reshape((p.batch_size, 1, 1, 1))
+
+    def set_input_arrays(self, data, labels) -> None:
+        """Use ``data`` (N, C, H, W) and ``labels`` (N,) from now on; N must be a multiple of batch_size."""
+        data = numpy.asarray(backend.to_numpy(data), dtype=self.dtype)
+        labels = numpy.asarray(backend.to_numpy(labels), dtype=self.dtype).reshape(-1)
+        n = self.shape[0]
+        if data.shape[1:] != self.shape[1:]:
+            raise self.error(f"data arrays must have shape (N, {', '.join(map(str, self.shape[1:]))}). "
+                             f"Received: {data.shape}")
+        if data.shape[0] != labels.shape[0]:
+            raise self.error(f"data has {data.shape[0]} rows but labels has {labels.shape[0]}")
+        if data.shape[0] == 0 or data.shape[0] % n:
+            raise self.error(f"the number of rows must be a positive multiple of batch_size {n}. "
+                             f"Received: {data.shape[0]}")
+        self.data, self.labels, self.pos = data, labels, 0
+
+    def reshape(self, bottom, top):
+        """Shapes are fixed by memory_data_param."""
+
+    def forward(self, bottom, top):
+        if self.data is None:
+            raise self.error("no input arrays: call net.set_input_arrays(data, labels) before forward")
+        n = self.shape[0]
+        top[0].data = backend.asarray(self.data[self.pos: self.pos + n], top[0].xp, top[0].dtype)
+        top[1].data = backend.asarray(self.labels[self.pos: self.pos + n].reshape(n, 1, 1, 1), top[1].xp,
+                                      top[1].dtype)
+        self.pos = (self.pos + n) % self.data.shape[0]
+
+
+@register_layer("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Caffe type ``HDF5Output``: writes its two bottoms to ``hdf5_output_param.file_name``.
+
+    Datasets ``data`` and ``label``; every forward appends its batch (Caffe writes a
+    single batch; appending keeps all of them). No tops, no gradient.
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 0
+
+    def setup(self, bottom, top):
+        self.file_name = self.param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise self.error("hdf5_output_param.file_name is required")
+        self.started = False
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise self.error(f"data and label need the same number of rows. Received: {bottom[0].shape} and "
+                             f"{bottom[1].shape}")
+
+    def forward(self, bottom, top):
+        import h5py
+
+        mode = "a" if self.started else "w"
+        with h5py.File(self.file_name, mode) as f:
+            for name, blob in (("data", bottom[0]), ("label", bottom[1])):
+                arr = backend.to_numpy(blob.data)
+                if name not in f:
+                    f.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True)
+                else:
+                    ds = f[name]
+                    ds.resize(ds.shape[0] + arr.shape[0], axis=0)
+                    ds[-arr.shape[0]:] = arr
+        self.started = True

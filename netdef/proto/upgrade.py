@@ -1,8 +1,11 @@
 """Upgrading legacy Caffe definitions to the current schema, as Caffe does on load.
 
-Handled here: V1 nets (``layers { type: CONVOLUTION blobs_lr: 1 ... }``), the
-net-level ``input``/``input_shape``/``input_dim`` fields (become an Input layer)
-and the solver's ``solver_type`` enum (becomes the ``type`` string).
+Handled here: V0 nets (``layers { layer { type: "conv" ... } }``, via
+:mod:`netdef.proto.upgrade_v0`), the V0-era transformation fields of data layers
+(``data_param { scale mean_file crop_size mirror }`` -> ``transform_param``),
+V1 nets (``layers { type: CONVOLUTION blobs_lr: 1 ... }``), the net-level
+``input``/``input_shape``/``input_dim`` fields (become an Input layer) and the
+solver's ``solver_type`` enum (becomes the ``type`` string).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import logging
 
 from ..errors import NetdefError
 from . import netdef_pb2 as pb
+from .upgrade_v0 import net_needs_v0_upgrade, upgrade_v0_net
 
 log = logging.getLogger("netdef")
 
@@ -36,6 +40,38 @@ _V1_SAME = [
 ]
 
 
+# V1 data layer types whose parameter message held the transformation fields before transform_param
+_DATA_TRANSFORM_PARAMS = {"DATA": "data_param", "IMAGE_DATA": "image_data_param", "WINDOW_DATA": "window_data_param"}
+_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+
+_UPGRADE_HINT = "run `netdef upgrade net IN OUT` to save the upgraded definition"
+
+
+def _legacy_transform_fields(v1) -> tuple[str | None, list[str]]:
+    """The data-parameter field of V1 layer ``v1`` and which transformation fields it still sets there."""
+    enum_name = pb.V1LayerParameter.LayerType.Name(v1.type) if v1.HasField("type") else ""
+    field = _DATA_TRANSFORM_PARAMS.get(enum_name)
+    if field is None or not v1.HasField(field):
+        return None, []
+    message = getattr(v1, field)
+    return field, [name for name in _TRANSFORM_FIELDS if message.HasField(name)]
+
+
+def net_needs_data_upgrade(param) -> bool:
+    """True when a V1 data layer sets scale/mean_file/crop_size/mirror in its own parameter message."""
+    return any(_legacy_transform_fields(v1)[1] for v1 in param.layers)
+
+
+def upgrade_net_data_transformation(param) -> None:
+    """Move the transformation fields of V1 Data/ImageData/WindowData layers into ``transform_param`` (in place)."""
+    for v1 in param.layers:
+        field, names = _legacy_transform_fields(v1)
+        for name in names:
+            message = getattr(v1, field)
+            setattr(v1.transform_param, name, getattr(message, name))
+            message.ClearField(name)
+
+
 def net_needs_v1_upgrade(param) -> bool:
     return len(param.layers) > 0
 
@@ -45,8 +81,8 @@ def upgrade_v1_layer(v1, where: str):
     layer = pb.LayerParameter()
     if v1.HasField("layer"):
         raise NetdefError(
-            f'{where}: layer "{v1.name or v1.layer.name}" uses the V0 format (layers {{ layer {{ ... }} }}), '
-            "which netdef does not read yet; upgrade it with Caffe's upgrade_net_proto_text first"
+            f'{where}: layer "{v1.name or v1.layer.name}" mixes the V0 format (layers {{ layer {{ ... }} }}) '
+            "into a V1 layer; use one format"
         )
     for name in _V1_SAME:
         field = pb.V1LayerParameter.DESCRIPTOR.fields_by_name[name]
@@ -116,6 +152,16 @@ def upgrade_input_fields(param, where: str) -> None:
 
 def upgrade_net(param, where: str = "<net>"):
     """Upgrade every legacy form in NetParameter ``param`` (in place); returns it."""
+    if net_needs_v0_upgrade(param):
+        problems = upgrade_v0_net(param, where)
+        if problems:
+            log.warning("%s: upgraded V0 layer definitions (layers { layer { ... } }) with %d problem(s) (see "
+                        "above); continuing anyway", where, len(problems))
+        else:
+            log.info("%s: upgraded V0 layer definitions (layers { layer { ... } })", where)
+    if net_needs_data_upgrade(param):
+        upgrade_net_data_transformation(param)
+        log.info("%s: moved the data layers' scale/mean_file/crop_size/mirror fields into transform_param", where)
     if param.layers:
         if param.layer:
             raise NetdefError(f"{where}: uses both 'layer' and the legacy 'layers' field; use only 'layer'")
@@ -123,6 +169,7 @@ def upgrade_net(param, where: str = "<net>"):
             param.layer.add().CopyFrom(upgrade_v1_layer(v1, where))
         del param.layers[:]
         log.info("%s: upgraded V1 layer definitions (layers { type: ENUM })", where)
+        log.info("%s: %s", where, _UPGRADE_HINT)
     upgrade_input_fields(param, where)
     return param
 

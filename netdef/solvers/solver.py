@@ -76,6 +76,8 @@ class Solver:
     Args:
         solver: a solver definition file path, or a SolverParameter.
         net: optional net definition path that replaces the solver's train net.
+        source: with a SolverParameter already prepared by ``load_solver_parameter``,
+            the file it came from (net paths are also looked up beside it).
 
     Attributes:
         param: the SolverParameter in use.
@@ -101,7 +103,7 @@ class Solver:
             param, source = load_solver_parameter(solver, net)
         self.param = param
         self.source = source
-        if param.type and self.type_name and param.type != self.type_name:
+        if param.HasField("type") and self.type_name and param.type != self.type_name:
             log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type,
                         self.type_name)
         if log.isEnabledFor(logging.INFO):
@@ -294,6 +296,7 @@ class Solver:
         self.request_action(SolverAction.STOP)
 
     def get_requested_action(self) -> SolverAction:
+        """The next pending request (``request_action``), else what the action function reports."""
         if self._pending:
             return self._pending.popleft()
         if self.action_function is not None:
@@ -538,11 +541,13 @@ class Solver:
     # --- restore ------------------------------------------------------------------------------------
     @staticmethod
     def _resolve_learned_net(name: str, state_path: str) -> str:
-        if os.path.isabs(name):
-            candidates = [name]
-        else:
-            folder = os.path.dirname(os.path.abspath(state_path))
-            candidates = [name, os.path.join(folder, name), os.path.join(folder, os.path.basename(name))]
+        # As Caffe: the recorded path as it stands (relative to the working directory); then, for
+        # snapshots moved or opened from elsewhere, relative to the state file and beside it.
+        folder = os.path.dirname(os.path.abspath(state_path))
+        candidates = [name]
+        if not os.path.isabs(name):
+            candidates.append(os.path.join(folder, name))
+        candidates.append(os.path.join(folder, os.path.basename(name)))
         for c in candidates:
             if os.path.exists(c):
                 return c

@@ -1,0 +1,275 @@
+"""Preparing images for a net's input blobs: pycaffe's ``caffe.io.Transformer`` and ``load_image``.
+
+A typical ImageNet-style model takes BGR images in [0, 255] with the mean
+subtracted, laid out as C x H x W, while images load as RGB H x W x C in [0, 1]::
+
+    t = Transformer({"data": net.blobs["data"].data.shape})
+    t.set_transpose("data", (2, 0, 1))       # H x W x C -> C x H x W
+    t.set_channel_swap("data", (2, 1, 0))    # RGB -> BGR
+    t.set_raw_scale("data", 255)             # [0, 1] -> [0, 255]
+    t.set_mean("data", numpy.array([104, 117, 123]))
+    net.blobs["data"].data[0] = t.preprocess("data", load_image("cat.jpg"))
+
+``preprocess`` applies, in order: float32, resize to the input's height and
+width, transpose, channel swap, raw scale, mean subtraction, input scale.
+``deprocess`` undoes them (except the resize).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy
+
+from ..errors import InvalidParameterError, NetdefError, ShapeMismatchError
+
+
+def resize_image(image: numpy.ndarray, new_dims: Sequence[int]) -> numpy.ndarray:
+    """Bilinear resize of an H x W x K array to ``new_dims`` = (height, width), float32.
+
+    Sample positions use pixel centres and clamp at the border (OpenCV's
+    INTER_LINEAR, which Caffe's image data layers use); no anti-aliasing.
+    """
+    image = numpy.asarray(image)
+    if image.ndim != 3:
+        raise ShapeMismatchError(f"resize_image needs an H x W x K array. Received: shape {image.shape}")
+    new_h, new_w = (int(d) for d in new_dims)
+    if new_h < 1 or new_w < 1:
+        raise InvalidParameterError(f"resize_image needs positive (height, width). Received: {tuple(new_dims)}")
+    h, w = image.shape[:2]
+    if h < 1 or w < 1:
+        raise ShapeMismatchError(f"resize_image cannot resize an empty image. Received: shape {image.shape}")
+    image = image.astype(numpy.float32, copy=False)
+    if (h, w) == (new_h, new_w):
+        return image.copy()
+    y0, y1, wy = _sample_positions(h, new_h)
+    x0, x1, wx = _sample_positions(w, new_w)
+    wy = wy[:, None, None]
+    rows = image[y0] * (1 - wy) + image[y1] * wy
+    wx = wx[None, :, None]
+    return (rows[:, x0] * (1 - wx) + rows[:, x1] * wx).astype(numpy.float32, copy=False)
+
+
+def _sample_positions(size: int, new_size: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """Neighbour indices and weights along one axis for ``new_size`` samples of ``size`` pixels."""
+    pos = (numpy.arange(new_size, dtype=numpy.float64) + 0.5) * (size / new_size) - 0.5
+    pos = numpy.clip(pos, 0, size - 1)
+    lo = numpy.floor(pos).astype(numpy.intp)
+    hi = numpy.minimum(lo + 1, size - 1)
+    return lo, hi, (pos - lo).astype(numpy.float32)
+
+
+class Transformer:
+    """Format arrays for a net's inputs (pycaffe's ``caffe.io.Transformer``).
+
+    Args:
+        inputs: ``{input blob name: blob shape (N, C, H, W)}``, for example
+            ``{"data": net.blobs["data"].data.shape}``.
+    """
+
+    def __init__(self, inputs: Mapping[str, Sequence[int]]):
+        self.inputs = {name: tuple(int(d) for d in shape) for name, shape in inputs.items()}
+        for name, shape in self.inputs.items():
+            if len(shape) < 2:
+                raise ShapeMismatchError(
+                    f'Transformer input "{name}" needs a shape with at least a batch and a channel axis '
+                    f"(N, C, ...). Received: {shape}"
+                )
+        self.transpose: dict[str, tuple[int, ...]] = {}
+        self.channel_swap: dict[str, tuple[int, ...]] = {}
+        self.raw_scale: dict[str, float] = {}
+        self.mean: dict[str, numpy.ndarray] = {}
+        self.input_scale: dict[str, float] = {}
+
+    def _check_input(self, name: str) -> tuple[int, ...]:
+        if name not in self.inputs:
+            raise NetdefError(
+                f'"{name}" is not one of the Transformer\'s inputs. Inputs: {", ".join(self.inputs) or "(none)"}'
+            )
+        return self.inputs[name]
+
+    # --- settings ------------------------------------------------------------------
+    def set_transpose(self, name: str, order: Sequence[int]) -> None:
+        """Axis order applied to the image, e.g. ``(2, 0, 1)`` turns H x W x C into C x H x W."""
+        shape = self._check_input(name)
+        order = tuple(int(i) for i in order)
+        if sorted(order) != list(range(len(shape) - 1)):
+            raise InvalidParameterError(
+                f'set_transpose("{name}"): the order must be a permutation of the {len(shape) - 1} axes of one '
+                f"input item (blob shape {shape} without the batch axis). Received: {order}"
+            )
+        self.transpose[name] = order
+
+    def set_channel_swap(self, name: str, order: Sequence[int]) -> None:
+        """Channel order taken after the transpose, e.g. ``(2, 1, 0)`` turns RGB into BGR."""
+        shape = self._check_input(name)
+        order = tuple(int(i) for i in order)
+        if sorted(order) != list(range(shape[1])):
+            raise InvalidParameterError(
+                f'set_channel_swap("{name}"): the order must be a permutation of the input\'s {shape[1]} '
+                f"channels. Received: {order}"
+            )
+        self.channel_swap[name] = order
+
+    def set_raw_scale(self, name: str, scale: float) -> None:
+        """Multiply the image by ``scale`` before subtracting the mean (255 for [0, 255] models)."""
+        self._check_input(name)
+        self.raw_scale[name] = float(scale)
+
+    def set_mean(self, name: str, mean) -> None:
+        """Mean subtracted after the raw scale: one value per channel, or a C x H x W (or H x W) image.
+
+        A mean image of another height and width is resized to the input's.
+        """
+        shape = self._check_input(name)
+        mean = numpy.asarray(mean, dtype=numpy.float32)
+        channels, spatial = shape[1], shape[2:]
+        if mean.ndim == 1:
+            if mean.shape[0] != channels:
+                raise ShapeMismatchError(
+                    f'set_mean("{name}"): a per-channel mean needs {channels} values (the input\'s channels). '
+                    f"Received: {mean.shape[0]} values"
+                )
+            mean = mean.reshape((channels,) + (1,) * len(spatial))
+        else:
+            if mean.ndim == 4 and mean.shape[0] == 1:
+                mean = mean[0]
+            if mean.ndim == 2:
+                mean = mean[None]
+            if mean.ndim != 3 or len(shape) != 4:
+                raise ShapeMismatchError(
+                    f'set_mean("{name}"): the mean must be per channel ({channels},) or an image of shape '
+                    f"(C, H, W) for input shape {shape}. Received: shape {numpy.shape(mean)}"
+                )
+            if mean.shape[0] != channels:
+                raise ShapeMismatchError(
+                    f'set_mean("{name}"): the mean image has {mean.shape[0]} channels but the input has '
+                    f"{channels}. Received: shape {mean.shape}"
+                )
+            if mean.shape[1:] != spatial:
+                mean = resize_image(mean.transpose(1, 2, 0), spatial).transpose(2, 0, 1)
+        self.mean[name] = mean
+
+    def set_input_scale(self, name: str, scale: float) -> None:
+        """Multiply by ``scale`` after subtracting the mean (e.g. 1/255 or a standard deviation's inverse)."""
+        self._check_input(name)
+        self.input_scale[name] = float(scale)
+
+    # --- transforms ------------------------------------------------------------------
+    def preprocess(self, name: str, data) -> numpy.ndarray:
+        """One H' x W' x K image (any size) as a K x H x W float32 array for input ``name``."""
+        shape = self._check_input(name)
+        x = numpy.array(data, dtype=numpy.float32)
+        if x.ndim == 2 and len(shape) == 4:
+            x = x[:, :, None]
+        if x.ndim != len(shape) - 1:
+            raise ShapeMismatchError(
+                f'preprocess("{name}"): expected one {len(shape) - 1}-D item (H x W x K) for input shape {shape}. '
+                f"Received: shape {x.shape}"
+            )
+        spatial = shape[2:]
+        if len(spatial) == 2 and x.shape[:2] != spatial:
+            x = resize_image(x, spatial)
+        order = self.transpose.get(name)
+        if order is not None:
+            x = x.transpose(order)
+        if x.shape[0] != shape[1]:
+            raise ShapeMismatchError(
+                f'preprocess("{name}"): the image has {x.shape[0]} channels along its first axis after the '
+                f"transpose, but the input has {shape[1]} (input shape {shape}). Received: image shape "
+                f"{numpy.shape(data)}"
+            )
+        swap = self.channel_swap.get(name)
+        if swap is not None:
+            x = x[list(swap)]
+        if name in self.raw_scale:
+            x = x * self.raw_scale[name]
+        if name in self.mean:
+            x = x - self.mean[name]
+        if name in self.input_scale:
+            x = x * self.input_scale[name]
+        return numpy.ascontiguousarray(x, dtype=numpy.float32)
+
+    def deprocess(self, name: str, data) -> numpy.ndarray:
+        """Undo :meth:`preprocess` for one item (a leading batch axis of size 1 is dropped)."""
+        shape = self._check_input(name)
+        x = numpy.array(data, dtype=numpy.float32)
+        while x.ndim > len(shape) - 1 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != len(shape) - 1:
+            raise ShapeMismatchError(
+                f'deprocess("{name}"): expected one item of shape {shape[1:]}. Received: shape {numpy.shape(data)}'
+            )
+        if name in self.input_scale:
+            x = x / self.input_scale[name]
+        if name in self.mean:
+            x = x + self.mean[name]
+        if name in self.raw_scale:
+            x = x / self.raw_scale[name]
+        swap = self.channel_swap.get(name)
+        if swap is not None:
+            x = x[numpy.argsort(swap)]
+        order = self.transpose.get(name)
+        if order is not None:
+            x = x.transpose(numpy.argsort(order))
+        return numpy.ascontiguousarray(x, dtype=numpy.float32)
+
+
+def load_image(path: str, color: bool = True) -> numpy.ndarray:
+    """An image file as float32 H x W x 3 (RGB, ``color=True``) or H x W x 1 (intensity) in [0, 1].
+
+    Reads PNG, JPEG and the other formats Pillow knows (``pip install pillow``).
+    A ``.npy`` file holding an H x W or H x W x K array is read with NumPy and
+    taken as is (no rescaling), so pipelines can run without Pillow.
+    """
+    if not os.path.exists(path):
+        raise NetdefError(f"Image file not found: {path}")
+    if path.lower().endswith(".npy"):
+        try:
+            img = numpy.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise NetdefError(f"{path}: not a NumPy .npy array file ({err})") from None
+        if img.ndim not in (2, 3) or img.size == 0:
+            raise ShapeMismatchError(f"{path}: an image array must be H x W or H x W x K. Received: shape {img.shape}")
+        img = img.astype(numpy.float32)
+    else:
+        img = _read_with_pillow(path, color)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if color and img.shape[2] == 1:
+        img = numpy.repeat(img, 3, axis=2)
+    elif color and img.shape[2] == 4:
+        img = img[:, :, :3]
+    elif not color and img.shape[2] == 3:
+        # ITU-R 601-2 luma, the weights Pillow's "L" conversion uses
+        img = img @ numpy.array([0.299, 0.587, 0.114], dtype=numpy.float32)
+        img = img[:, :, None]
+    return numpy.ascontiguousarray(img, dtype=numpy.float32)
+
+
+def _read_with_pillow(path: str, color: bool) -> numpy.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise NetdefError(
+            f"Reading {os.path.basename(path)} needs Pillow, which is not installed: run `pip install pillow` "
+            "(or pass the image as an H x W x C .npy array)"
+        ) from None
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # 16-bit greyscale files open as "I;16*" or, with older Pillow, "I"
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return numpy.asarray(im, dtype=numpy.float32) / 65535.0
+            if im.mode == "F":
+                return numpy.asarray(im, dtype=numpy.float32)
+            if color:
+                im = im.convert("RGB")
+            else:
+                im = im.convert("L")
+            return numpy.asarray(im, dtype=numpy.float32) / 255.0
+    except OSError as err:
+        raise NetdefError(f"{path}: cannot read the image ({err})") from None
+
+
+__all__ = ["Transformer", "load_image", "resize_image"]

@@ -1,0 +1,328 @@
+"""Snapshots and restore: file names, Caffe's layouts, atomic writes, exact resume, Caffe-written states."""
+import json
+import logging
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from netdef.errors import WeightsFileError
+from netdef.io import solverstate
+from netdef.proto import netdef_pb2 as pb
+from netdef.proto import to_text
+from netdef.solvers import get_solver
+from netdef.testing.parity import parity_root
+from tests.test_solvers import mlp_text, params_of, record_losses, solver_param, write_problem
+
+
+def make_param(tmp_path, text: str = "", **net_kw):
+    listing = write_problem(tmp_path)
+    return solver_param('type: "SGD" base_lr: 0.1 momentum: 0.9 lr_policy: "step" gamma: 0.5 stepsize: 7 '
+                        'random_seed: 11 ' + text, net_text=mlp_text(listing, **net_kw))
+
+
+def snapshot_files(folder) -> list:
+    return sorted(f for f in os.listdir(folder) if "_iter_" in f)
+
+
+# --- names -----------------------------------------------------------------------------------------------
+def test_binaryproto_names_and_schedule(tmp_path):
+    (tmp_path / "a").mkdir()
+    solver = get_solver(make_param(tmp_path, f'snapshot: 3 snapshot_prefix: "{tmp_path}/a/net" max_iter: 7 '
+                                             "snapshot_after_train: true"))
+    solver.solve()
+    assert snapshot_files(tmp_path / "a") == sorted(
+        f"net_iter_{n}{ext}" for n in (3, 6, 7) for ext in (".caffemodel", ".solverstate", ".solverstate.netdef.json")
+    )
+
+
+def test_no_extra_snapshot_when_max_iter_is_a_multiple(tmp_path):
+    solver = get_solver(make_param(tmp_path, f'snapshot: 2 snapshot_prefix: "{tmp_path}/s" max_iter: 4 '
+                                             "snapshot_after_train: true"))
+    solver.solve()
+    assert [f for f in snapshot_files(tmp_path) if f.endswith(".caffemodel")] == ["s_iter_2.caffemodel",
+                                                                               "s_iter_4.caffemodel"]
+
+
+def test_hdf5_names(tmp_path):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/h" snapshot_format: HDF5'))
+    solver.step(2)
+    path = solver.snapshot()
+    assert path == f"{tmp_path}/h_iter_2.solverstate.h5"
+    assert snapshot_files(tmp_path) == ["h_iter_2.caffemodel.h5", "h_iter_2.solverstate.h5",
+                                        "h_iter_2.solverstate.h5.netdef.json"]
+
+
+def test_prefix_defaults_to_the_solver_file_without_extension(tmp_path):
+    param = make_param(tmp_path)
+    param.ClearField("snapshot_prefix")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "my_solver.prototxt").write_text(to_text(param))
+    solver = get_solver(str(tmp_path / "conf" / "my_solver.prototxt"))
+    assert solver.param.snapshot_prefix == str(tmp_path / "conf" / "my_solver")
+    solver.snapshot()
+    assert snapshot_files(tmp_path / "conf")[0] == "my_solver_iter_0.caffemodel"
+
+
+def test_prefix_that_is_a_folder_gets_the_solver_stem(tmp_path):
+    param = make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/snaps"')
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "lenet_solver.prototxt").write_text(to_text(param))
+    solver = get_solver(str(tmp_path / "lenet_solver.prototxt"))
+    assert solver.param.snapshot_prefix == os.path.join(str(tmp_path / "snaps"), "lenet_solver")
+
+
+def test_relative_prefix_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "work" / "out").mkdir(parents=True)
+    param = make_param(tmp_path, 'snapshot_prefix: "out/rel" snapshot: 1')
+    monkeypatch.chdir(tmp_path / "work")
+    solver = get_solver(param)
+    solver.step(1)
+    assert snapshot_files(tmp_path / "work" / "out")[0] == "rel_iter_1.caffemodel"
+    state = solverstate.read_solverstate(str(tmp_path / "work" / "out" / "rel_iter_1.solverstate"))
+    assert state.learned_net == "out/rel_iter_1.caffemodel"  # as Caffe records it: the prefix as given
+
+
+# --- layouts -----------------------------------------------------------------------------------------------
+def test_binary_state_is_a_caffe_solverstate(tmp_path):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/b"'))
+    solver.step(9)
+    path = solver.snapshot()
+    msg = pb.SolverState()
+    msg.ParseFromString(open(path, "rb").read())
+    assert (msg.iter, msg.current_step, msg.learned_net) == (9, 1, f"{tmp_path}/b_iter_9.caffemodel")
+    shapes = [tuple(h.shape.dim) for h in msg.history]
+    assert shapes == [(8, 6), (8,), (3, 8), (3,)]
+    np.testing.assert_array_equal(np.array(msg.history[2].data).reshape(3, 8), solver.history[2])
+    # our hand-written encoder produces exactly protobuf's bytes
+    assert open(path, "rb").read() == msg.SerializeToString()
+
+
+def test_encoder_matches_protobuf_for_edge_cases():
+    state = solverstate.SolverStateData(-3, "x.caffemodel", [np.zeros((0, 2), np.float32), np.float32(2.5),
+                                                             np.arange(3, dtype=np.float64)], 0)
+    msg = pb.SolverState(iter=-3, learned_net="x.caffemodel", current_step=0)
+    msg.history.add().shape.dim.extend([0, 2])
+    scalar = msg.history.add()
+    scalar.shape.SetInParent()
+    scalar.data.append(2.5)
+    msg.history.add(double_data=[0.0, 1.0, 2.0]).shape.dim.append(3)
+    assert solverstate.encode_solverstate(state) == msg.SerializeToString()
+
+
+def test_hdf5_state_layout_and_round_trip(tmp_path):
+    solver = get_solver(make_param(tmp_path, f'type: "Adam" snapshot_prefix: "{tmp_path}/h" snapshot_format: HDF5 '
+                                             "momentum: 0.9"))
+    solver.step(5)
+    path = solver.snapshot()
+    with h5py.File(path, "r") as f:
+        assert f["iter"].shape == (1,) and f["iter"].dtype == np.int32 and f["iter"][0] == 5
+        assert f["current_step"][0] == 0
+        assert f["learned_net"][()] == f"{tmp_path}/h_iter_5.caffemodel.h5".encode()
+        assert f["learned_net"].id.get_type().get_strpad() == h5py.h5t.STR_NULLTERM
+        assert sorted(f["history"].keys()) == ["0", "1", "2", "3", "4", "5", "6", "7"]  # m then v
+        np.testing.assert_array_equal(f["history/5"][()], solver.history[5])
+    with h5py.File(f"{tmp_path}/h_iter_5.caffemodel.h5", "r") as f:
+        np.testing.assert_array_equal(f["data/ip2/0"][()], solver.net.params["ip2"][0].data)
+    fresh = get_solver(make_param(tmp_path, 'type: "Adam" momentum: 0.9 random_seed: 99'))
+    fresh.restore(path)
+    assert fresh.iter == 5
+    for a, b in zip(fresh.history, solver.history, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for key, value in params_of(solver).items():
+        np.testing.assert_array_equal(params_of(fresh)[key], value)
+
+
+def test_snapshot_diff_writes_gradients(tmp_path):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/d" snapshot_diff: true'))
+    solver.step(1)
+    solver.snapshot()
+    net = pb.NetParameter()
+    net.ParseFromString(open(f"{tmp_path}/d_iter_1.caffemodel", "rb").read())
+    ip1 = next(layer for layer in net.layer if layer.name == "ip1")
+    assert len(ip1.blobs[0].diff) == 8 * 6
+
+
+# --- atomic writes -----------------------------------------------------------------------------------------
+def _contents(folder) -> dict:
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
+
+
+def test_failure_while_writing_the_state_keeps_the_previous_snapshot(tmp_path, monkeypatch):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/snap/x"'))
+    (tmp_path / "snap").mkdir()
+    solver.step(2)
+    solver.snapshot()
+    before = _contents(tmp_path / "snap")
+    solver.iter = 2  # the same file names again, with changed weights and history
+    solver.step(1)
+    solver.iter = 2
+
+    class HalfWrite:
+        """A file whose write stops half way with a full disk."""
+
+        def __init__(self, path, mode):
+            self.f = open(path, mode)  # noqa: SIM115 - closed in __exit__
+
+        def write(self, payload):
+            self.f.write(payload[: len(payload) // 2])
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(solverstate, "open", HalfWrite, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        solver.snapshot()
+    assert _contents(tmp_path / "snap") == before  # every old file intact, no temporary file left behind
+
+
+def test_failure_while_writing_the_weights_keeps_the_previous_snapshot(tmp_path, monkeypatch):
+    from netdef.io import caffemodel
+
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/snap/x"'))
+    (tmp_path / "snap").mkdir()
+    solver.step(1)
+    solver.snapshot()
+    before = _contents(tmp_path / "snap")
+    solver.iter = 1
+
+    def crash(net, path, write_diff=False):
+        with open(path, "wb") as f:
+            f.write(b"\x0a\x05trunc")
+        raise KeyboardInterrupt  # e.g. the user pressed Ctrl+C twice
+
+    monkeypatch.setattr(caffemodel, "save_weights", crash)
+    with pytest.raises(KeyboardInterrupt):
+        solver.snapshot()
+    assert _contents(tmp_path / "snap") == before
+
+
+def test_read_only_snapshot_files_are_not_replaced(tmp_path, caplog):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/ro"'))
+    solver.snapshot()
+    os.chmod(tmp_path / "ro_iter_0.caffemodel", 0o444)
+    before = _contents(tmp_path)
+    solver.step(1)
+    solver.iter = 0
+    with caplog.at_level(logging.WARNING, logger="netdef"):
+        assert solver.snapshot() is None
+    assert _contents(tmp_path) == before
+    assert "Snapshot at iteration 0 skipped" in caplog.text and "read-only" in caplog.text
+
+
+# --- resume --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+def test_resume_is_exact(tmp_path, fmt, caplog):
+    # Shuffled data and dropout: the run depends on the data order and the random stream, both of which
+    # the snapshot must carry for the resumed run to be the same run.
+    text = f'snapshot: 20 snapshot_prefix: "{tmp_path}/run" snapshot_format: {fmt} max_iter: 40 display: 1'
+    straight = get_solver(make_param(tmp_path, text, shuffle=True, dropout=True, batch=24))
+    straight_losses = record_losses(straight)
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        straight.step(40)
+    straight_log = [r.getMessage() for r in caplog.records if "Train net output" in r.getMessage()]
+    ext = ".solverstate.h5" if fmt == "HDF5" else ".solverstate"
+    state = f"{tmp_path}/run_iter_20{ext}"
+    assert os.path.exists(state)
+
+    caplog.clear()
+    text = text.replace("/run", "/again") + " random_seed: 12345"
+    resumed = get_solver(make_param(tmp_path, text, shuffle=True, dropout=True, batch=24))
+    resumed_losses = record_losses(resumed)
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        resumed.solve(resume_file=state)
+    resumed_log = [r.getMessage() for r in caplog.records if "Train net output" in r.getMessage()]
+    assert resumed.iter == 40
+    assert resumed_losses == straight_losses[20:]
+    assert len(straight_log) == 40 and resumed_log == straight_log[20:]
+    for key, value in params_of(straight).items():
+        assert np.array_equal(params_of(resumed)[key], value), key
+
+
+def test_restore_finds_moved_snapshots(tmp_path, monkeypatch):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/orig/s"'))
+    (tmp_path / "orig").mkdir()
+    solver.step(3)
+    solver.snapshot()
+    shutil.move(str(tmp_path / "orig"), str(tmp_path / "moved"))
+    monkeypatch.chdir(tmp_path)
+    fresh = get_solver(make_param(tmp_path))
+    fresh.restore(str(tmp_path / "moved" / "s_iter_3.solverstate"))
+    for key, value in params_of(solver).items():
+        np.testing.assert_array_equal(params_of(fresh)[key], value)
+
+
+def test_sidecar_of_another_snapshot_is_ignored(tmp_path, caplog):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/s"'))
+    solver.step(2)
+    first = solver.snapshot()
+    solver.step(1)
+    second = solver.snapshot()
+    shutil.copy(solverstate.sidecar_path(second), solverstate.sidecar_path(first))
+    with caplog.at_level(logging.WARNING, logger="netdef"):
+        get_solver(make_param(tmp_path)).restore(first)
+    assert "does not belong to this solver state" in caplog.text
+    extras = json.loads(open(solverstate.sidecar_path(second)).read())
+    assert extras["iter"] == 3 and "data" in extras["train_net"]
+
+
+def test_history_count_mismatch(tmp_path):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/s"'))
+    path = solver.snapshot()
+    adam = get_solver(make_param(tmp_path, 'type: "Adam" momentum: 0.9'))
+    with pytest.raises(WeightsFileError, match="incorrect number of history blobs for a Adam solver.*"
+                                               "Received: 4. Expected: 8"):
+        adam.restore(path)
+
+
+def test_missing_and_corrupt_state_files(tmp_path):
+    solver = get_solver(make_param(tmp_path))
+    with pytest.raises(WeightsFileError, match="solver state file not found"):
+        solver.restore(str(tmp_path / "nope.solverstate"))
+    (tmp_path / "bad.solverstate").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(WeightsFileError, match="not a binary SolverState file"):
+        solver.restore(str(tmp_path / "bad.solverstate"))
+
+
+# --- states Caffe wrote -----------------------------------------------------------------------------------------
+def caffe_states():
+    root = parity_root()
+    if root is None:
+        pytest.skip("shared/parity not available")
+    return root / "solvers"
+
+
+def test_read_caffe_solverstate():
+    folder = caffe_states() / "resume_sgd_step"
+    state = solverstate.read_solverstate(str(folder / "snap_iter_20.solverstate"))
+    assert (state.iter, state.current_step, state.learned_net) == (20, 1, "resume_sgd_step/snap_iter_20.caffemodel")
+    assert [h.shape for h in state.history] == [(16, 20), (16,), (4, 16), (4,)]
+    assert all(h.dtype == np.float32 for h in state.history)
+    for name in ("snap_iter_20", "snap_iter_40", "resumed_iter_40"):
+        raw = (folder / f"{name}.solverstate").read_bytes()
+        assert solverstate.encode_solverstate(solverstate.read_solverstate(str(folder / f"{name}.solverstate"))) == raw
+
+
+def test_restore_caffe_solverstate_from_elsewhere(tmp_path, monkeypatch):
+    from netdef.proto import load_solver
+
+    root = caffe_states()
+    param = load_solver(str(root / "resume_sgd_step" / "solver.prototxt"))
+    param.snapshot = 0
+    monkeypatch.chdir(root)  # the net reads data_list.txt relative to this folder
+    solver = get_solver(param)
+    monkeypatch.chdir(tmp_path)  # learned_net is relative to solvers/; found next to the state file instead
+    solver.restore(str(root / "resume_sgd_step" / "snap_iter_20.solverstate"))
+    assert (solver.iter, solver.current_step) == (20, 1)
+    weights = pb.NetParameter()
+    weights.ParseFromString((root / "resume_sgd_step" / "snap_iter_20.caffemodel").read_bytes())
+    ip2 = next(layer for layer in weights.layer if layer.name == "ip2")
+    np.testing.assert_array_equal(solver.net.params["ip2"][0].data.ravel(), np.array(ip2.blobs[0].data, np.float32))
+    state = solverstate.read_solverstate(str(root / "resume_sgd_step" / "snap_iter_20.solverstate"))
+    np.testing.assert_array_equal(solver.history[0], state.history[0])
