@@ -226,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--iterations", "-iterations", type=int, default=50, help="number of iterations (default 50)")
     m.add_argument("--phase", "-phase", choices=["TRAIN", "TEST"], default="TRAIN", help="net phase (default TRAIN)")
     m.set_defaults(func=cmd_time)
+
+    from .tools import classify, upgrade
+
+    upgrade.add_parser(sub)
+    classify.add_parser(sub)
     return p
 
 

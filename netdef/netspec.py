@@ -20,7 +20,11 @@ or its name (``"MAX"``).
 Naming follows pycaffe: a top is named by the NetSpec attribute it is assigned
 to; a layer takes the name of its first top; unnamed tops and layers are called
 ``<Type><n>`` (``ReLU1``, ``ReLU2`` ...); an ``in_place`` layer writes its
-bottoms' blobs and is named after the attribute its top was assigned to.
+tops into its first bottoms' blobs and is named after the attribute its top was
+assigned to.
+
+Layer types are not checked here, so nets for types netdef does not run (or a
+Caffe fork's) can be written out; :class:`netdef.Net` reports unknown types.
 """
 from __future__ import annotations
 
@@ -149,7 +153,7 @@ def _bad_value(where: str, field, value, err: Exception) -> InvalidParameterErro
 class Top:
     """One output blob of a layer described with ``L.<Type>(...)`` (``n``-th top of ``fn``)."""
 
-    def __init__(self, fn: "Function", n: int):
+    def __init__(self, fn: Function, n: int):
         self.fn = fn
         self.n = n
 

@@ -12,6 +12,7 @@ along the height, each a loop over the kernel offsets of one axis, with strided
 views of the whole batch. The argmax is the first maximum in row-major scan
 order, as in Caffe.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -50,12 +51,12 @@ def _transpose2d(a):
         return xp.ascontiguousarray(a.T)
     out = numpy.empty((cols, rows), dtype=a.dtype)
     for i in range(0, rows, 1024):
-        out[:, i:i + 1024] = a[i:i + 1024].T
+        out[:, i : i + 1024] = a[i : i + 1024].T
     return out
 
 
 def _interior(pad: Sequence[int], spatial: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(p, p + s) for p, s in zip(pad, spatial))
+    return tuple(slice(p, p + s) for p, s in zip(pad, spatial, strict=True))
 
 
 # --- im2col / col2im ----------------------------------------------------------------------------
@@ -68,12 +69,12 @@ def to_source(x, pad: Sequence[int], batch_last: bool):
         x = xp.moveaxis(x, 0, -1)
         if not any(pad):
             return xp.ascontiguousarray(x)
-        out = xp.zeros((c, *(s + 2 * p for s, p in zip(spatial, pad)), n), dtype=x.dtype)
+        out = xp.zeros((c, *(s + 2 * p for s, p in zip(spatial, pad, strict=True)), n), dtype=x.dtype)
         out[(slice(None), *_interior(pad, spatial), slice(None))] = x
         return out
     if not any(pad):
         return x
-    out = xp.zeros((n, c, *(s + 2 * p for s, p in zip(spatial, pad))), dtype=x.dtype)
+    out = xp.zeros((n, c, *(s + 2 * p for s, p in zip(spatial, pad, strict=True))), dtype=x.dtype)
     out[(slice(None), slice(None), *_interior(pad, spatial))] = x
     return out
 
@@ -89,8 +90,14 @@ def from_source(src, pad: Sequence[int], spatial: Sequence[int], batch_last: boo
     return xp.ascontiguousarray(src[(slice(None), slice(None), *_interior(pad, spatial))])
 
 
-def im2col(src, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int], out_shape: Sequence[int],
-           batch_last: bool):
+def im2col(
+    src,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    out_shape: Sequence[int],
+    batch_last: bool,
+):
     """Every kernel-sized patch of an im2col source, as one C-contiguous array.
 
     Returns ``(C, *kernel, *columns)`` with columns ``(N, *out_shape)``, or ``(*out_shape, N)`` when
@@ -115,8 +122,15 @@ def im2col(src, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence
     return xp.ascontiguousarray(xp.lib.stride_tricks.as_strided(src, shape, strides))
 
 
-def col2im(col, src_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
-           out_shape: Sequence[int], batch_last: bool):
+def col2im(
+    col,
+    src_shape: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    out_shape: Sequence[int],
+    batch_last: bool,
+):
     """Adjoint of :func:`im2col`: sum patches ``(C, *kernel, *columns)`` into a source-shaped array.
 
     One strided add per kernel offset (no scatter-add), so overlapping windows accumulate.
@@ -128,7 +142,10 @@ def col2im(col, src_shape: Sequence[int], kernel: Sequence[int], stride: Sequenc
     lead = (slice(None),) if batch_last else (slice(None), slice(None))
     tail = (slice(None),) if batch_last else ()
     for offs in itertools.product(*(range(k) for k in kernel)):
-        region = tuple(slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offs, dilation, stride, out_shape))
+        region = tuple(
+            slice(o * d, o * d + s * (m - 1) + 1, s)
+            for o, d, s, m in zip(offs, dilation, stride, out_shape, strict=True)
+        )
         dst[(*lead, *region, *tail)] += col[(slice(None), *offs)]
     return src
 
@@ -219,7 +236,7 @@ def _extent(kernel: int, dilation: int) -> int:
 def conv_output_shape(layer: Layer, spatial: Sequence[int], kernel, pad, stride, dilation) -> tuple[int, ...]:
     """Caffe's convolution output size per axis; an error when the kernel does not fit the padded input."""
     out = []
-    for s, k, p, st, d in zip(spatial, kernel, pad, stride, dilation):
+    for s, k, p, st, d in zip(spatial, kernel, pad, stride, dilation, strict=True):
         if s + 2 * p < _extent(k, d):
             raise layer.error(
                 f"the kernel (extent {_extent(k, d)}) is larger than the padded input ({s} + 2*{p}). "
@@ -302,7 +319,7 @@ class _ConvolutionBase(Layer):
                     f"all bottoms need the same shape. Received: bottom 0 {x.shape}, bottom {i} {b.shape}",
                     ShapeMismatchError,
                 )
-        self.in_spatial = tuple(x.shape[self.axis + 1:])
+        self.in_spatial = tuple(x.shape[self.axis + 1 :])
         self.out_spatial = self.output_spatial(self.in_spatial)
         self.num = x.count_range(0, self.axis)
         for t in top:
@@ -351,7 +368,7 @@ class ConvolutionLayer(_ConvolutionBase):
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
         bias = self.blobs[1].data if self.bias_term else None
-        for i, (b, t) in enumerate(zip(bottom, top)):
+        for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
             y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) > 1 else None
@@ -375,7 +392,7 @@ class ConvolutionLayer(_ConvolutionBase):
         w = self.blobs[0].data.reshape(g, o // g, -1)
         want_w, want_b = self._param_grads_wanted()
         dw = db = None
-        for i, (b, t) in enumerate(zip(bottom, top)):
+        for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             if not (want_w or want_b or propagate_down[i]):
                 continue
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
@@ -399,10 +416,9 @@ class ConvolutionLayer(_ConvolutionBase):
                 if propagate_down[i]:
                     cols = (n, *self.out_spatial) if not batch_last else (*self.out_spatial, n)
                     dcol = xp.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
-                    padded = tuple(s + 2 * p for s, p in zip(self.in_spatial, self.pad))
+                    padded = tuple(s + 2 * p for s, p in zip(self.in_spatial, self.pad, strict=True))
                     src_shape = (self.channels, *padded, n) if batch_last else (n, self.channels, *padded)
-                    src = col2im(dcol, src_shape, self.kernel, self.stride, self.dilation, self.out_spatial,
-                                 batch_last)
+                    src = col2im(dcol, src_shape, self.kernel, self.stride, self.dilation, self.out_spatial, batch_last)
                     part = from_source(src, self.pad, self.in_spatial, batch_last)
                     if dx is None:
                         dx = part
@@ -431,7 +447,7 @@ class DeconvolutionLayer(_ConvolutionBase):
     def output_spatial(self, spatial):
         out = tuple(
             st * (s - 1) + _extent(k, d) - 2 * p
-            for s, k, p, st, d in zip(spatial, self.kernel, self.pad, self.stride, self.dilation)
+            for s, k, p, st, d in zip(spatial, self.kernel, self.pad, self.stride, self.dilation, strict=True)
         )
         if any(v <= 0 for v in out):
             raise self.error(
@@ -448,9 +464,9 @@ class DeconvolutionLayer(_ConvolutionBase):
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, self.channels // g, -1)
-        padded = tuple(s + 2 * p for s, p in zip(self.out_spatial, self.pad))
+        padded = tuple(s + 2 * p for s, p in zip(self.out_spatial, self.pad, strict=True))
         bias = self.blobs[1].data.reshape((1, o) + (1,) * self.num_spatial) if self.bias_term else None
-        for b, t in zip(bottom, top):
+        for b, t in zip(bottom, top, strict=True):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
             y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) > 1 else None
@@ -477,7 +493,7 @@ class DeconvolutionLayer(_ConvolutionBase):
         w = self.blobs[0].data.reshape(g, self.channels // g, -1)
         want_w, want_b = self._param_grads_wanted()
         dw = db = None
-        for i, (b, t) in enumerate(zip(bottom, top)):
+        for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             if want_b:
                 part = t.diff.reshape(self.num, o, -1).sum(axis=(0, 2))
                 db = part if db is None else db + part
@@ -535,7 +551,7 @@ class Im2colLayer(Layer):
                 ShapeMismatchError,
             )
         self.channels = x.shape[self.axis]
-        self.in_spatial = tuple(x.shape[self.axis + 1:])
+        self.in_spatial = tuple(x.shape[self.axis + 1 :])
         self.out_spatial = conv_output_shape(self, self.in_spatial, self.kernel, self.pad, self.stride, self.dilation)
         self.num = x.count_range(0, self.axis)
         top[0].reshape((*x.shape[: self.axis], self.channels * math.prod(self.kernel), *self.out_spatial))
@@ -543,11 +559,13 @@ class Im2colLayer(Layer):
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         x = bottom[0].data.reshape(self.num, self.channels, *self.in_spatial)
         batch_last = use_batch_last(self.num, self.out_spatial)
-        col = im2col(to_source(x, self.pad, batch_last), self.kernel, self.stride, self.dilation, self.out_spatial,
-                     batch_last)
+        col = im2col(
+            to_source(x, self.pad, batch_last), self.kernel, self.stride, self.dilation, self.out_spatial, batch_last
+        )
         rows = self.channels * math.prod(self.kernel)
         top[0].data = columns_to_batch(col.reshape(rows, -1), self.num, self.out_spatial, batch_last).reshape(
-            top[0].shape)
+            top[0].shape
+        )
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         if not propagate_down[0]:
@@ -557,26 +575,27 @@ class Im2colLayer(Layer):
         dy = top[0].diff.reshape(n, -1, *self.out_spatial)
         cols = (n, *self.out_spatial) if not batch_last else (*self.out_spatial, n)
         dcol = batch_to_columns(dy, batch_last).reshape(self.channels, *self.kernel, *cols)
-        padded = tuple(s + 2 * p for s, p in zip(self.in_spatial, self.pad))
+        padded = tuple(s + 2 * p for s, p in zip(self.in_spatial, self.pad, strict=True))
         src_shape = (self.channels, *padded, n) if batch_last else (n, self.channels, *padded)
         src = col2im(dcol, src_shape, self.kernel, self.stride, self.dilation, self.out_spatial, batch_last)
         bottom[0].diff = from_source(src, self.pad, self.in_spatial, batch_last).reshape(bottom[0].shape)
 
 
 # --- pooling ---------------------------------------------------------------------------------------
-def pooled_shape(in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-                 ceil_mode: bool = True) -> tuple[int, int]:
+def pooled_shape(
+    in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], ceil_mode: bool = True
+) -> tuple[int, int]:
     """Caffe's pooled (height, width).
 
     Rounded up by default (down with ``ceil_mode=False``). With any padding, a last window that would
     start inside the bottom/right padding is dropped, on both axes.
     """
     out = []
-    for s, k, st, p in zip(in_hw, kernel, stride, pad):
+    for s, k, st, p in zip(in_hw, kernel, stride, pad, strict=True):
         span = s + 2 * p - k
         out.append((-(-span // st) if ceil_mode else span // st) + 1)
     if any(pad):
-        out = [o - 1 if (o - 1) * st >= s + p else o for o, st, s, p in zip(out, stride, in_hw, pad)]
+        out = [o - 1 if (o - 1) * st >= s + p else o for o, st, s, p in zip(out, stride, in_hw, pad, strict=True)]
     return tuple(out)
 
 
@@ -593,8 +612,14 @@ class PoolWindows:
     first maximum of each window in row-major scan order, as Caffe's strict ``>`` scan does.
     """
 
-    def __init__(self, in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-                 ceil_mode: bool = True):
+    def __init__(
+        self,
+        in_hw: Sequence[int],
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        pad: Sequence[int],
+        ceil_mode: bool = True,
+    ):
         self.in_hw = tuple(int(v) for v in in_hw)
         self.kernel = tuple(int(v) for v in kernel)
         self.stride = tuple(int(v) for v in stride)
@@ -603,10 +628,10 @@ class PoolWindows:
         # Rows/cols the windows touch: top/left padding, the image, and any bottom/right overhang.
         self.padded_hw = tuple(
             max(p + s, (o - 1) * st + k)
-            for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad, self.out_hw)
+            for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad, self.out_hw, strict=True)
         )
         self.needs_pad = any(self.pad) or self.padded_hw != self.in_hw
-        self.overlap = tuple(st < k for st, k in zip(self.stride, self.kernel))
+        self.overlap = tuple(st < k for st, k in zip(self.stride, self.kernel, strict=True))
         self.is_global = self.out_hw == (1, 1) and self.kernel == self.in_hw and not any(self.pad)
 
     # layout helpers ---------------------------------------------------------------------------
@@ -641,15 +666,25 @@ class PoolWindows:
             for j, v in self.axis_views(rows, 3):
                 yield i * kw + j, v
 
-    def _spread(self, g, axis: int, shape):
-        """Adjoint of a window reduction along ``axis``: add ``g`` back to every offset of its windows."""
+    def _spread(self, g, axis: int, shape, arg=None):
+        """Adjoint of a window reduction along ``axis``: send ``g`` back to every offset of its windows
+        (with ``arg``, only to the offset ``arg`` names, the adjoint of the running maximum)."""
         xp = backend.array_module(g)
-        out = xp.zeros(shape, dtype=g.dtype)
-        for _, view in self.axis_views(out, axis):
-            if self.overlap[axis - 2]:
-                view += g
+        d = axis - 2
+        overlap = self.overlap[d]
+        # Without overlap or gaps every element is written exactly once, so no zero fill is needed.
+        covered = self.stride[d] == self.kernel[d] and self.out_hw[d] * self.kernel[d] == shape[axis]
+        out = xp.empty(shape, dtype=g.dtype) if covered else xp.zeros(shape, dtype=g.dtype)
+        for j, view in self.axis_views(out, axis):
+            if arg is None:
+                if overlap:
+                    view += g
+                else:
+                    view[...] = g
+            elif overlap:
+                view += g * (arg == j)
             else:
-                view[...] = g
+                xp.multiply(g, arg == j, out=view)
         return out
 
     def _sum(self, a, axis: int):
@@ -663,21 +698,27 @@ class PoolWindows:
     def _max(self, a, axis: int):
         """Running maximum along ``axis`` and the offset of the first maximum (strict ``>``)."""
         xp = backend.array_module(a)
+        dtype = _index_dtype(self.kernel[axis - 2])
         views = self.axis_views(a, axis)
-        _, first = next(views)
-        m = first.copy()
-        arg = xp.zeros(m.shape, dtype=_index_dtype(self.kernel[axis - 2]))
+        _, m = next(views)
+        arg = None
         for j, v in views:
             better = v > m
             # fmax keeps the running value where v is NaN, like a failed comparison in Caffe's scan.
-            xp.fmax(m, v, out=m)
-            arg += better * (j - arg)
+            if arg is None:
+                m = xp.fmax(m, v)
+                arg = better.astype(dtype) if j == 1 else better * dtype(j)
+            else:
+                xp.fmax(m, v, out=m)
+                arg += better * (j - arg)
+        if arg is None:
+            return xp.ascontiguousarray(m), xp.zeros(m.shape, dtype=dtype)
         return m, arg
 
     def divisors(self, xp, dtype):
         """Caffe's AVE divisor per output: the window clipped to the padded image (padding counts)."""
         sizes = []
-        for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad, self.out_hw):
+        for s, k, st, p, o in zip(self.in_hw, self.kernel, self.stride, self.pad, self.out_hw, strict=True):
             start = numpy.arange(o) * st - p
             sizes.append(numpy.minimum(start + k, s + p) - start)
         return xp.asarray(numpy.outer(sizes[0], sizes[1]).astype(dtype))
@@ -717,19 +758,8 @@ class PoolWindows:
             hit = xp.arange(self.in_hw[0] * self.in_hw[1]) == state[1]
             return (hit * dy.reshape(n, c, 1)).reshape(x_shape)
         _, ah, aw = state
-        rows = xp.zeros((n, c, self.padded_hw[0], self.out_hw[1]), dtype=dy.dtype)
-        for i, view in self.axis_views(rows, 2):
-            if self.overlap[0]:
-                view += dy * (ah == i)
-            else:
-                view[...] = dy * (ah == i)
-        dx = xp.zeros((n, c, *self.padded_hw), dtype=dy.dtype)
-        for j, view in self.axis_views(dx, 3):
-            if self.overlap[1]:
-                view += rows * (aw == j)
-            else:
-                view[...] = rows * (aw == j)
-        return self.unpad(dx)
+        rows = self._spread(dy, 2, (n, c, self.padded_hw[0], self.out_hw[1]), ah)
+        return self.unpad(self._spread(rows, 3, (n, c, *self.padded_hw), aw))
 
     # AVE -------------------------------------------------------------------------------------------
     def ave_forward(self, x):
@@ -796,16 +826,17 @@ class PoolWindows:
         return 2 * x * spread(g) - spread(g * y)
 
 
-def _pool_checks(layer: Layer, method: int, kernel: Sequence[int], pad: Sequence[int]) -> None:
-    """Caffe's set-up checks on padded pooling."""
+def _pool_problem(method: int, kernel: Sequence[int], pad: Sequence[int]) -> str | None:
+    """What Caffe's set-up checks reject in padded pooling, or None."""
     if any(pad):
         if method not in (_MAX, _AVE):
-            raise layer.error(
-                f"padding is implemented only for MAX and AVE pooling. Received: pool {_POOL_NAMES.get(method)} "
-                f"with pad {list(pad)}"
+            return (
+                f"padding is implemented only for MAX and AVE pooling. Received: pool "
+                f"{_POOL_NAMES.get(method)} with pad {list(pad)}"
             )
-        if any(p >= k for p, k in zip(pad, kernel)):
-            raise layer.error(f"pad must be smaller than the kernel. Received: pad {list(pad)}, kernel {list(kernel)}")
+        if any(p >= k for p, k in zip(pad, kernel, strict=True)):
+            return f"pad must be smaller than the kernel. Received: pad {list(pad)}, kernel {list(kernel)}"
+    return None
 
 
 class _Pooler:
@@ -888,7 +919,8 @@ class PoolingLayer(Layer):
             self.kernel = None
         else:
             if not (has("kernel_size") or (has("kernel_h") and has("kernel_w"))) or (
-                    has("kernel_size") and has("kernel_h") and has("kernel_w")):
+                has("kernel_size") and has("kernel_h") and has("kernel_w")
+            ):
                 raise self.error(
                     f"give the kernel as kernel_size or as both kernel_h and kernel_w. Received: "
                     f"{', '.join(given) or 'none'}"
@@ -912,8 +944,9 @@ class PoolingLayer(Layer):
                 f"global pooling takes only pad 0 and stride 1. Received: pad {list(self.pad)}, "
                 f"stride {list(self.stride)}"
             )
-        if self.kernel is not None:
-            _pool_checks(self, self.method, self.kernel, self.pad)
+        problem = self.kernel and _pool_problem(self.method, self.kernel, self.pad)
+        if problem:
+            raise self.error(problem)
         self.ceil_mode = pp.round_mode == pb.PoolingParameter.CEIL
         self.pooler: _Pooler | None = None
 
@@ -972,14 +1005,13 @@ class SPPLayer(Layer):
     def _level(self, level: int, in_hw: Sequence[int]) -> _Pooler:
         bins = 2**level
         kernel = tuple(-(-s // bins) for s in in_hw)
-        pad = tuple((k * bins - s + 1) // 2 for k, s in zip(kernel, in_hw))
-        try:
-            _pool_checks(self, self.method, kernel, pad)
-        except InvalidParameterError as err:
+        pad = tuple((k * bins - s + 1) // 2 for k, s in zip(kernel, in_hw, strict=True))
+        problem = _pool_problem(self.method, kernel, pad)
+        if problem:
             raise self.error(
-                f"pyramid level {level} ({bins} bins) cannot pool an input of {tuple(in_hw)}: {err}",
+                f"pyramid level {level} ({bins} bins) cannot pool an input of {tuple(in_hw)}: {problem}",
                 ShapeMismatchError,
-            ) from None
+            )
         return _Pooler(self.method, PoolWindows(in_hw, kernel, kernel, pad), train=True)
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
@@ -1017,7 +1049,7 @@ class SPPLayer(Layer):
         dx, start = None, 0
         for p in self.poolers:
             size = c * math.prod(p.windows.out_hw)
-            part = p.backward(dy[:, start:start + size].reshape(n, c, *p.windows.out_hw))
+            part = p.backward(dy[:, start : start + size].reshape(n, c, *p.windows.out_hw))
             dx = part if dx is None else dx + part
             start += size
         bottom[0].diff = dx
@@ -1059,8 +1091,7 @@ class CropLayer(Layer):
         x, ref = bottom
         if ref.num_axes < x.num_axes:
             raise self.error(
-                f"the reference bottom needs at least as many axes as the data. Received: {x.shape} and "
-                f"{ref.shape}",
+                f"the reference bottom needs at least as many axes as the data. Received: {x.shape} and {ref.shape}",
                 ShapeMismatchError,
             )
         slices, shape = [], []
@@ -1137,10 +1168,10 @@ class LRNLayer(Layer):
         xp = backend.array_module(a)
         c, half = a.shape[1], (self.size - 1) // 2
         padded = xp.zeros((a.shape[0], c + self.size - 1, *a.shape[2:]), dtype=a.dtype)
-        padded[:, half:half + c] = a
+        padded[:, half : half + c] = a
         s = padded[:, :c].copy()
         for j in range(1, self.size):
-            s += padded[:, j:j + c]
+            s += padded[:, j : j + c]
         return s
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:

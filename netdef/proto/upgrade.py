@@ -47,7 +47,7 @@ _TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
 _UPGRADE_HINT = "run `netdef upgrade net IN OUT` to save the upgraded definition"
 
 
-def _legacy_transform_fields(v1) -> tuple[str | None, list[str]]:
+def legacy_transform_fields(v1) -> tuple[str | None, list[str]]:
     """The data-parameter field of V1 layer ``v1`` and which transformation fields it still sets there."""
     enum_name = pb.V1LayerParameter.LayerType.Name(v1.type) if v1.HasField("type") else ""
     field = _DATA_TRANSFORM_PARAMS.get(enum_name)
@@ -59,13 +59,13 @@ def _legacy_transform_fields(v1) -> tuple[str | None, list[str]]:
 
 def net_needs_data_upgrade(param) -> bool:
     """True when a V1 data layer sets scale/mean_file/crop_size/mirror in its own parameter message."""
-    return any(_legacy_transform_fields(v1)[1] for v1 in param.layers)
+    return any(legacy_transform_fields(v1)[1] for v1 in param.layers)
 
 
 def upgrade_net_data_transformation(param) -> None:
     """Move the transformation fields of V1 Data/ImageData/WindowData layers into ``transform_param`` (in place)."""
     for v1 in param.layers:
-        field, names = _legacy_transform_fields(v1)
+        field, names = legacy_transform_fields(v1)
         for name in names:
             message = getattr(v1, field)
             setattr(v1.transform_param, name, getattr(message, name))
@@ -124,6 +124,11 @@ def upgrade_input_fields(param, where: str) -> None:
     """Turn net-level ``input`` fields into an Input layer at the front, as Caffe does."""
     if not param.input:
         return
+    if not param.input_shape and not param.input_dim and any(layer.blobs for layer in param.layer):
+        # Old .caffemodel files list their input names without shapes; Caffe just drops them.
+        del param.input[:]
+        log.info("%s: dropped legacy input names that give no shape", where)
+        return
     shapes = [pb.BlobShape(dim=list(s.dim)) for s in param.input_shape]
     if param.input_dim:
         if len(param.input_dim) != 4 * len(param.input):
@@ -150,8 +155,11 @@ def upgrade_input_fields(param, where: str) -> None:
     log.info("%s: upgraded legacy input fields to an Input layer", where)
 
 
-def upgrade_net(param, where: str = "<net>"):
-    """Upgrade every legacy form in NetParameter ``param`` (in place); returns it."""
+def upgrade_net(param, where: str = "<net>", hint: bool = True):
+    """Upgrade every legacy form in NetParameter ``param`` (in place); returns it.
+
+    ``hint`` adds a log line saying how to save the upgraded definition.
+    """
     if net_needs_v0_upgrade(param):
         problems = upgrade_v0_net(param, where)
         if problems:
@@ -169,7 +177,8 @@ def upgrade_net(param, where: str = "<net>"):
             param.layer.add().CopyFrom(upgrade_v1_layer(v1, where))
         del param.layers[:]
         log.info("%s: upgraded V1 layer definitions (layers { type: ENUM })", where)
-        log.info("%s: %s", where, _UPGRADE_HINT)
+        if hint:
+            log.info("%s: %s", where, _UPGRADE_HINT)
     upgrade_input_fields(param, where)
     return param
 

@@ -113,7 +113,7 @@ def _fold_padding_layers(param, where: str) -> list:
     return out
 
 
-def upgrade_v0_layer(entry, where: str) -> tuple["pb.V1LayerParameter", list[str]]:
+def upgrade_v0_layer(entry, where: str) -> tuple[pb.V1LayerParameter, list[str]]:
     """One V0 ``layers`` entry as a V1 layer, and the problems met (settings that were dropped)."""
     v1 = pb.V1LayerParameter()
     v1.bottom.extend(entry.bottom)

@@ -1,0 +1,198 @@
+"""``netdef classify``: run a trained deploy net on image files and print the top-k classes.
+
+The shape of Caffe's ``classification`` example and pycaffe's ``classify.py``:
+each image is resized to the net input's height and width, laid out as
+C x H x W, channel-swapped (RGB -> BGR by default, for 3-channel inputs),
+scaled to [0, 255] (``--raw-scale``), has the mean subtracted (``--mean``) and is
+multiplied by ``--input-scale``; see :class:`netdef.io.transformer.Transformer`.
+For each image it prints::
+
+    ---------- Prediction for cat.png ----------
+    0.8123 - "n02123045 tabby, tabby cat"
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import numpy
+
+from ..errors import NetdefError, ShapeMismatchError
+
+log = logging.getLogger("netdef")
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise NetdefError(f"{what} takes comma-separated integers such as 2,1,0. Received: {text!r}") from None
+
+
+def load_mean(spec: str) -> numpy.ndarray:
+    """A mean from ``spec``: a .binaryproto or .npy file, or comma-separated per-channel values."""
+    if os.path.exists(spec):
+        if spec.lower().endswith(".npy"):
+            return numpy.load(spec, allow_pickle=False).astype(numpy.float32)
+        from ..io.blobproto import read_binaryproto
+
+        return read_binaryproto(spec).astype(numpy.float32)
+    try:
+        return numpy.array([float(v) for v in spec.split(",")], dtype=numpy.float32)
+    except ValueError:
+        raise NetdefError(
+            "--mean takes a .binaryproto or .npy mean file, or per-channel values such as 104,117,123. "
+            f"Received: {spec!r} (no such file)"
+        ) from None
+
+
+def load_labels(path: str, count: int) -> list[str]:
+    """One label per line (e.g. Caffe's synset_words.txt); there must be one per output class."""
+    if not os.path.exists(path):
+        raise NetdefError(f"Labels file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        labels = [line.rstrip("\r\n") for line in f]
+    while labels and not labels[-1]:
+        labels.pop()
+    if len(labels) != count:
+        raise ShapeMismatchError(
+            f"{path} has {len(labels)} labels but the output has {count} classes; give one label per line "
+            "per class"
+        )
+    return labels
+
+
+def _output_blob(net, requested: str | None) -> str:
+    if requested:
+        if requested not in net.blobs:
+            raise NetdefError(f'--output "{requested}" is not a blob of the net. Blobs: {", ".join(net.blobs)}')
+        return requested
+    if len(net.outputs) == 1:
+        return net.outputs[0]
+    if "prob" in net.outputs:
+        return "prob"
+    raise NetdefError(
+        f"The net has {len(net.outputs)} outputs ({', '.join(net.outputs) or 'none'}); choose one with --output"
+    )
+
+
+def make_transformer(shape, name: str, args):
+    """The Transformer the command-line options describe, for input ``name`` of ``shape``."""
+    from ..io.transformer import Transformer
+
+    t = Transformer({name: shape})
+    t.set_transpose(name, (2, 0, 1))
+    channels = shape[1]
+    if args.channel_swap is None:
+        if channels == 3:
+            t.set_channel_swap(name, (2, 1, 0))
+    elif args.channel_swap.lower() != "none":
+        t.set_channel_swap(name, _int_list(args.channel_swap, "--channel-swap"))
+    if args.raw_scale is not None:
+        t.set_raw_scale(name, args.raw_scale)
+    if args.mean:
+        t.set_mean(name, load_mean(args.mean))
+    if args.input_scale is not None:
+        t.set_input_scale(name, args.input_scale)
+    return t
+
+
+def classify(net, images: list[numpy.ndarray], transformer, input_name: str, output: str) -> numpy.ndarray:
+    """Class scores (one row per image) from ``output`` for H x W x C ``images``, in batches of the input's size."""
+    from .. import backend
+
+    shape = net.blobs[input_name].shape
+    batch = max(1, shape[0])
+    rows = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        data = numpy.stack([transformer.preprocess(input_name, im) for im in chunk])
+        if net.blobs[input_name].shape != data.shape:
+            net.blobs[input_name].reshape(data.shape)
+            net.reshape()
+        net.blobs[input_name].data[...] = backend.asarray(data, net.xp, net.dtype)
+        net.forward()
+        scores = backend.to_numpy(net.blobs[output].data)
+        rows.append(numpy.asarray(scores, dtype=numpy.float64).reshape(len(chunk), -1))
+    return numpy.concatenate(rows)
+
+
+def top_k(scores: numpy.ndarray, k: int) -> numpy.ndarray:
+    """Indices of the ``k`` largest scores, largest first (the lower index first on ties)."""
+    order = numpy.argsort(-scores, kind="stable")
+    return order[: min(k, scores.size)]
+
+
+def cmd_classify(args) -> int:
+    from ..cli import _select_device
+    from ..io.transformer import load_image
+    from ..net import TEST, Net
+
+    if args.top_k < 1:
+        raise NetdefError(f"--top-k must be at least 1. Received: {args.top_k}")
+    _select_device(args.gpu)
+    net = Net(args.model, TEST, weights=args.weights)
+    if not net.inputs:
+        raise NetdefError(
+            f"{args.model} has no Input layer (or input: fields) to feed images into; classify needs a deploy net"
+        )
+    input_name = args.input or net.inputs[0]
+    if input_name not in net.inputs:
+        raise NetdefError(f'--input "{input_name}" is not an input of the net. Inputs: {", ".join(net.inputs)}')
+    shape = net.blobs[input_name].shape
+    if len(shape) != 4:
+        raise ShapeMismatchError(
+            f'classify needs a 4-D image input (N, C, H, W); input "{input_name}" has shape {shape}'
+        )
+    transformer = make_transformer(shape, input_name, args)
+    output = _output_blob(net, args.output)
+    log.info("Classifying %d image(s) with input %s %s and output %s", len(args.images), input_name, shape, output)
+    log.info("Preprocessing: resize to %dx%d, channel swap %s, raw scale %s, mean %s, input scale %s", shape[2],
+             shape[3], transformer.channel_swap.get(input_name, "none"), transformer.raw_scale.get(input_name, 1),
+             args.mean or "none", transformer.input_scale.get(input_name, 1))
+    images = [load_image(path, color=shape[1] != 1) for path in args.images]
+    scores = classify(net, images, transformer, input_name, output)
+    labels = load_labels(args.labels, scores.shape[1]) if args.labels else [str(i) for i in range(scores.shape[1])]
+    for path, row in zip(args.images, scores, strict=True):
+        print(f"---------- Prediction for {path} ----------")
+        for i in top_k(row, args.top_k):
+            print(f'{row[i]:.4f} - "{labels[i]}"')
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``netdef classify``."""
+    p = subparsers.add_parser(
+        "classify",
+        help="print the top-k classes a trained net gives image files",
+        description=(
+            "Run a deploy net on images (PNG/JPEG via Pillow, or H x W x C .npy arrays in [0, 1]) and print the "
+            "k most likely classes of each. Preprocessing as pycaffe's classify.py: resize to the input's "
+            "height and width, RGB -> BGR for 3-channel inputs, scale [0, 1] -> [0, 255], subtract the mean, "
+            "multiply by --input-scale."
+        ),
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.png, .jpg, ... or .npy)")
+    p.add_argument("--model", "-model", "--model_def", dest="model", required=True,
+                   help="deploy net definition (with an Input layer)")
+    p.add_argument("--weights", "-weights", "--pretrained_model", dest="weights", required=True,
+                   help="trained weights (.caffemodel or .h5)")
+    p.add_argument("--mean", "-mean", "--mean_file", dest="mean",
+                   help="mean to subtract: .binaryproto or .npy file, or per-channel values such as 104,117,123")
+    p.add_argument("--labels", "-labels", help="class names, one per line (e.g. synset_words.txt)")
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes to print (default 5)")
+    p.add_argument("--channel-swap", "--channel_swap", dest="channel_swap",
+                   help="channel order after loading as RGB (default 2,1,0 for 3-channel inputs; 'none' keeps RGB)")
+    p.add_argument("--raw-scale", "--raw_scale", dest="raw_scale", type=float, default=255.0,
+                   help="multiply the [0, 1] image by this before subtracting the mean (default 255)")
+    p.add_argument("--input-scale", "--input_scale", dest="input_scale", type=float,
+                   help="multiply by this after subtracting the mean")
+    p.add_argument("--input", help="input blob to feed (default: the net's first input)")
+    p.add_argument("--output", help="blob holding the class scores (default: the net's only output, or 'prob')")
+    p.add_argument("--gpu", "-gpu", help="GPU device id to use (CPU when omitted)")
+    p.set_defaults(func=cmd_classify)
+    return p
+
+
+__all__ = ["add_parser", "classify", "cmd_classify", "load_labels", "load_mean", "make_transformer", "top_k"]

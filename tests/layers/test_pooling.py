@@ -1,0 +1,281 @@
+"""Tests of Pooling and SPP (netdef/layers/vision.py)."""
+
+import numpy
+import pytest
+
+from netdef import backend
+from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
+from netdef.proto import netdef_pb2 as pb
+from netdef.testing import check_gradient, make_layer, run_layer
+from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+
+TYPES = {"Pooling", "SPP"}
+RNG = numpy.random.default_rng(11)
+
+
+def pool(params: str, x, num_top=1, phase=pb.TRAIN, dy=None):
+    """Run a float64 Pooling layer; return (tops' data, bottom diff or None)."""
+    layer = make_layer(f'type: "Pooling" pooling_param {{ {params} }}', phase=phase)
+    bottom, top = run_layer(layer, [numpy.asarray(x, dtype=numpy.float64)], num_top=num_top)
+    ys = [t.data.copy() for t in top]
+    if dy is None:
+        return ys, None
+    top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
+    layer.backward(top, [True], bottom)
+    return ys, bottom[0].diff.copy()
+
+
+def grid(h, w, start=0.0):
+    return (numpy.arange(h * w, dtype=numpy.float64) + start).reshape(1, 1, h, w)
+
+
+# --- literal values ---------------------------------------------------------------------
+def test_max_values_and_gradient_routing():
+    x = numpy.array([[[[1, 5, 2, 0], [3, 4, 8, 1], [0, 2, 6, 7], [9, 1, 3, 3]]]], dtype=float)
+    (y,), dx = pool("pool: MAX kernel_size: 2 stride: 2", x, dy=[[[[1, 2], [3, 4]]]])
+    numpy.testing.assert_array_equal(y, [[[[5, 8], [9, 7]]]])
+    want = numpy.zeros((4, 4))
+    want[0, 1], want[1, 2], want[3, 0], want[2, 3] = 1, 2, 3, 4
+    numpy.testing.assert_array_equal(dx[0, 0], want)
+
+
+def test_max_ties_go_to_the_first_in_scan_order():
+    x = numpy.array([[[[2, 2, 1], [2, 2, 1], [0, 0, 0]]]], dtype=float)
+    (y, mask), dx = pool("pool: MAX kernel_size: 2 stride: 1", x, num_top=2, dy=numpy.ones((1, 1, 2, 2)))
+    numpy.testing.assert_array_equal(y, [[[[2, 2], [2, 2]]]])
+    # window (0,0) -> index 0, (0,1) -> index 1, (1,0) -> index 3, (1,1) -> index 4 (h * W + w)
+    numpy.testing.assert_array_equal(mask, [[[[0, 1], [3, 4]]]])
+    numpy.testing.assert_array_equal(dx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_ceil_rounding_keeps_partial_windows():
+    x = grid(3, 3)  # [[0,1,2],[3,4,5],[6,7,8]]
+    (y,), _ = pool("pool: MAX kernel_size: 2 stride: 2", x)
+    numpy.testing.assert_array_equal(y, [[[[4, 5], [7, 8]]]])
+    (y,), _ = pool("pool: AVE kernel_size: 2 stride: 2", x)
+    # partial windows are divided by their own (clipped) size when there is no padding
+    numpy.testing.assert_allclose(y, [[[[2, 3.5], [6.5, 8]]]])
+    (y,), _ = pool("pool: MAX kernel_size: 2 stride: 2 round_mode: FLOOR", x)
+    numpy.testing.assert_array_equal(y, [[[[4]]]])
+
+
+def test_padding_drops_a_window_starting_in_the_padding():
+    # H=5, k=2, s=2, pad=1: ceil(5/2)+1 = 4 windows, but the 4th would start at row 6 = H + pad
+    (y,), _ = pool("pool: MAX kernel_size: 2 stride: 2 pad: 1", grid(5, 5))
+    assert y.shape == (1, 1, 3, 3)
+    numpy.testing.assert_array_equal(y[0, 0], [[0, 2, 4], [10, 12, 14], [20, 22, 24]])
+
+
+def test_ave_padding_counts_in_the_divisor():
+    (y,), dx = pool("pool: AVE kernel_size: 3 stride: 2 pad: 1", numpy.ones((1, 1, 3, 3)), dy=numpy.ones((1, 1, 2, 2)))
+    # every window covers 2x2 image cells but is divided by 3x3
+    numpy.testing.assert_allclose(y, numpy.full((1, 1, 2, 2), 4 / 9))
+    numpy.testing.assert_allclose(dx[0, 0], numpy.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 9)
+
+
+def test_ave_ceil_window_divided_by_clipped_padded_size():
+    # k3 s2 pad1 on 4x4: per axis windows [-1,2) [1,4) [3,5) (clipped at H + pad = 5), divisors 3, 3, 2,
+    # holding 2, 3 and 1 image cells
+    (y,), _ = pool("pool: AVE kernel_size: 3 stride: 2 pad: 1", numpy.ones((1, 1, 4, 4)))
+    cells, sizes = numpy.array([2, 3, 1]), numpy.array([3, 3, 2])
+    numpy.testing.assert_allclose(y[0, 0], numpy.outer(cells, cells) / numpy.outer(sizes, sizes))
+
+
+def test_rectangular_kernel_stride_and_pad():
+    x = grid(4, 6)
+    (y,), _ = pool("pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 3 pad_h: 0 pad_w: 1", x)
+    # columns windows: [-1,2), [2,5), [5,8) clipped; rows [0,2), [2,4)
+    numpy.testing.assert_array_equal(y[0, 0], [[7, 10, 11], [19, 22, 23]])
+
+
+def test_global_pooling():
+    x = RNG.standard_normal((2, 3, 4, 5))
+    (y, mask), dx = pool("pool: MAX global_pooling: true", x, num_top=2, dy=numpy.ones((2, 3, 1, 1)))
+    numpy.testing.assert_array_equal(y[..., 0, 0], x.max(axis=(2, 3)))
+    numpy.testing.assert_array_equal(mask[..., 0, 0], x.reshape(2, 3, -1).argmax(-1))
+    assert dx.sum() == 6 and numpy.all(dx[x == y] == 1)
+    (y,), _ = pool("pool: AVE global_pooling: true", x)
+    numpy.testing.assert_allclose(y[..., 0, 0], x.mean(axis=(2, 3)))
+
+
+def test_stochastic_test_phase_is_probability_weighted():
+    x = numpy.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    (y,), _ = pool("pool: STOCHASTIC kernel_size: 2", x, phase=pb.TEST)
+    numpy.testing.assert_allclose(y, [[[[30 / 10]]]])
+    (y,), _ = pool("pool: STOCHASTIC kernel_size: 2", -x, phase=pb.TEST)
+    numpy.testing.assert_array_equal(y, [[[[0.0]]]])
+
+
+def test_stochastic_train_samples_by_value():
+    # each window holds the values 1 and 3 (and two zeros): 3 should be picked 3/4 of the time
+    x = numpy.zeros((50, 40, 2, 2))
+    x[:, :, 0, 1], x[:, :, 1, 0] = 1.0, 3.0
+    (y,), dx = pool("pool: STOCHASTIC kernel_size: 2", x, dy=numpy.ones((50, 40, 1, 1)))
+    assert set(numpy.unique(y)) <= {1.0, 3.0}
+    assert abs(numpy.mean(y == 3.0) - 0.75) < 0.03
+    # the gradient goes to the picked element only
+    numpy.testing.assert_array_equal(dx[:, :, 1, 0] == 1, y[:, :, 0, 0] == 3)
+    assert dx.sum() == 50 * 40
+    backend.set_random_seed(5)
+    (a,), _ = pool("pool: STOCHASTIC kernel_size: 2", x)
+    backend.set_random_seed(5)
+    (b,), _ = pool("pool: STOCHASTIC kernel_size: 2", x)
+    numpy.testing.assert_array_equal(a, b)
+
+
+def test_spp_values():
+    layer = make_layer('type: "SPP" spp_param { pyramid_height: 2 pool: MAX }')
+    _, top = run_layer(layer, [grid(4, 4)])
+    numpy.testing.assert_array_equal(top[0].data, [[15, 5, 7, 13, 15]])
+    layer = make_layer('type: "SPP" spp_param { pyramid_height: 1 pool: AVE }')
+    _, top = run_layer(layer, [grid(2, 3)])
+    numpy.testing.assert_allclose(top[0].data, [[[[2.5]]]])
+
+
+def test_spp_levels_pad_uneven_inputs():
+    # 7x7, level 1: kernel 4, pad (8-7+1)//2 = 1, bins rows 0-2 and 3-6 (a third window would start in the
+    # padding); level 2: kernel 2, pad 1, the first bins are row 0 x columns {0} and {1, 2}
+    layer = make_layer('type: "SPP" spp_param { pyramid_height: 3 pool: MAX }')
+    _, top = run_layer(layer, [numpy.concatenate([grid(7, 7), grid(7, 7, 100)], axis=1)])
+    assert top[0].shape == (1, 2 * (1 + 4 + 16))
+    numpy.testing.assert_array_equal(top[0].data[0, :12], [48, 148, 16, 20, 44, 48, 116, 120, 144, 148, 0, 2])
+
+
+# --- gradients --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "definition,shape,phase",
+    [
+        ('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }', (2, 2, 6, 7), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }', (2, 2, 5, 4), pb.TRAIN),
+        (
+            'type: "Pooling" pooling_param { pool: MAX kernel_h: 3 kernel_w: 1 stride_h: 1 stride_w: 2 }',
+            (1, 2, 5, 5),
+            pb.TRAIN,
+        ),
+        ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }', (2, 2, 5, 6), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 3 }', (1, 2, 7, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: AVE global_pooling: true }', (2, 3, 3, 4), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: MAX global_pooling: true }', (2, 3, 3, 4), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }', (1, 2, 5, 5), pb.TEST),
+        ('type: "SPP" spp_param { pyramid_height: 3 pool: AVE }', (1, 2, 6, 7), pb.TRAIN),
+        ('type: "SPP" spp_param { pyramid_height: 2 pool: MAX }', (2, 1, 4, 6), pb.TRAIN),
+    ],
+)
+def test_gradients(definition, shape, phase):
+    x = RNG.standard_normal(shape)
+    if "STOCHASTIC" in definition:
+        x = numpy.abs(x) + 0.5
+    result = check_gradient(make_layer(definition, phase=phase), [x])
+    assert result["checked"] > 0
+
+
+def test_stochastic_train_gradient_routes_to_the_sample():
+    # With the random stream reset before each forward, the sample is fixed and the layer is a selection.
+    layer = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }')
+    result = check_gradient(layer, [numpy.abs(RNG.standard_normal((2, 2, 4, 4))) + 0.1])
+    assert result["checked"] > 0
+
+
+def test_float32_stays_float32():
+    layer = make_layer(
+        'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }', dtype=numpy.float32
+    )
+    bottom, top = run_layer(layer, [RNG.standard_normal((2, 1, 5, 5))])
+    top[0].diff = numpy.ones(top[0].shape, numpy.float32)
+    layer.backward(top, [True], bottom)
+    assert top[0].data.dtype == bottom[0].diff.dtype == numpy.float32
+
+
+# --- parity with Caffe ---------------------------------------------------------------------
+CASES = layer_cases(TYPES)
+
+
+@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+def test_parity(case):
+    if parity_root() is None or case is None:
+        pytest.skip("shared/parity not available")
+    errors = run_layer_case(case["case"], case["phase"])
+    assert errors, "the case compared nothing"
+
+
+# --- errors -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "definition,shape,num_top,error,needle",
+    [
+        ("pool: MAX kernel_size: 2 pad: 2", (1, 1, 4, 4), 1, InvalidParameterError, "pad must be smaller"),
+        ("pool: STOCHASTIC kernel_size: 3 pad: 1", (1, 1, 4, 4), 1, InvalidParameterError, "only for MAX and AVE"),
+        (
+            "pool: MAX global_pooling: true kernel_size: 2",
+            (1, 1, 4, 4),
+            1,
+            InvalidParameterError,
+            "Received: kernel_size=2",
+        ),
+        ("pool: MAX global_pooling: true stride: 2", (1, 1, 4, 4), 1, InvalidParameterError, "stride [2, 2]"),
+        ("pool: MAX global_pooling: true pad: 1", (1, 1, 4, 4), 1, InvalidParameterError, "pad [1, 1]"),
+        ("pool: MAX", (1, 1, 4, 4), 1, InvalidParameterError, "Received: none"),
+        ("pool: MAX kernel_h: 2", (1, 1, 4, 4), 1, InvalidParameterError, "Received: kernel_h=2"),
+        (
+            "pool: MAX kernel_size: 2 stride: 2 stride_h: 1 stride_w: 1",
+            (1, 1, 4, 4),
+            1,
+            InvalidParameterError,
+            "give stride or both",
+        ),
+        ("pool: MAX kernel_size: 2 pad_h: 1", (1, 1, 4, 4), 1, InvalidParameterError, "give pad or both"),
+        ("pool: MAX kernel_size: 0", (1, 1, 4, 4), 1, InvalidParameterError, "Received: [0, 0]"),
+        ("pool: AVE kernel_size: 2", (1, 1, 4, 4), 2, BlobCountError, "Received: 2 tops with pool AVE"),
+        ("pool: MAX kernel_size: 2", (1, 4, 4), 1, ShapeMismatchError, "4 axes"),
+        ("pool: MAX kernel_size: 3 round_mode: FLOOR", (1, 1, 2, 2), 1, ShapeMismatchError, "does not fit"),
+    ],
+)
+def test_invalid_parameters(definition, shape, num_top, error, needle):
+    layer = make_layer(f'type: "Pooling" pooling_param {{ {definition} }}')
+    with pytest.raises(error) as info:
+        run_layer(layer, [numpy.zeros(shape)], num_top=num_top)
+    assert needle in str(info.value)
+    assert 'Layer "L"' in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "definition,shape,error,needle",
+    [
+        ("pyramid_height: 0", (1, 1, 4, 4), InvalidParameterError, "Received: 0"),
+        ("pyramid_height: 3", (1, 1, 1, 8), ShapeMismatchError, "level 1 (2 bins)"),
+        ("pyramid_height: 3", (1, 1, 5, 8), ShapeMismatchError, "level 2 (4 bins) cannot pool an input of (5, 8)"),
+        ("pyramid_height: 2", (1, 4, 4), ShapeMismatchError, "4 axes"),
+    ],
+)
+def test_spp_invalid(definition, shape, error, needle):
+    with pytest.raises(error) as info:
+        run_layer(make_layer(f'type: "SPP" spp_param {{ {definition} }}'), [numpy.zeros(shape)])
+    assert needle in str(info.value)
+
+
+# --- GPU -----------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "definition",
+    [
+        'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }',
+        'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
+        'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
+        'type: "Pooling" pooling_param { pool: MAX global_pooling: true }',
+        'type: "SPP" spp_param { pyramid_height: 3 pool: MAX }',
+    ],
+)
+def test_gpu_matches_cpu(definition):
+    if not backend.gpu_available():
+        pytest.skip("CuPy or a CUDA device is not available")
+    import cupy
+
+    x = RNG.standard_normal((2, 3, 7, 6))
+    out = []
+    for xp in (numpy, cupy):
+        layer = make_layer(definition, xp=xp)
+        bottom, top = run_layer(layer, [x])
+        top[0].diff = xp.asarray(numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape))
+        layer.backward(top, [True], bottom)
+        out.append([backend.to_numpy(top[0].data), backend.to_numpy(bottom[0].diff)])
+    for a, b in zip(*out, strict=True):
+        numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
