@@ -5,7 +5,8 @@ import pytest
 import netdef
 from netdef.errors import ShapeMismatchError, WeightsFileError
 from netdef.io.blobproto import array_to_proto, proto_to_array, read_binaryproto, write_binaryproto
-from netdef.io.caffemodel import atomic_write, read_weights
+from netdef.io.atomic import atomic_target
+from netdef.io.caffemodel import encode_net, net_to_proto, read_weights
 from netdef.proto import net_from_text
 from netdef.proto import netdef_pb2 as pb
 from netdef.testing.parity import parity_root
@@ -103,26 +104,41 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
     net.save(path)
     before = open(path, "rb").read()
 
-    def half_then_interrupt(tmp):
-        with open(tmp, "wb") as f:
-            f.write(before[: len(before) // 2])
-        raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, half_then_interrupt)
+        with atomic_target(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(before[: len(before) // 2])
+            raise KeyboardInterrupt
     assert open(path, "rb").read() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.caffemodel"]
 
 
 @pytest.mark.parametrize("suffix", [".caffemodel", ".h5"])
-def test_save_goes_through_atomic_write(tmp_path, monkeypatch, suffix):
+def test_failed_save_keeps_the_previous_weights(tmp_path, monkeypatch, suffix):
     import netdef.io.caffemodel as cm
 
-    calls = []
-    real = cm.atomic_write
-    monkeypatch.setattr(cm, "atomic_write", lambda path, write: calls.append(path) or real(path, write))
-    make().save(str(tmp_path / ("w" + suffix)))
-    assert calls == [str(tmp_path / ("w" + suffix))]
+    path = str(tmp_path / ("w" + suffix))
+    net = make()
+    net.save(path)
+    before = open(path, "rb").read()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cm, "encode_net", fail)
+    monkeypatch.setattr(cm.backend, "to_numpy", fail)
+    with pytest.raises(OSError, match="disk full"):
+        net.save(path)
+    assert open(path, "rb").read() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w" + suffix]
+
+
+def test_fast_encoder_decodes_to_the_same_message():
+    net = make()
+    for diff in (False, True):
+        decoded = pb.NetParameter()
+        decoded.ParseFromString(encode_net(net, write_diff=diff))
+        assert decoded == net_to_proto(net, write_diff=diff)
 
 
 def test_reads_caffemodel_written_by_caffe():

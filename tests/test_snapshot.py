@@ -192,7 +192,7 @@ def test_failure_while_writing_the_weights_keeps_the_previous_snapshot(tmp_path,
     before = _contents(tmp_path / "snap")
     solver.iter = 1
 
-    def crash(net, path, write_diff=False):
+    def crash(net, path, write_diff=False, atomic=True):
         with open(path, "wb") as f:
             f.write(b"\x0a\x05trunc")
         raise KeyboardInterrupt  # e.g. the user pressed Ctrl+C twice

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import numpy
 
@@ -11,28 +10,14 @@ from .. import backend
 from ..errors import ShapeMismatchError, WeightsFileError
 from ..proto import netdef_pb2 as pb
 from ..proto.upgrade import upgrade_net
-from .blobproto import array_to_proto, blob_shape, proto_to_array
+from .atomic import atomic_target
+from .blobproto import array_to_proto, blob_shape, encode_blob, length_delimited, proto_to_array
 
 log = logging.getLogger("netdef")
 
 
 def is_hdf5(path: str) -> bool:
     return path.lower().endswith((".h5", ".hdf5"))
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a truncated file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def net_to_proto(net, write_diff: bool = False):
@@ -49,30 +34,52 @@ def net_to_proto(net, write_diff: bool = False):
     return param
 
 
-def save_weights(net, path: str, write_diff: bool = False) -> None:
-    """Write ``net``'s parameters to ``path`` (.caffemodel binary, or HDF5 for .h5), atomically."""
+def encode_net(net, write_diff: bool = False) -> bytes:
+    """``net_to_proto(net, write_diff).SerializeToString()``, built without per-value Python objects."""
+    parts = [length_delimited(1, net.name.encode("utf-8"))] if net.name else []
+    for layer in net.layers:
+        lp = pb.LayerParameter()
+        lp.CopyFrom(layer.param)
+        del lp.blobs[:]
+        blobs = b"".join(
+            length_delimited(7, encode_blob(backend.to_numpy(blob.data),
+                                            backend.to_numpy(blob.diff) if write_diff else None))
+            for blob in layer.blobs
+        )
+        parts.append(length_delimited(100, lp.SerializeToString() + blobs))  # NetParameter.layer = 100
+    return b"".join(parts)
+
+
+def save_weights(net, path: str, write_diff: bool = False, atomic: bool = True) -> None:
+    """Write ``net``'s parameters to ``path`` (.caffemodel binary, or HDF5 for .h5).
+
+    With ``atomic`` (the default) the file is written under a temporary name and
+    renamed into place, so an interrupted save never leaves a truncated file.
+    """
+    if not atomic:
+        _write_weights(net, path, write_diff)
+        return
+    with atomic_target(path) as tmp:
+        _write_weights(net, tmp, write_diff)
+
+
+def _write_weights(net, path: str, write_diff: bool) -> None:
     if is_hdf5(path):
-        def write(tmp):
-            import h5py
+        import h5py
 
-            with h5py.File(tmp, "w") as f:
-                data = f.create_group("data")
-                diff = f.create_group("diff") if write_diff else None
-                for layer in net.layers:
-                    group = data.create_group(layer.name)
-                    dgroup = diff.create_group(layer.name) if diff is not None else None
-                    for i, blob in enumerate(layer.blobs):
-                        group.create_dataset(str(i), data=backend.to_numpy(blob.data))
-                        if dgroup is not None:
-                            dgroup.create_dataset(str(i), data=backend.to_numpy(blob.diff))
-    else:
-        raw = net_to_proto(net, write_diff).SerializeToString()
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                f.write(raw)
-
-    atomic_write(path, write)
+        with h5py.File(path, "w") as f:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for layer in net.layers:
+                group = data.create_group(layer.name)
+                dgroup = diff.create_group(layer.name) if diff is not None else None
+                for i, blob in enumerate(layer.blobs):
+                    group.create_dataset(str(i), data=backend.to_numpy(blob.data))
+                    if dgroup is not None:
+                        dgroup.create_dataset(str(i), data=backend.to_numpy(blob.diff))
+        return
+    with open(path, "wb") as f:
+        f.write(encode_net(net, write_diff))
 
 
 def read_weight_blobs(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
@@ -154,5 +161,5 @@ def load_weights(net, path: str) -> None:
             log.info("Ignoring source layer %s (not in the net)", name)
 
 
-__all__ = ["atomic_write", "blob_shape", "is_hdf5", "load_weights", "net_to_proto", "read_weight_blobs", "read_weights",
+__all__ = ["encode_net", "blob_shape", "is_hdf5", "load_weights", "net_to_proto", "read_weight_blobs", "read_weights",
            "save_weights"]

@@ -17,18 +17,17 @@ snapshot never leaves a truncated file behind or destroys an older one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy
 
 from ..errors import WeightsFileError
 from ..proto import netdef_pb2 as pb
-from .blobproto import proto_to_array
+from .atomic import atomic_target, atomic_write_bytes, staged_files
+from .blobproto import encode_blob, length_delimited, proto_to_array, varint
 
 SIDECAR_SUFFIX = ".netdef.json"
 SIDECAR_KIND = "netdef-solverstate-extra"
@@ -44,115 +43,14 @@ class SolverStateData:
     current_step: int = 0
 
 
-# --- atomic writes ------------------------------------------------------------------
-def temp_path_for(path: str) -> str:
-    """A fresh temporary name in ``path``'s folder that keeps a trailing ``.h5`` (writers choose formats by it)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    suffix = ".h5" if name.endswith(".h5") else ""
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-
-
-@contextlib.contextmanager
-def atomic_target(path: str) -> Iterator[str]:
-    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
-
-    The file is flushed to disk before the rename, so ``path`` always holds either
-    its previous contents or the complete new file.
-    """
-    with staged_files() as stage:
-        yield stage(path)
-
-
-@contextlib.contextmanager
-def staged_files() -> Iterator:
-    """Write several files so that a failure while writing any of them changes none.
-
-    Yields ``stage(target) -> temporary path``. When the block ends normally, every
-    staged file is flushed and renamed onto its target, in the order staged; when it
-    raises, the temporary files are removed and the targets keep their old contents.
-    """
-    staged: list[tuple[str, str]] = []
-
-    def stage(target: str) -> str:
-        tmp = temp_path_for(target)
-        staged.append((tmp, target))
-        return tmp
-
-    try:
-        yield stage
-        for tmp, target in staged:
-            if not os.path.exists(tmp):
-                raise WeightsFileError(f"writing {target}: the writer produced no file")
-            _fsync(tmp)
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        raise
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems (and Windows for read-only handles) refuse; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically."""
-    with atomic_target(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-
-
 # --- binary SolverState ---------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int32/int64 values take the ten-byte two's-complement form
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def encode_blob(array: numpy.ndarray) -> bytes:
-    """A BlobProto ``{data, shape}`` (``double_data`` for float64), serialised as Caffe's writer orders it.
-
-    Encoding by hand lets NumPy write the packed values in one go; protobuf's
-    Python containers would convert every value to a Python float first.
-    """
-    array = numpy.asarray(array)
-    if array.dtype == numpy.float64:
-        number, values = 8, numpy.ascontiguousarray(array, dtype="<f8")
-    else:
-        number, values = 5, numpy.ascontiguousarray(array, dtype="<f4")
-    packed = _len_field(number, values.tobytes()) if values.size else b""
-    dims = b"".join(_varint(int(d)) for d in array.shape)
-    shape = _len_field(7, _len_field(1, dims) if dims else b"")
-    # fields go out in number order, as protobuf writes them: data (5) < shape (7) < double_data (8)
-    return packed + shape if number == 5 else shape + packed
-
-
 def encode_solverstate(state: SolverStateData) -> bytes:
     """Serialise a SolverState message (field order and presence as Caffe writes them)."""
-    parts = [_varint(1 << 3) + _varint(int(state.iter))]
+    parts = [varint(1 << 3) + varint(int(state.iter))]
     if state.learned_net is not None:
-        parts.append(_len_field(2, state.learned_net.encode("utf-8")))
-    parts.extend(_len_field(3, encode_blob(h)) for h in state.history)
-    parts.append(_varint(4 << 3) + _varint(int(state.current_step)))
+        parts.append(length_delimited(2, state.learned_net.encode("utf-8")))
+    parts.extend(length_delimited(3, encode_blob(h)) for h in state.history)
+    parts.append(varint(4 << 3) + varint(int(state.current_step)))
     return b"".join(parts)
 
 

@@ -29,7 +29,7 @@ from .base import Layer, register_layer
 
 #: Largest column buffer built at once; bigger batches are convolved in chunks of samples.
 COL_CHUNK_BYTES = 256 * 2**20
-#: Column buffers up to this size are kept from forward for the weight gradient instead of rebuilt.
+#: In TRAIN nets, column buffers up to this size are kept from forward for the weight gradient.
 COL_CACHE_BYTES = 64 * 2**20
 #: Output rows shorter than this use the pixel-major, sample-last column order.
 SHORT_ROW = 16
@@ -184,7 +184,7 @@ def use_batch_last(n: int, out_shape: Sequence[int]) -> bool:
 def _batch_chunks(n: int, bytes_per_sample: int) -> list[slice]:
     """Split ``n`` samples so that one chunk's column buffer stays under COL_CHUNK_BYTES."""
     per = max(1, COL_CHUNK_BYTES // max(bytes_per_sample, 1))
-    return [slice(i, min(i + per, n)) for i in range(0, n, per)] or [slice(0, 0)]
+    return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 
 # --- convolution geometry ---------------------------------------------------------------------------
@@ -371,7 +371,7 @@ class ConvolutionLayer(_ConvolutionBase):
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
-            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) > 1 else None
+            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
             self._cols[i] = None
             for sl in chunks:
                 n = sl.stop - sl.start
@@ -382,7 +382,7 @@ class ConvolutionLayer(_ConvolutionBase):
                     y = part
                 else:
                     y[sl] = part
-                if len(chunks) == 1 and col.nbytes <= COL_CACHE_BYTES:
+                if len(chunks) == 1 and col.nbytes <= COL_CACHE_BYTES and self.phase == pb.TRAIN:
                     self._cols[i] = col
             t.data = y.reshape(t.shape)
 
@@ -469,7 +469,7 @@ class DeconvolutionLayer(_ConvolutionBase):
         for b, t in zip(bottom, top, strict=True):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
-            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) > 1 else None
+            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
             for sl in chunks:
                 n = sl.stop - sl.start
                 batch_last = use_batch_last(n, self.in_spatial)

@@ -504,7 +504,7 @@ class Solver:
         # so a failure part way leaves the previous files of this name untouched.
         with solverstate.staged_files() as stage:
             log.info("Snapshotting to %s file %s", kind, model)
-            caffemodel.save_weights(self.net, stage(model), write_diff=p.snapshot_diff)
+            caffemodel.save_weights(self.net, stage(model), write_diff=p.snapshot_diff, atomic=False)
             log.info("Snapshotting solver state to %s file %s", kind, state_path)
             solverstate.write_solverstate_any(stage(state_path), state, atomic=False)
             solverstate.write_sidecar(state_path, self._resume_extras(history),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..io.caffemodel import atomic_write
+from ..io.atomic import atomic_write_bytes
 from ..proto import netdef_pb2 as pb
 from ..proto import read_message, to_text
 from ..proto.upgrade import (
@@ -71,20 +71,7 @@ def upgrade_solver_report(param, where: str) -> tuple[list[str], list[str]]:
 
 
 def _write(message, path: str, binary: bool) -> None:
-    if binary:
-        raw = message.SerializeToString()
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                f.write(raw)
-    else:
-        text = to_text(message)
-
-        def write(tmp):
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, message.SerializeToString() if binary else to_text(message).encode("utf-8"))
 
 
 def cmd_upgrade(args) -> int:
