@@ -70,14 +70,14 @@ class Blob:
             self.data = self.xp.zeros(shape, dtype=self.dtype)
             self.diff = self.xp.zeros(shape, dtype=self.dtype)
 
-    def reshape_like(self, other: "Blob") -> None:
+    def reshape_like(self, other: Blob) -> None:
         self.reshape(other.shape)
 
-    def share_data(self, other: "Blob") -> None:
+    def share_data(self, other: Blob) -> None:
         """Make this blob use ``other``'s data array (no copy)."""
         self.data = other.data
 
-    def share_diff(self, other: "Blob") -> None:
+    def share_diff(self, other: Blob) -> None:
         self.diff = other.diff
 
     def to(self, xp) -> None:

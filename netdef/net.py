@@ -16,7 +16,13 @@ import numpy
 
 from . import backend
 from .blob import Blob
-from .errors import DuplicateTopBlobError, InvalidParameterError, NetdefError, ShapeMismatchError, UnknownBottomBlobError
+from .errors import (
+    DuplicateTopBlobError,
+    InvalidParameterError,
+    NetdefError,
+    ShapeMismatchError,
+    UnknownBottomBlobError,
+)
 from .layers import layer_class
 from .proto import netdef_pb2 as pb
 
@@ -412,7 +418,7 @@ class Net:
 
         caffemodel.save_weights(self, path, write_diff=write_diff)
 
-    def share_with(self, other: "Net") -> None:
+    def share_with(self, other: Net) -> None:
         """Use ``other``'s parameter arrays for layers of the same name (Caffe's ShareTrainedLayersWith)."""
         for name, blobs in self.params.items():
             theirs = other.params.get(name)
@@ -428,7 +434,7 @@ class Net:
                         f'Layer "{name}" parameter {k}: shape {mine.shape} here, {src.shape} in the other net'
                     )
                 blobs[k] = src
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             if layer.name in self.params:
                 layer.blobs = self.params[layer.name]
 

@@ -4,8 +4,8 @@ import pytest
 
 import netdef
 from netdef.errors import ShapeMismatchError, WeightsFileError
-from netdef.io.blobproto import array_to_proto, proto_to_array, read_binaryproto, write_binaryproto
 from netdef.io.atomic import atomic_target
+from netdef.io.blobproto import array_to_proto, proto_to_array, read_binaryproto, write_binaryproto
 from netdef.io.caffemodel import encode_net, net_to_proto, read_weights
 from netdef.proto import net_from_text
 from netdef.proto import netdef_pb2 as pb

@@ -9,7 +9,7 @@ from .. import backend
 from ..blob import Blob
 from ..errors import BlobCountError, DuplicateLayerTypeError, InvalidParameterError, UnknownLayerTypeError, did_you_mean
 
-_REGISTRY: dict[str, type["Layer"]] = {}
+_REGISTRY: dict[str, type[Layer]] = {}
 
 
 def register_layer(type_name: str):
@@ -28,7 +28,7 @@ def register_layer(type_name: str):
     return wrap
 
 
-def layer_class(type_name: str) -> type["Layer"]:
+def layer_class(type_name: str) -> type[Layer]:
     """The class registered for ``type_name``; a named error listing known types otherwise."""
     try:
         return _REGISTRY[type_name]

@@ -398,7 +398,7 @@ class ConvolutionLayer(_ConvolutionBase):
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
-            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) > 1 else None
+            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
             for sl in chunks:
                 n = sl.stop - sl.start
                 batch_last = use_batch_last(n, self.out_spatial)
@@ -495,14 +495,14 @@ class DeconvolutionLayer(_ConvolutionBase):
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             if want_b:
-                part = t.diff.reshape(self.num, o, -1).sum(axis=(0, 2))
+                part = t.diff.reshape(self.num, o, math.prod(self.out_spatial)).sum(axis=(0, 2))
                 db = part if db is None else db + part
             if not (want_w or propagate_down[i]):
                 continue
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = _batch_chunks(self.num, self._col_bytes(x.itemsize))
-            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) > 1 else None
+            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
             for sl in chunks:
                 n = sl.stop - sl.start
                 batch_last = use_batch_last(n, self.in_spatial)
@@ -557,6 +557,9 @@ class Im2colLayer(Layer):
         top[0].reshape((*x.shape[: self.axis], self.channels * math.prod(self.kernel), *self.out_spatial))
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        if self.num == 0:
+            top[0].data = backend.array_module(bottom[0].data).zeros(top[0].shape, dtype=bottom[0].dtype)
+            return
         x = bottom[0].data.reshape(self.num, self.channels, *self.in_spatial)
         batch_last = use_batch_last(self.num, self.out_spatial)
         col = im2col(
@@ -571,6 +574,9 @@ class Im2colLayer(Layer):
         if not propagate_down[0]:
             return
         n = self.num
+        if n == 0:
+            bottom[0].diff = backend.array_module(top[0].diff).zeros(bottom[0].shape, dtype=bottom[0].dtype)
+            return
         batch_last = use_batch_last(n, self.out_spatial)
         dy = top[0].diff.reshape(n, -1, *self.out_spatial)
         cols = (n, *self.out_spatial) if not batch_last else (*self.out_spatial, n)
@@ -729,7 +735,7 @@ class PoolWindows:
         xp = backend.array_module(x)
         n, c = x.shape[:2]
         if self.is_global:
-            flat = x.reshape(n, c, -1)
+            flat = x.reshape(n, c, math.prod(self.in_hw))
             idx = xp.argmax(flat, axis=-1)[..., None]
             return xp.take_along_axis(flat, idx, axis=-1).reshape(n, c, 1, 1), ("flat", idx)
         # Padding holds Caffe's starting value -FLT_MAX, so it never wins against image values.
@@ -766,7 +772,7 @@ class PoolWindows:
         xp = backend.array_module(x)
         n, c = x.shape[:2]
         if self.is_global:
-            return x.reshape(n, c, -1).sum(axis=-1).reshape(n, c, 1, 1) / x.dtype.type(math.prod(self.in_hw))
+            return x.reshape(n, c, math.prod(self.in_hw)).sum(axis=-1).reshape(n, c, 1, 1) / x.dtype.type(math.prod(self.in_hw))
         y = self._sum(self._sum(self.pad_input(x, 0), 3), 2)
         y /= self.divisors(xp, x.dtype)
         return y
@@ -1036,7 +1042,8 @@ class SPPLayer(Layer):
             top[0].data = self.poolers[0].forward(x)
             return
         n = x.shape[0]
-        top[0].data = xp.concatenate([p.forward(x).reshape(n, -1) for p in self.poolers], axis=1)
+        parts = [p.forward(x) for p in self.poolers]
+        top[0].data = xp.concatenate([y.reshape(n, math.prod(y.shape[1:])) for y in parts], axis=1)
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         if not propagate_down[0]:

@@ -137,7 +137,7 @@ def parse_binary(raw: bytes, message: Message, source: str = "<bytes>") -> Messa
     return message
 
 
-def load_net(path_or_text: str) -> "netdef_pb2.NetParameter":
+def load_net(path_or_text: str) -> netdef_pb2.NetParameter:
     """Load a net definition file and upgrade legacy forms."""
     from .upgrade import upgrade_net
 
@@ -145,7 +145,7 @@ def load_net(path_or_text: str) -> "netdef_pb2.NetParameter":
     return upgrade_net(param, path_or_text)
 
 
-def load_solver(path: str) -> "netdef_pb2.SolverParameter":
+def load_solver(path: str) -> netdef_pb2.SolverParameter:
     """Load a solver definition file and upgrade legacy forms."""
     from .upgrade import upgrade_solver
 
@@ -153,7 +153,7 @@ def load_solver(path: str) -> "netdef_pb2.SolverParameter":
     return upgrade_solver(param, path)
 
 
-def net_from_text(text: str, source: str = "<string>") -> "netdef_pb2.NetParameter":
+def net_from_text(text: str, source: str = "<string>") -> netdef_pb2.NetParameter:
     from .upgrade import upgrade_net
 
     return upgrade_net(parse_text(text, netdef_pb2.NetParameter(), source), source)

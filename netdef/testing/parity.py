@@ -71,6 +71,7 @@ def _chdir(path):
 def run_layer_case(case: str, phase_name: str = "TRAIN") -> dict[str, float]:
     """Run one ``layers/`` case; return ``{key: scaled error}``; raise AssertionError on a mismatch."""
     import netdef
+
     from ..backend import to_numpy
 
     root = parity_root() / "layers"
