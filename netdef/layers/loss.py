@@ -358,9 +358,22 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
             bottom[1].diff = d.reshape(bottom[1].shape)
 
 
+class _OneLabelPerSampleLoss(LossLayer):
+    """Losses over ``N x C`` scores (trailing axes flattened) with exactly one label per sample."""
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        self.num = bottom[0].shape[0]
+        if bottom[1].count != self.num:
+            raise self.error(
+                f"needs one label per sample ({self.num}). Received: labels of shape {bottom[1].shape}",
+                ShapeMismatchError,
+            )
+
+
 # --- HingeLoss ------------------------------------------------------------------------------
 @register_layer("HingeLoss")
-class HingeLossLayer(LossLayer):
+class HingeLossLayer(_OneLabelPerSampleLoss):
     """Caffe type ``HingeLoss``: one-vs-all hinge loss.
 
     With ``s[n, k] = -1`` for the true class and ``+1`` otherwise,
@@ -374,15 +387,6 @@ class HingeLossLayer(LossLayer):
     Bottoms: scores ``N x C`` (trailing axes are flattened into C) and ``N`` labels.
     Top: the loss (0-D).
     """
-
-    def reshape(self, bottom, top):
-        super().reshape(bottom, top)
-        self.num = bottom[0].shape[0]
-        if bottom[1].count != self.num:
-            raise self.error(
-                f"needs one label per sample ({self.num}). Received: labels of shape {bottom[1].shape}",
-                ShapeMismatchError,
-            )
 
     def forward(self, bottom, top):
         xp = backend.array_module(bottom[0].data)
@@ -413,7 +417,7 @@ class HingeLossLayer(LossLayer):
 
 # --- MultinomialLogisticLoss --------------------------------------------------------------
 @register_layer("MultinomialLogisticLoss")
-class MultinomialLogisticLossLayer(LossLayer):
+class MultinomialLogisticLossLayer(_OneLabelPerSampleLoss):
     """Caffe type ``MultinomialLogisticLoss``: ``loss = -sum_n log(max(p[n, label_n], 1e-20)) / N``.
 
     Takes probabilities (e.g. a Softmax output), not scores. Gradient: only at the
@@ -422,15 +426,6 @@ class MultinomialLogisticLossLayer(LossLayer):
     Bottoms: probabilities ``N x C`` (trailing axes are flattened into C) and ``N`` labels.
     Top: the loss (0-D).
     """
-
-    def reshape(self, bottom, top):
-        super().reshape(bottom, top)
-        self.num = bottom[0].shape[0]
-        if bottom[1].count != self.num:
-            raise self.error(
-                f"needs one label per sample ({self.num}). Received: labels of shape {bottom[1].shape}",
-                ShapeMismatchError,
-            )
 
     def forward(self, bottom, top):
         xp = backend.array_module(bottom[0].data)

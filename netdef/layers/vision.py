@@ -181,6 +181,22 @@ def use_batch_last(n: int, out_shape: Sequence[int]) -> bool:
     return n > 1 and out_shape[-1] < SHORT_ROW
 
 
+def matmul_nt(a, b):
+    """``a @ b^T`` for stacks ``a`` (G, M, K) and ``b`` (G, N, K), as used for weight gradients.
+
+    When the product is small and K is long (a first layer: few filters, many pixels), OpenBLAS
+    streams both operands from memory; summing products of K-blocks that stay in cache is faster.
+    """
+    xp = backend.array_module(a)
+    k = a.shape[-1]
+    if xp is not numpy or k < 8192 or a.shape[-2] * b.shape[-2] > 4096:
+        return xp.matmul(a, b.swapaxes(-1, -2))
+    out = xp.matmul(a[..., :1024], b[..., :1024].swapaxes(-1, -2))
+    for i in range(1024, k, 1024):
+        out += xp.matmul(a[..., i : i + 1024], b[..., i : i + 1024].swapaxes(-1, -2))
+    return out
+
+
 def _batch_chunks(n: int, bytes_per_sample: int) -> list[slice]:
     """Split ``n`` samples so that one chunk's column buffer stays under COL_CHUNK_BYTES."""
     per = max(1, COL_CHUNK_BYTES // max(bytes_per_sample, 1))
@@ -411,7 +427,7 @@ class ConvolutionLayer(_ConvolutionBase):
                     col = self._cols.get(i) if len(chunks) == 1 else None
                     if col is None:
                         col = self._columns(x[sl], batch_last)
-                    part = xp.matmul(dyc, col.transpose(0, 2, 1))
+                    part = matmul_nt(dyc, col)
                     dw = part if dw is None else dw + part
                 if propagate_down[i]:
                     cols = (n, *self.out_spatial) if not batch_last else (*self.out_spatial, n)
@@ -511,7 +527,7 @@ class DeconvolutionLayer(_ConvolutionBase):
                 col = col.reshape(g, o // g * math.prod(self.kernel), -1)
                 if want_w:
                     xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
-                    part = xp.matmul(xc, col.transpose(0, 2, 1))
+                    part = matmul_nt(xc, col)
                     dw = part if dw is None else dw + part
                 if propagate_down[i]:
                     dxc = xp.matmul(w, col).reshape(self.channels, -1)
@@ -772,7 +788,9 @@ class PoolWindows:
         xp = backend.array_module(x)
         n, c = x.shape[:2]
         if self.is_global:
-            return x.reshape(n, c, math.prod(self.in_hw)).sum(axis=-1).reshape(n, c, 1, 1) / x.dtype.type(math.prod(self.in_hw))
+            return x.reshape(n, c, math.prod(self.in_hw)).sum(axis=-1).reshape(n, c, 1, 1) / x.dtype.type(
+                math.prod(self.in_hw)
+            )
         y = self._sum(self._sum(self.pad_input(x, 0), 3), 2)
         y /= self.divisors(xp, x.dtype)
         return y

@@ -115,3 +115,25 @@ def run_layer_case(case: str, phase_name: str = "TRAIN") -> dict[str, float]:
                 elif key.startswith("param_diff_"):
                     check(key, params[int(key.rsplit("_", 1)[1])].diff)
     return errors
+
+
+def parametrize_layer_cases(types: set[str]):
+    """``pytest.mark.parametrize("case", ...)`` over the reference cases of ``types``.
+
+    Without the reference folder there is one placeholder that ``check_layer_case`` skips.
+    """
+    import pytest
+
+    cases = layer_cases(types)
+    return pytest.mark.parametrize("case", cases or [None], ids=[c["case"] for c in cases] or ["no-parity-data"])
+
+
+def check_layer_case(case: dict | None) -> dict[str, float]:
+    """Run one case given by ``parametrize_layer_cases``: skip without data, fail on any mismatch."""
+    import pytest
+
+    if case is None or parity_root() is None:
+        pytest.skip("shared/parity not available")
+    errors = run_layer_case(case["case"], case["phase"])
+    assert errors, f"{case['case']}: nothing was compared"
+    return errors

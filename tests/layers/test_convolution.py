@@ -178,6 +178,18 @@ def test_convolution_in_chunks_matches_one_piece(monkeypatch):
             numpy.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
 
 
+def test_blocked_weight_gradient_product():
+    # long, skinny products are summed in K-blocks; the result must equal the plain product
+    a, b = RNG.standard_normal((2, 3, 9000)), RNG.standard_normal((2, 4, 9000))
+    numpy.testing.assert_allclose(vision.matmul_nt(a, b), a @ b.transpose(0, 2, 1), rtol=1e-12)
+    layer, bottom, top = conv_layer("num_output: 2 kernel_size: 3", [RNG.standard_normal((4, 1, 50, 50))])
+    top[0].diff = RNG.standard_normal(top[0].shape)
+    layer.backward(top, [False], bottom)
+    windows = numpy.lib.stride_tricks.sliding_window_view(bottom[0].data[:, 0], (3, 3), axis=(1, 2))
+    want = numpy.einsum("nohw,nhwij->oij", top[0].diff, windows)
+    numpy.testing.assert_allclose(layer.blobs[0].diff[:, 0], want, rtol=1e-10)
+
+
 def test_deconvolution_values():
     x = numpy.array([[[[1.0, 2.0], [3.0, 4.0]]]])
     _, _, top = conv_layer(

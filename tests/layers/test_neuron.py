@@ -12,7 +12,7 @@ from netdef.errors import InvalidParameterError, NetdefError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
 from netdef.testing import check_gradient, make_layer, run_layer
-from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {
     "ReLU",
@@ -344,12 +344,9 @@ def test_in_place_matches_out_of_place(body):
 CASES = layer_cases(TYPES)
 
 
-@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+@parametrize_layer_cases(TYPES)
 def test_parity(case):
-    if parity_root() is None or case is None:
-        pytest.skip("shared/parity not available")
-    errors = run_layer_case(case["case"], case["phase"])
-    assert errors, "the case compared nothing"
+    check_layer_case(case)
 
 
 # --- errors -------------------------------------------------------------------------------

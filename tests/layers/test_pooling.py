@@ -66,6 +66,17 @@ def test_padding_drops_a_window_starting_in_the_padding():
     numpy.testing.assert_array_equal(y[0, 0], [[0, 2, 4], [10, 12, 14], [20, 22, 24]])
 
 
+def test_window_past_the_image_gives_caffes_initial_value():
+    # k1 s3 on width 5 rounds up to 3 windows; the last starts at 6, outside the image (a Caffe quirk)
+    x = numpy.array([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]])
+    layer = make_layer(
+        'type: "Pooling" pooling_param { pool: MAX kernel_h: 1 kernel_w: 1 stride_h: 1 stride_w: 3 }',
+        dtype=numpy.float32,
+    )
+    _, top = run_layer(layer, [x])
+    numpy.testing.assert_array_equal(top[0].data, [[[[1, 4, -numpy.finfo(numpy.float32).max]]]])
+
+
 def test_ave_padding_counts_in_the_divisor():
     (y,), dx = pool("pool: AVE kernel_size: 3 stride: 2 pad: 1", numpy.ones((1, 1, 3, 3)), dy=numpy.ones((1, 1, 2, 2)))
     # every window covers 2x2 image cells but is divided by 3x3

@@ -8,7 +8,7 @@ import pytest
 from netdef import backend
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.testing import check_gradient, make_layer, run_layer
-from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+from netdef.testing.parity import check_layer_case, parametrize_layer_cases
 
 
 def sigmoid(v: float) -> float:
@@ -320,14 +320,12 @@ def test_rnn_rejects_unknown_filler():
 
 
 # --- parity with Caffe --------------------------------------------------------------------------
-CASES = layer_cases({"LSTM", "RNN", "LSTMUnit"})
+TYPES = {"LSTM", "RNN", "LSTMUnit"}
 
 
-@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+@parametrize_layer_cases(TYPES)
 def test_parity(case):
-    if parity_root() is None or case is None:
-        pytest.skip("shared/parity not available")
-    errors = run_layer_case(case["case"], case["phase"])
+    errors = check_layer_case(case)
     assert any(k.startswith("top_") for k in errors)
 
 

@@ -105,6 +105,29 @@ def test_lrn_in_place():
     numpy.testing.assert_allclose(bottom[0].diff, want_dx)
 
 
+@pytest.mark.parametrize(
+    "definition",
+    [
+        'type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }',
+        'type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 }',
+        'type: "Im2col" convolution_param { kernel_size: 3 }',
+        'type: "Pooling" pooling_param { kernel_size: 2 stride: 2 }',
+        'type: "Pooling" pooling_param { pool: AVE global_pooling: true }',
+        'type: "SPP" spp_param { pyramid_height: 2 }',
+        'type: "LRN"',
+        'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL }',
+    ],
+)
+def test_empty_batch(definition):
+    """A batch of zero samples (e.g. after a Filter layer) flows through with the right shapes."""
+    layer = make_layer(definition)
+    bottom, top = run_layer(layer, [numpy.zeros((0, 2, 5, 5))])
+    top[0].diff = numpy.zeros(top[0].shape)
+    layer.param_propagate_down = [True] * len(layer.blobs)
+    layer.backward(top, [True], bottom)
+    assert top[0].shape[0] == 0 and bottom[0].diff.shape == (0, 2, 5, 5)
+
+
 # --- gradients --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "definition",
