@@ -27,44 +27,62 @@ def _scale_n(param, shape) -> float:
     return float(fan_in)
 
 
-def _constant(param, shape):
-    return numpy.full(shape, param.value, dtype=numpy.float64)
+# Each filler returns a NumPy array of ``dtype`` (float32 or float64); drawing in the
+# blob's own precision keeps a VGG-sized net from needing a float64 copy of every weight.
+def _uniform01(shape, dtype):
+    return backend.rng().random(size=shape, dtype=dtype)
 
 
-def _uniform(param, shape):
-    return backend.rng().uniform(param.min, param.max, size=shape)
+def _normal(shape, dtype):
+    return backend.rng().standard_normal(size=shape, dtype=dtype)
 
 
-def _gaussian(param, shape):
-    x = backend.rng().normal(param.mean, param.std, size=shape)
+def _constant(param, shape, dtype):
+    return numpy.full(shape, param.value, dtype=dtype)
+
+
+def _uniform(param, shape, dtype):
+    x = _uniform01(shape, dtype)
+    x *= param.max - param.min
+    x += param.min
+    return x
+
+
+def _gaussian(param, shape, dtype):
+    x = _normal(shape, dtype)
+    x *= param.std
+    x += param.mean
     if param.sparse >= 0:
         # Keep each weight with probability sparse / num_outputs (Caffe's sparse Gaussian).
         if len(shape) < 2:
             raise InvalidParameterError(f"gaussian filler with sparse needs a blob of >= 2 axes. Received shape {shape}")
         num_outputs = shape[0]
-        keep = backend.rng().random(size=shape) < param.sparse / num_outputs
-        x = x * keep
+        x *= _uniform01(shape, dtype) < param.sparse / num_outputs
     return x
 
 
-def _positive_unitball(param, shape):
-    x = backend.rng().uniform(0.0, 1.0, size=shape)
+def _positive_unitball(param, shape, dtype):
+    x = _uniform01(shape, dtype)
     rows = x.reshape(shape[0], -1) if shape else x.reshape(1, -1)
     rows /= rows.sum(axis=1, keepdims=True)
     return rows.reshape(shape)
 
 
-def _xavier(param, shape):
+def _xavier(param, shape, dtype):
     limit = numpy.sqrt(3.0 / _scale_n(param, shape))
-    return backend.rng().uniform(-limit, limit, size=shape)
+    x = _uniform01(shape, dtype)
+    x *= 2 * limit
+    x -= limit
+    return x
 
 
-def _msra(param, shape):
-    std = numpy.sqrt(2.0 / _scale_n(param, shape))
-    return backend.rng().normal(0.0, std, size=shape)
+def _msra(param, shape, dtype):
+    x = _normal(shape, dtype)
+    x *= numpy.sqrt(2.0 / _scale_n(param, shape))
+    return x
 
 
-def _bilinear(param, shape):
+def _bilinear(param, shape, dtype):
     if len(shape) != 4 or shape[2] != shape[3]:
         raise InvalidParameterError(
             f"bilinear filler needs a 4-D blob with square kernels. Received shape {tuple(shape)}"
@@ -74,7 +92,7 @@ def _bilinear(param, shape):
     c = (2 * f - 1 - f % 2) / (2.0 * f)
     idx = numpy.arange(k)
     w1 = 1 - numpy.abs(idx / f - c)
-    kernel = numpy.outer(w1, w1)
+    kernel = numpy.outer(w1, w1).astype(dtype)
     return numpy.broadcast_to(kernel, shape).copy()
 
 
@@ -101,6 +119,7 @@ def fill(blob: Blob, param) -> Blob:
             f'Unknown filler type "{param.type}".{did_you_mean(param.type, _FILLERS)} '
             f"Valid: {', '.join(filler_types())}"
         )
-    values = fn(param, blob.shape)
-    blob.data = backend.asarray(numpy.asarray(values, dtype=blob.dtype), blob.xp, blob.dtype)
+    dtype = blob.dtype if blob.dtype in (numpy.float32, numpy.float64) else numpy.float64
+    values = fn(param, tuple(blob.shape), dtype)
+    blob.data = backend.asarray(values.astype(blob.dtype, copy=False), blob.xp, blob.dtype)
     return blob

@@ -125,7 +125,7 @@ def test_failed_save_keeps_the_previous_weights(tmp_path, monkeypatch, suffix):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cm, "encode_net", fail)
+    monkeypatch.setattr(cm, "encode_net_chunks", fail)
     monkeypatch.setattr(cm.backend, "to_numpy", fail)
     with pytest.raises(OSError, match="disk full"):
         net.save(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import numpy
 
@@ -36,7 +37,13 @@ def net_to_proto(net, write_diff: bool = False):
 
 def encode_net(net, write_diff: bool = False) -> bytes:
     """``net_to_proto(net, write_diff).SerializeToString()``, built without per-value Python objects."""
-    parts = [length_delimited(1, net.name.encode("utf-8"))] if net.name else []
+    return b"".join(encode_net_chunks(net, write_diff))
+
+
+def encode_net_chunks(net, write_diff: bool = False) -> Iterator[bytes]:
+    """The serialised NetParameter one layer at a time, so a writer never holds the whole file."""
+    if net.name:
+        yield length_delimited(1, net.name.encode("utf-8"))
     for layer in net.layers:
         lp = pb.LayerParameter()
         lp.CopyFrom(layer.param)
@@ -46,8 +53,7 @@ def encode_net(net, write_diff: bool = False) -> bytes:
                                             backend.to_numpy(blob.diff) if write_diff else None))
             for blob in layer.blobs
         )
-        parts.append(length_delimited(100, lp.SerializeToString() + blobs))  # NetParameter.layer = 100
-    return b"".join(parts)
+        yield length_delimited(100, lp.SerializeToString() + blobs)  # NetParameter.layer = 100
 
 
 def save_weights(net, path: str, write_diff: bool = False, atomic: bool = True) -> None:
@@ -79,7 +85,8 @@ def _write_weights(net, path: str, write_diff: bool) -> None:
                         dgroup.create_dataset(str(i), data=backend.to_numpy(blob.diff))
         return
     with open(path, "wb") as f:
-        f.write(encode_net(net, write_diff))
+        for chunk in encode_net_chunks(net, write_diff):
+            f.write(chunk)
 
 
 def read_weight_blobs(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
