@@ -148,3 +148,44 @@ def test_reads_caffemodel_written_by_caffe():
     weights = read_weights(str(root / "nets" / "lenet" / "weights.caffemodel"))
     assert weights["conv1"][0].shape == (20, 1, 5, 5)
     assert weights["ip2"][1].shape == (10,)
+
+
+def _protobuf_read(path):
+    param = pb.NetParameter()
+    param.ParseFromString(open(path, "rb").read())
+    layers = list(param.layer) or list(param.layers)
+    return {l.name: [proto_to_array(b) for b in l.blobs] for l in layers if l.blobs}
+
+
+def test_memory_mapped_reader_agrees_with_protobuf(tmp_path):
+    from netdef.io import wire
+
+    net = make()
+    path = str(tmp_path / "w.caffemodel")
+    net.save(path)
+    paths = [path]
+    root = parity_root()
+    if root is not None:
+        paths.append(str(root / "nets" / "cifar10_quick" / "weights.caffemodel"))
+    v1 = pb.NetParameter()
+    layer = v1.layers.add(name="ip", type=pb.V1LayerParameter.INNER_PRODUCT)
+    layer.blobs.add(num=1, channels=1, height=2, width=2, data=[1, 2, 3, 4])
+    (tmp_path / "v1.caffemodel").write_bytes(v1.SerializeToString())
+    paths.append(str(tmp_path / "v1.caffemodel"))
+    for p in paths:
+        fast = wire.read_layers(p)
+        slow = _protobuf_read(p)
+        assert list(fast) == list(slow)
+        for name in slow:
+            for (a, _), b in zip(fast[name], slow[name]):
+                assert a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert wire.read_layers(str(tmp_path / "v1.caffemodel"))["ip"][0][1] is True  # legacy 4-D shape
+
+
+def test_truncated_caffemodel_is_a_named_error(tmp_path):
+    path = tmp_path / "w.caffemodel"
+    make().save(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 7])
+    with pytest.raises(WeightsFileError, match="w.caffemodel"):
+        make().copy_from(str(path))

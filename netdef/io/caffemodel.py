@@ -11,6 +11,7 @@ from .. import backend
 from ..errors import ShapeMismatchError, WeightsFileError
 from ..proto import netdef_pb2 as pb
 from ..proto.upgrade import upgrade_net
+from . import wire
 from .atomic import atomic_target
 from .blobproto import array_to_proto, blob_shape, encode_blob, length_delimited, proto_to_array
 
@@ -110,6 +111,12 @@ def read_weight_blobs(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
                 }
         except OSError as err:
             raise WeightsFileError(f"{path}: cannot read HDF5 weights: {err}") from None
+    try:
+        return wire.read_layers(path)
+    except wire.Unsupported:
+        pass  # legacy V0 layers or unpacked values: protobuf reads those
+    except (IndexError, ValueError) as err:
+        raise WeightsFileError(f"{path}: not a binary .caffemodel (NetParameter) file: {err}") from None
     param = pb.NetParameter()
     try:
         with open(path, "rb") as f:

@@ -1,0 +1,176 @@
+"""Caffe's data transformation (``transform_param``) applied to whole batches.
+
+The data layers (``Data``, ``ImageData``, ``WindowData``) hand a batch of raw
+samples, N x C x H x W with pixel values as stored (0..255 for images), to a
+:class:`DataTransformer`, which does what Caffe's ``DataTransformer`` does to
+each sample:
+
+1. crop ``crop_size`` x ``crop_size``: at a random offset in the TRAIN phase,
+   centred (``(H - crop_size) // 2``) in the TEST phase;
+2. mirror (flip left-right) with probability 1/2 when ``mirror`` is set — in
+   every phase, as Caffe does;
+3. subtract the mean: ``mean_file`` (a C x H x W ``.binaryproto`` image of the
+   uncropped size, cut with the same offsets and flipped with the data) or
+   ``mean_value`` (one value for all channels, or one per channel);
+4. multiply by ``scale``.
+
+That is ``y = (crop_mirror(x) - crop_mirror(mean)) * scale``, computed in the
+float type of the net. Random choices come from :func:`netdef.backend.rng`
+(seeded by :func:`netdef.set_random_seed`), drawn per batch as arrays: first the
+N mirror flags, then the N row offsets, then the N column offsets.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy
+
+from .. import backend
+from ..errors import InvalidParameterError, NetdefError, ShapeMismatchError, WeightsFileError
+
+TRAIN = 0
+
+ErrorFactory = Callable[..., Exception]
+
+
+def _plain_error(message: str, cls: type[Exception] = InvalidParameterError) -> Exception:
+    return cls(message)
+
+
+def read_mean_file(path: str, error: ErrorFactory = _plain_error) -> numpy.ndarray:
+    """A ``.binaryproto`` mean image as a C x H x W float32 array (a leading axis of 1 is dropped)."""
+    from ..io.blobproto import read_binaryproto
+
+    try:
+        mean = read_binaryproto(path)
+    except WeightsFileError as err:
+        raise error(f"transform_param.mean_file: {err}", WeightsFileError) from None
+    if mean.ndim == 4 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim == 2:
+        mean = mean[None]
+    if mean.ndim != 3:
+        raise error(f"transform_param.mean_file {path} must hold one C x H x W image. Received: shape {mean.shape}",
+                    ShapeMismatchError)
+    return numpy.asarray(mean, dtype=numpy.float32)
+
+
+class DataTransformer:
+    """Crop, mirror, mean subtraction and scale of a ``TransformationParameter``, over a batch.
+
+    Args:
+        param: the layer's ``transform_param``.
+        phase: ``netdef.TRAIN`` (0) or ``netdef.TEST`` (1); decides random or centre crops.
+        error: makes the exception to raise from a message and an error class (a layer passes
+            its ``error`` method so that messages name the layer).
+        base_dir: ``mean_file`` is looked up relative to the working directory first (Caffe's
+            rule), then relative to this folder.
+    """
+
+    def __init__(self, param, phase: int = TRAIN, error: ErrorFactory = _plain_error, base_dir: str | None = None):
+        self.error = error
+        self.phase = int(phase)
+        self.scale = float(param.scale)
+        self.mirror = bool(param.mirror)
+        self.crop_size = int(param.crop_size)
+        self.force_color = bool(param.force_color)
+        self.force_gray = bool(param.force_gray)
+        if self.force_color and self.force_gray:
+            raise error("transform_param cannot set both force_color and force_gray. Received: both true")
+        has_mean_file = param.HasField("mean_file") and bool(param.mean_file)
+        if has_mean_file and len(param.mean_value):
+            raise error(
+                "transform_param takes mean_file or mean_value, not both. Received: mean_file "
+                f'"{param.mean_file}" and {len(param.mean_value)} mean_value(s)'
+            )
+        self.mean_image: numpy.ndarray | None = None
+        self.mean_values: numpy.ndarray | None = None
+        if has_mean_file:
+            from ..layers.data import _resolve
+
+            path = _resolve(param.mean_file, base_dir or os.getcwd())
+            self.mean_image = read_mean_file(path, error)
+        elif len(param.mean_value):
+            self.mean_values = numpy.asarray(param.mean_value, dtype=numpy.float32)
+
+    @property
+    def random_crop(self) -> bool:
+        """Whether crops are drawn at random (TRAIN phase with a crop size)."""
+        return bool(self.crop_size) and self.phase == TRAIN
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The N x C x H' x W' shape a batch of ``shape`` (N, C, H, W) becomes; errors if it cannot crop."""
+        n, c, h, w = (int(d) for d in shape)
+        if c < 1:
+            raise self.error(f"data needs at least one channel. Received: shape {tuple(shape)}", ShapeMismatchError)
+        if self.crop_size:
+            if self.crop_size > h or self.crop_size > w:
+                raise self.error(
+                    f"transform_param.crop_size {self.crop_size} is larger than the data ({h} x {w}). "
+                    f"Valid: crop_size <= {min(h, w)}",
+                    ShapeMismatchError,
+                )
+            return (n, c, self.crop_size, self.crop_size)
+        return (n, c, h, w)
+
+    def _check_mean(self, c: int, h: int, w: int) -> None:
+        if self.mean_image is not None and self.mean_image.shape != (c, h, w):
+            raise self.error(
+                f"the mean_file image must have the data's shape before cropping ({c}, {h}, {w}). "
+                f"Received: mean shape {self.mean_image.shape}",
+                ShapeMismatchError,
+            )
+        if self.mean_values is not None and self.mean_values.size not in (1, c):
+            raise self.error(
+                f"transform_param needs 1 mean_value or one per channel ({c}). Received: {self.mean_values.size}",
+            )
+
+    def draw(self, n: int, h: int, w: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """Per-sample mirror flags, row offsets and column offsets for ``n`` samples of h x w."""
+        rng = backend.rng()
+        flips = rng.integers(0, 2, size=n).astype(bool) if self.mirror else numpy.zeros(n, dtype=bool)
+        if self.random_crop:
+            rows = rng.integers(0, h - self.crop_size + 1, size=n)
+            cols = rng.integers(0, w - self.crop_size + 1, size=n)
+        elif self.crop_size:
+            rows = numpy.full(n, (h - self.crop_size) // 2)
+            cols = numpy.full(n, (w - self.crop_size) // 2)
+        else:
+            rows = cols = numpy.zeros(n, dtype=numpy.int64)
+        return flips, rows, cols
+
+    def transform(self, batch, dtype=numpy.float32) -> numpy.ndarray:
+        """Transform an N x C x H x W batch (any real dtype; uint8 for images) into a ``dtype`` array."""
+        x = numpy.asarray(batch)
+        if x.ndim != 4:
+            raise self.error(f"the transformer takes an N x C x H x W batch. Received: shape {x.shape}",
+                             ShapeMismatchError)
+        n, c, h, w = x.shape
+        _, _, ch, cw = self.output_shape(x.shape)
+        self._check_mean(c, h, w)
+        dtype = numpy.dtype(dtype)
+        flips, rows, cols = self.draw(n, h, w)
+        # one gather for the whole batch: per-sample row indices and (possibly reversed) column indices
+        r = rows[:, None] + numpy.arange(ch)
+        step = numpy.where(flips[:, None], numpy.arange(cw - 1, -1, -1), numpy.arange(cw))
+        q = cols[:, None] + step
+        ri, qi = r[:, None, :, None], q[:, None, None, :]
+        y = x[numpy.arange(n)[:, None, None, None], numpy.arange(c)[None, :, None, None], ri, qi].astype(dtype)
+        if self.mean_image is not None:
+            y -= self.mean_image.astype(dtype)[numpy.arange(c)[None, :, None, None], ri, qi]
+        elif self.mean_values is not None:
+            y -= numpy.broadcast_to(self.mean_values.astype(dtype), (c,))[None, :, None, None]
+        if self.scale != 1:
+            y *= dtype.type(numpy.float32(self.scale))
+        return y
+
+
+def color_flags(transformer: DataTransformer | None) -> tuple[bool, bool]:
+    """``(force_color, force_gray)`` of a transformer (both False without one)."""
+    if transformer is None:
+        return False, False
+    return transformer.force_color, transformer.force_gray
+
+
+__all__ = ["DataTransformer", "NetdefError", "color_flags", "read_mean_file"]
