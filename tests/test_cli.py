@@ -112,3 +112,44 @@ def test_digits_example_reaches_97_percent(digits, capsys):
     accs = [float(line.rsplit("=", 1)[1]) for line in err.splitlines() if "Test net output #0: accuracy" in line]
     assert accs[-1] >= 0.97
     numpy.testing.assert_array_less(0, accs)
+
+
+def _train_until(digits, effect):
+    """Start a long training run and send SIGINT once iteration 20 is logged."""
+    import signal
+
+    solver = short_solver(digits, max_iter=100000).replace(str(digits) + os.sep, "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netdef", "train", solver, "--sigint_effect", effect],
+        cwd=digits, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    for line in proc.stderr:
+        if "Iteration 20 (" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    return proc
+
+
+def test_ctrl_c_stops_cleanly_with_a_final_snapshot(digits):
+    proc = _train_until(digits, "stop")
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0, err
+    # as in Caffe, stopping early still writes the final snapshot (snapshot_after_train)
+    assert list((digits / "models" / "digits").glob("digits_iter_*.caffemodel"))
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_with_snapshot_effect_snapshots_and_continues(digits):
+    proc = _train_until(digits, "snapshot")
+    try:
+        snapshotted = False
+        for line in proc.stderr:
+            snapshotted |= "Snapshotting solver state" in line
+            if snapshotted and "Iteration" in line and "loss = " in line:
+                break  # an iteration logged after the snapshot: its files are in place
+        assert snapshotted
+        assert proc.poll() is None, "training should continue after a snapshot request"
+        assert list((digits / "models" / "digits").glob("digits_iter_*.solverstate"))
+    finally:
+        proc.kill()
+        proc.communicate()

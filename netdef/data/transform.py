@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy
 
 from .. import backend
-from ..errors import InvalidParameterError, NetdefError, ShapeMismatchError, WeightsFileError
+from ..errors import InvalidParameterError, ShapeMismatchError, WeightsFileError
 
 TRAIN = 0
 
@@ -166,11 +166,4 @@ class DataTransformer:
         return y
 
 
-def color_flags(transformer: DataTransformer | None) -> tuple[bool, bool]:
-    """``(force_color, force_gray)`` of a transformer (both False without one)."""
-    if transformer is None:
-        return False, False
-    return transformer.force_color, transformer.force_gray
-
-
-__all__ = ["DataTransformer", "NetdefError", "color_flags", "read_mean_file"]
+__all__ = ["DataTransformer", "read_mean_file"]
