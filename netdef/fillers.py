@@ -55,7 +55,9 @@ def _gaussian(param, shape, dtype):
     if param.sparse >= 0:
         # Keep each weight with probability sparse / num_outputs (Caffe's sparse Gaussian).
         if len(shape) < 2:
-            raise InvalidParameterError(f"gaussian filler with sparse needs a blob of >= 2 axes. Received shape {shape}")
+            raise InvalidParameterError(
+                f"gaussian filler with sparse needs a blob of >= 2 axes. Received shape {shape}"
+            )
         num_outputs = shape[0]
         x *= _uniform01(shape, dtype) < param.sparse / num_outputs
     return x

@@ -188,7 +188,8 @@ def test_sharing_shape_mismatch_is_named():
 
 def test_permissive_sharing_allows_same_count():
     text = """
-    layer { name: "data" type: "Input" top: "a" top: "b" input_param { shape { dim: 1 dim: 6 } shape { dim: 1 dim: 2 } } }
+    layer { name: "data" type: "Input" top: "a" top: "b"
+            input_param { shape { dim: 1 dim: 6 } shape { dim: 1 dim: 2 } } }
     layer { name: "p" type: "InnerProduct" bottom: "a" top: "x" param { name: "w" share_mode: PERMISSIVE }
             inner_product_param { num_output: 2 bias_term: false } }
     layer { name: "q" type: "InnerProduct" bottom: "b" top: "y" param { name: "w" share_mode: PERMISSIVE }
@@ -202,7 +203,8 @@ def test_permissive_sharing_allows_same_count():
 
 def test_backward_pruning_and_lr_mult_zero():
     text = """
-    layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
+    layer { name: "data" type: "Input" top: "data" top: "label"
+            input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
     layer { name: "frozen" type: "InnerProduct" bottom: "data" top: "f" param { lr_mult: 0 } param { lr_mult: 0 }
             inner_product_param { num_output: 2 } }
     layer { name: "ip" type: "InnerProduct" bottom: "f" top: "y" inner_product_param { num_output: 2 } }

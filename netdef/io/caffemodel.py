@@ -104,7 +104,9 @@ def read_weight_blobs(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
         try:
             with h5py.File(path, "r") as f:
                 if "data" not in f:
-                    raise WeightsFileError(f"{path}: HDF5 weights need a /data group (Caffe's layout /data/<layer>/<i>)")
+                    raise WeightsFileError(
+                        f"{path}: HDF5 weights need a /data group (Caffe's layout /data/<layer>/<i>)"
+                    )
                 return {
                     name: [(numpy.asarray(group[str(i)]), False) for i in range(len(group))]
                     for name, group in f["data"].items()

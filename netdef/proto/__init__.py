@@ -65,7 +65,9 @@ def parse_text(text: str, message: Message, source: str = "<string>") -> Message
 def _check_dict_fields(data, message: Message, source: str, path: str = "") -> None:
     """Reject unknown keys in a YAML/JSON mapping with a did-you-mean message."""
     if not isinstance(data, dict):
-        raise PrototxtSyntaxError(f"{source}: expected a mapping for {message.DESCRIPTOR.name}{path}, got {type(data).__name__}")
+        raise PrototxtSyntaxError(
+            f"{source}: expected a mapping for {message.DESCRIPTOR.name}{path}, got {type(data).__name__}"
+        )
     fields = message.DESCRIPTOR.fields_by_name
     for key, value in data.items():
         field = fields.get(key)
@@ -80,7 +82,8 @@ def _check_dict_fields(data, message: Message, source: str, path: str = "") -> N
             items = value if isinstance(value, list) else [value]
             for k, item in enumerate(items):
                 proto = sub.add() if field.is_repeated else sub
-                _check_dict_fields(item, proto, source, f"{path}.{key}[{k}]" if isinstance(value, list) else f"{path}.{key}")
+                where = f"{path}.{key}[{k}]" if isinstance(value, list) else f"{path}.{key}"
+                _check_dict_fields(item, proto, source, where)
 
 
 def parse_mapping(data, message: Message, source: str = "<mapping>") -> Message:

@@ -115,7 +115,8 @@ def upgrade_v1_layer(v1, where: str):
         if i < len(v1.weight_decay):
             spec.decay_mult = v1.weight_decay[i]
     for field in pb.V1LayerParameter.DESCRIPTOR.fields:
-        if field.name.endswith("_param") and field.name not in ("transform_param", "loss_param") and v1.HasField(field.name):
+        special = field.name in ("transform_param", "loss_param")
+        if field.name.endswith("_param") and not special and v1.HasField(field.name):
             getattr(layer, field.name).CopyFrom(getattr(v1, field.name))
     return layer
 

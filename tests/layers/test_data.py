@@ -121,8 +121,10 @@ def test_memorydata_serves_batches_in_order():
 
 def test_hdf5output_appends_batches(tmp_path):
     out = tmp_path / "out.h5"
-    n = net('layer { name: "i" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
-            f'layer {{ name: "o" type: "HDF5Output" bottom: "x" bottom: "y" hdf5_output_param {{ file_name: "{out}" }} }}')
+    n = net('layer { name: "i" type: "Input" top: "x" top: "y" '
+            'input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
+            f'layer {{ name: "o" type: "HDF5Output" bottom: "x" bottom: "y" '
+            f'hdf5_output_param {{ file_name: "{out}" }} }}')
     n.blobs["x"].data[...] = 1
     n.forward()
     n.blobs["x"].data[...] = 2
