@@ -100,7 +100,38 @@ def decode_datum(value: bytes, force_color: bool = False, force_gray: bool = Fal
     return arr.reshape(shape), int(datum.label)
 
 
-# --- database cursors ---------------------------------------------------------------------------------
+# --- database cursors ---
+# lmdb and plyvel refuse to open one database twice in a process, yet a TRAIN and a TEST net (or a
+# net built again in a notebook) may read the same one: readers of a path share one open handle.
+# Each reader ends its own cursor first and the last one closes the database; closing it under a
+# live cursor crashes plyvel, so handles have no finalizer of their own.
+_OPEN: dict[tuple[str, str], _Handle] = {}
+
+
+class _Handle:
+    """An open database object and the number of readers using it."""
+
+    def __init__(self, key: tuple[str, str], obj):
+        self.key = key
+        self.obj = obj
+        self.users = 0
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            _OPEN.pop(self.key, None)
+            self.obj.close()
+
+
+def _acquire(kind: str, path: str, opener) -> _Handle:
+    key = (kind, os.path.realpath(path))
+    handle = _OPEN.get(key)
+    if handle is None:
+        handle = _OPEN[key] = _Handle(key, opener())
+    handle.users += 1
+    return handle
+
+
 Record = tuple[bytes, bytes]
 
 
@@ -180,8 +211,21 @@ class DatabaseReader:
         self.current = record
         self.epoch = int(state.get("epoch", 0))
 
+    def _end_cursor(self) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
-        """Release the database."""
+        """End this reader's cursor; the last reader of a database closes it."""
+        handle, self.handle = getattr(self, "handle", None), None
+        if handle is not None:
+            self._end_cursor()
+            handle.release()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # during interpreter shutdown the database modules may be gone already
+            pass
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}>"
@@ -205,12 +249,18 @@ class LMDBReader(DatabaseReader):
         if not os.path.exists(path):
             raise error(f"LMDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
-            self.env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path),
-                                 max_readers=126)
-            self.txn = self.env.begin(buffers=False)
-            self.cursor = self.txn.cursor()
+            handle = _acquire("lmdb", path, lambda: lmdb.open(
+                path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path), max_readers=126))
         except lmdb.Error as err:
             raise error(f"cannot open the LMDB database {path}: {err}", DataSourceError) from None
+        self.env = handle.obj
+        try:
+            self.txn = self.env.begin(buffers=False)
+        except lmdb.Error as err:
+            handle.release()
+            raise error(f"cannot read the LMDB database {path}: {err}", DataSourceError) from None
+        self.cursor = self.txn.cursor()
+        self.handle = handle
         self._start()
 
     def _item(self, found: bool) -> Record | None:
@@ -228,9 +278,8 @@ class LMDBReader(DatabaseReader):
     def __len__(self) -> int:
         return int(self.txn.stat()["entries"])
 
-    def close(self) -> None:
+    def _end_cursor(self) -> None:
         self.txn.abort()
-        self.env.close()
 
 
 class LevelDBReader(DatabaseReader):
@@ -252,10 +301,12 @@ class LevelDBReader(DatabaseReader):
         if not os.path.exists(path):
             raise error(f"LevelDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
-            self.db = plyvel.DB(path, create_if_missing=False)
+            handle = _acquire("leveldb", path, lambda: plyvel.DB(path, create_if_missing=False))
         except Exception as err:  # plyvel raises its own Error classes and IOError
             raise error(f"cannot open the LevelDB database {path}: {err}", DataSourceError) from None
+        self.db = handle.obj
         self.it = self.db.iterator()
+        self.handle = handle
         self._start()
 
     def _first(self) -> Record | None:
@@ -269,9 +320,8 @@ class LevelDBReader(DatabaseReader):
         self.it.seek(key)
         return next(self.it, None)
 
-    def close(self) -> None:
+    def _end_cursor(self) -> None:
         self.it.close()
-        self.db.close()
 
 
 def _looks_like_lmdb(path: str) -> bool:

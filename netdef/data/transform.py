@@ -151,19 +151,31 @@ class DataTransformer:
         self._check_mean(c, h, w)
         dtype = numpy.dtype(dtype)
         flips, rows, cols = self.draw(n, h, w)
-        # one gather for the whole batch: per-sample row indices and (possibly reversed) column indices
-        r = rows[:, None] + numpy.arange(ch)
-        step = numpy.where(flips[:, None], numpy.arange(cw - 1, -1, -1), numpy.arange(cw))
-        q = cols[:, None] + step
-        ri, qi = r[:, None, :, None], q[:, None, None, :]
-        y = x[numpy.arange(n)[:, None, None, None], numpy.arange(c)[None, :, None, None], ri, qi].astype(dtype)
+        y = _cut(x, numpy.arange(n), rows, cols, ch, cw).astype(dtype)
         if self.mean_image is not None:
-            y -= self.mean_image.astype(dtype)[numpy.arange(c)[None, :, None, None], ri, qi]
+            y -= _cut(self.mean_image[None].astype(dtype), numpy.zeros(n, dtype=numpy.intp), rows, cols, ch, cw)
         elif self.mean_values is not None:
             y -= numpy.broadcast_to(self.mean_values.astype(dtype), (c,))[None, :, None, None]
+        if flips.any():
+            # flipping after the mean subtraction flips the mean with the data, as Caffe's indexing does
+            y[flips] = y[flips][..., ::-1]
         if self.scale != 1:
             y *= dtype.type(numpy.float32(self.scale))
         return y
+
+
+def _cut(a: numpy.ndarray, index: numpy.ndarray, rows: numpy.ndarray, cols: numpy.ndarray, ch: int,
+         cw: int) -> numpy.ndarray:
+    """``a[index[i], :, rows[i]:rows[i] + ch, cols[i]:cols[i] + cw]`` for every i, as one N x C x ch x cw array.
+
+    Equal offsets (no crop, or TEST-phase crops) are one slice; per-sample offsets are one gather
+    from a sliding-window view (no copy until the gather).
+    """
+    if (rows == rows[0]).all() and (cols == cols[0]).all():
+        r, q = int(rows[0]), int(cols[0])
+        return a[:, :, r:r + ch, q:q + cw]
+    windows = numpy.lib.stride_tricks.sliding_window_view(a, (ch, cw), axis=(2, 3))
+    return windows[index, :, rows, cols]
 
 
 __all__ = ["DataTransformer", "read_mean_file"]

@@ -5,7 +5,7 @@ Used as pycaffe's ``caffe.layers`` too: ``from netdef import layers as L`` and
 :class:`netdef.NetSpec` (see :mod:`netdef.netspec`).
 """
 # Each module registers its layer types on import.
-from . import common, data, loss, neuron, normalization, python_layer, recurrent, vision  # noqa: F401,E402
+from . import common, data, db_data, loss, neuron, normalization, python_layer, recurrent, vision  # noqa: F401,E402
 from .base import Layer, LossLayer, NeuronLayer, layer_class, layer_type_list, register_layer
 
 __all__ = ["Layer", "LossLayer", "NeuronLayer", "layer_class", "layer_type_list", "register_layer"]
