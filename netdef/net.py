@@ -369,6 +369,43 @@ class Net:
         names += [b for b in (blobs or ()) if b not in names]
         return {n: self.blobs[n].data for n in names}
 
+    def forward_all(self, blobs: Iterable[str] | None = None, **inputs) -> dict:
+        """Forward over inputs of any length, a batch at a time (pycaffe's ``net.forward_all``).
+
+        Each keyword gives an input blob's values for all samples (first axis); the
+        net runs in batches of that blob's batch size, the last batch padded with
+        zeros, and the outputs (plus ``blobs``) come back concatenated, trimmed to
+        the number of samples, as NumPy arrays.
+        """
+        names = list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]
+        if not inputs:
+            return {n: backend.to_numpy(v).copy() for n, v in self.forward(blobs).items()}
+        arrays = {k: backend.to_numpy(v) for k, v in inputs.items()}
+        counts = {len(v) for v in arrays.values()}
+        if len(counts) != 1:
+            raise ShapeMismatchError(
+                "forward_all inputs need the same number of samples. Received: "
+                + ", ".join(f"{k}: {len(v)}" for k, v in arrays.items())
+            )
+        total = counts.pop()
+        for name in arrays:
+            if name not in self.blobs:
+                raise NetdefError(f'forward_all() got input "{name}", which is not a blob of this net')
+        batch = self.blobs[next(iter(arrays))].shape[0]
+        pieces: dict[str, list] = {n: [] for n in names}
+        for start in range(0, total, batch):
+            take = min(batch, total - start)
+            feed = {}
+            for k, v in arrays.items():
+                chunk = v[start: start + take]
+                if take < batch:
+                    chunk = numpy.concatenate([chunk, numpy.zeros((batch - take,) + chunk.shape[1:], chunk.dtype)])
+                feed[k] = chunk
+            out = self.forward(blobs, **feed)
+            for n in names:
+                pieces[n].append(backend.to_numpy(out[n])[:take].copy())
+        return {n: numpy.concatenate(p) for n, p in pieces.items()}
+
     def backward(self, diffs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
                  **top_diffs) -> dict:
         """Backward pass; returns ``{input name: diff}`` (pycaffe's ``net.backward``)."""

@@ -297,3 +297,19 @@ def test_save_and_copy_from_roundtrip(tmp_path):
             numpy.testing.assert_array_equal(pa.data, pb_.data)
     c = netdef.Net(net_from_text(MLP), netdef.TEST, weights=path)
     numpy.testing.assert_array_equal(c.params["ip1"][0].data, a.params["ip1"][0].data)
+
+
+def test_forward_all_batches_pads_and_trims():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+    """
+    net = make_net(text, netdef.TEST)
+    x = numpy.arange(30, dtype=numpy.float32).reshape(10, 3)
+    out = net.forward_all(data=x)
+    w = net.params["ip"][0].data
+    assert out["ip"].shape == (10, 2)
+    numpy.testing.assert_allclose(out["ip"], x @ w.T, rtol=1e-5)
+    with pytest.raises(ShapeMismatchError, match="same number of samples"):
+        net.forward_all(data=x, ip=numpy.zeros((3, 2)))
