@@ -153,3 +153,15 @@ def test_ctrl_c_with_snapshot_effect_snapshots_and_continues(digits):
     finally:
         proc.kill()
         proc.communicate()
+
+
+SMALL_MODELS = ["lenet", "cifar10_quick", "cifar10_full", "mnist_autoencoder", "mnist_siamese", "mlp_sigmoid",
+                "mlp_tanh", "mlp_deep", "cifar10_bn_dropout", "inception_mini", "resnet_mini", "digits"]
+
+
+@pytest.mark.parametrize("model", SMALL_MODELS)
+def test_netdef_test_runs_each_small_model(model, capsys):
+    deploy = REPO / "models" / model / "deploy.prototxt"
+    assert main(["test", "--model", str(deploy), "--iterations", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " = " in line]
+    assert lines and all(numpy.isfinite(float(line.rsplit("=", 1)[1])) for line in lines)
