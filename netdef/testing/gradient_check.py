@@ -121,3 +121,34 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
                 )
     objective()
     return {"checked": checked, "max_error": worst}
+
+
+def check_gpu_matches_cpu(definition, bottoms: Sequence, *, rtol: float = 1e-10, atol: float = 1e-12,
+                          phase: int = pb.TRAIN, other_xp=None) -> None:
+    """Run one layer forward and backward on NumPy and on CuPy (float64) and compare every result.
+
+    Compared: tops, bottom diffs, parameter values (forward may update them, e.g.
+    BatchNorm statistics) and parameter diffs. Skips (pytest) when CuPy or a CUDA
+    device is missing. The random stream is reset before each run and the top diffs
+    are a fixed cosine pattern, so both runs see the same inputs.
+    """
+    if other_xp is None:  # the normal case; other_xp lets the comparison itself be tested without a GPU
+        import pytest
+
+        if not backend.gpu_available():
+            pytest.skip("CuPy or a CUDA device is not available")
+        import cupy as other_xp
+
+    results = []
+    for xp in (numpy, other_xp):
+        backend.set_random_seed(0)
+        layer = make_layer(definition, phase=phase, xp=xp)
+        bottom, top = run_layer(layer, bottoms)
+        for t in top:
+            t.diff = xp.asarray(numpy.cos(numpy.arange(t.count)).reshape(t.shape))
+        layer.param_propagate_down = [True] * len(layer.blobs)
+        layer.backward(top, [True] * len(bottom), bottom)
+        arrays = [t.data for t in top] + [b.diff for b in bottom] + [p.data for p in layer.blobs]
+        results.append([backend.to_numpy(a) for a in arrays + [p.diff for p in layer.blobs]])
+    for cpu, gpu in zip(*results):
+        numpy.testing.assert_allclose(gpu, cpu, rtol=rtol, atol=atol)

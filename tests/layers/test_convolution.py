@@ -9,7 +9,7 @@ from netdef import backend
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.layers import vision
 from netdef.testing import check_gradient, make_layer, run_layer
-from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {"Convolution", "Deconvolution", "Im2col"}
 RNG = numpy.random.default_rng(7)
@@ -314,12 +314,9 @@ def test_backward_respects_propagate_flags():
 CASES = layer_cases(TYPES)
 
 
-@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+@parametrize_layer_cases(TYPES)
 def test_parity(case):
-    if parity_root() is None or case is None:
-        pytest.skip("shared/parity not available")
-    errors = run_layer_case(case["case"], case["phase"])
-    assert errors, "the case compared nothing"
+    check_layer_case(case)
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -7,11 +7,10 @@ import pytest
 from google.protobuf import text_format
 
 import netdef
-from netdef import backend
 from netdef.errors import InvalidParameterError, NetdefError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
-from netdef.testing import check_gradient, make_layer, run_layer
+from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
 from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {
@@ -396,22 +395,4 @@ def test_layer_count_checks():
 @pytest.mark.gpu
 @pytest.mark.parametrize("definition", [c[0] for c in GRADIENT_CASES if "Dropout" not in c[0]])
 def test_gpu_matches_cpu(definition):
-    if not backend.gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-
-    x = numpy.abs(X) + 0.5 if "Log" in definition else X
-    out = []
-    for xp in (numpy, cupy):
-        backend.set_random_seed(0)
-        layer = make_layer(definition, xp=xp)
-        bottom, top = run_layer(layer, [x])
-        top[0].diff = xp.asarray(numpy.cos(numpy.arange(x.size)).reshape(x.shape))
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True], bottom)
-        out.append(
-            [backend.to_numpy(top[0].data), backend.to_numpy(bottom[0].diff)]
-            + [backend.to_numpy(b.diff) for b in layer.blobs]
-        )
-    for a, b in zip(*out, strict=True):
-        numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    check_gpu_matches_cpu(definition, [numpy.abs(X) + 0.5 if "Log" in definition else X])

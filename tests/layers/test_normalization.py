@@ -6,11 +6,10 @@ import numpy
 import pytest
 
 import netdef
-from netdef import backend
 from netdef.errors import InvalidParameterError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
-from netdef.testing import check_gradient, make_layer, run_layer
+from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
 from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {"BatchNorm", "Scale", "Bias", "MVN"}
@@ -377,26 +376,4 @@ def test_batchnorm_channel_change_is_refused():
 @pytest.mark.gpu
 @pytest.mark.parametrize("definition,bottoms,phase,kwargs", GRADIENT_CASES)
 def test_gpu_matches_cpu(definition, bottoms, phase, kwargs):
-    if not backend.gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-
-    out = []
-    for xp in (numpy, cupy):
-        backend.set_random_seed(0)
-        layer = make_layer(definition, phase=phase, xp=xp)
-        bottom, top = run_layer(layer, bottoms)
-        top[0].diff = xp.asarray(numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape))
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True] * len(bottom), bottom)
-        out.append(
-            [
-                backend.to_numpy(a)
-                for a in [top[0].data]
-                + [b.diff for b in bottom]
-                + [b.data for b in layer.blobs]
-                + [b.diff for b in layer.blobs]
-            ]
-        )
-    for a, b in zip(*out, strict=True):
-        numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    check_gpu_matches_cpu(definition, bottoms, phase=phase)

@@ -4,10 +4,9 @@ have their own files (test_convolution.py, test_pooling.py)."""
 import numpy
 import pytest
 
-from netdef import backend
 from netdef.errors import InvalidParameterError, ShapeMismatchError
-from netdef.testing import check_gradient, make_layer, run_layer
-from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
+from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {"Crop", "LRN"}
 RNG = numpy.random.default_rng(5)
@@ -153,12 +152,9 @@ def test_crop_gradient():
 CASES = layer_cases(TYPES)
 
 
-@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+@parametrize_layer_cases(TYPES)
 def test_parity(case):
-    if parity_root() is None or case is None:
-        pytest.skip("shared/parity not available")
-    errors = run_layer_case(case["case"], case["phase"])
-    assert errors, "the case compared nothing"
+    check_layer_case(case)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -201,17 +197,4 @@ def test_invalid_parameters(definition, shapes, error, needle):
     ],
 )
 def test_gpu_matches_cpu(definition):
-    if not backend.gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-
-    x = RNG.standard_normal((2, 6, 5, 4))
-    out = []
-    for xp in (numpy, cupy):
-        layer = make_layer(definition, xp=xp)
-        bottom, top = run_layer(layer, [x])
-        top[0].diff = xp.asarray(numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape))
-        layer.backward(top, [True], bottom)
-        out.append([backend.to_numpy(top[0].data), backend.to_numpy(bottom[0].diff)])
-    for a, b in zip(*out, strict=True):
-        numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    check_gpu_matches_cpu(definition, [RNG.standard_normal((2, 6, 5, 4))])
