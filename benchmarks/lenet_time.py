@@ -26,10 +26,12 @@ layer { name: "data" type: "Input" top: "data" top: "label"
         input_param { shape { dim: 64 dim: 1 dim: 28 dim: 28 } shape { dim: 64 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 20 kernel_size: 5 stride: 1 weight_filler { type: "xavier" } } }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
         convolution_param { num_output: 50 kernel_size: 5 stride: 1 weight_filler { type: "xavier" } } }
-layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 layer { name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1"
         inner_product_param { num_output: 500 weight_filler { type: "xavier" } } }
 layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
@@ -39,21 +41,22 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: 
 """
 
 
-def time_netdef(iterations: int, x, y) -> list[float]:
+def netdef_step(x, y):
+    """A function running one netdef LeNet forward+backward (after one warm-up pass)."""
     net = netdef.Net(net_from_text(LENET), netdef.TRAIN)
     net.blobs["data"].data[...] = x
     net.blobs["label"].data[...] = y
     net.forward_backward()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
+
+    def step():
         net.clear_param_diffs()
         net.forward_backward()
-        times.append(time.perf_counter() - t0)
-    return times
+
+    return step
 
 
-def time_torch(iterations: int, x, y) -> list[float] | None:
+def torch_step(x, y):
+    """The same network in PyTorch, or None when PyTorch is not installed."""
     try:
         import torch
     except ImportError:
@@ -68,11 +71,19 @@ def time_torch(iterations: int, x, y) -> list[float] | None:
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y.astype(numpy.int64))
     loss_fn(model(xt), yt).backward()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
+
+    def step():
         model.zero_grad(set_to_none=False)
         loss_fn(model(xt), yt).backward()
+
+    return step
+
+
+def timed(step, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -92,10 +103,15 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
-    # One after the other, netdef first: PyTorch's OpenMP worker threads keep spinning for a
-    # while after each call and would slow down whatever runs right after them.
-    nd = time_netdef(args.iterations, x, y)
-    pt = time_torch(args.iterations, x, y)
+    # Blocks of 10 iterations, alternating, so that both frameworks see the same machine
+    # (shared machines speed up and slow down); the first iteration of each block is dropped
+    # because the other framework's worker threads may still be winding down.
+    nd_step, pt_step = netdef_step(x, y), torch_step(x, y)
+    nd, pt = [], []
+    for _ in range(max(1, args.iterations // 10)):
+        nd += timed(nd_step, 11)[1:]
+        if pt_step is not None:
+            pt += timed(pt_step, 11)[1:]
     med_nd = statistics.median(nd) * 1e3
     print(f"netdef  LeNet fwd+bwd batch 64: median {med_nd:.2f} ms over {len(nd)} iterations")
     if pt:
