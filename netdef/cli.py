@@ -111,14 +111,10 @@ def cmd_test(args) -> int:
             for k, v in enumerate(value):
                 log.info("Batch %d, %s = %.6g", i, name if value.size == 1 else f"{name}[{k}]", v)
     log.info("Loss: %.6g", loss / args.iterations)
+    weights = net.loss_weights()
     for name, total in totals.items():
         mean = total / args.iterations
-        for layer, tops in zip(net.layers, net.top_names):
-            if name in tops:
-                weight = layer.loss_weights[tops.index(name)]
-                break
-        else:
-            weight = 0.0
+        weight = weights.get(name, 0.0)
         for k, v in enumerate(mean):
             label = name if mean.size == 1 else f"{name}[{k}]"
             extra = f" (* {weight:g} = {weight * v:.6g} loss)" if weight else ""
@@ -151,16 +147,14 @@ def cmd_time(args) -> int:
     log.info("Testing for %d iterations.", args.iterations)
     for it in range(args.iterations):
         t_iter = time.perf_counter()
-        for i, layer in enumerate(net.layers):
+        for i, rec in enumerate(net.records):
             t0 = time.perf_counter()
-            layer.reshape(net.bottom_vecs[i], net.top_vecs[i])
-            layer.forward(net.bottom_vecs[i], net.top_vecs[i])
+            rec.forward()
             _sync()
             fwd[i] += time.perf_counter() - t0
         for i in reversed(range(n)):
             t0 = time.perf_counter()
-            if net.layer_need_backward[i]:
-                net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+            net.records[i].backward()
             _sync()
             bwd[i] += time.perf_counter() - t0
         total[it] = time.perf_counter() - t_iter

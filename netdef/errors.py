@@ -61,6 +61,11 @@ class SolverError(NetdefError):
     """A solver definition cannot be run as given."""
 
 
+def layer_prefix(name: str, type_name: str) -> str:
+    """How every message about one layer begins: ``Layer "conv1" (type Convolution)``."""
+    return f'Layer "{name}" (type {type_name})'
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate most similar to ``name``, or None when nothing is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -29,27 +29,27 @@ def _scale_n(param, shape) -> float:
 
 # Each filler returns a NumPy array of ``dtype`` (float32 or float64); drawing in the
 # blob's own precision keeps a VGG-sized net from needing a float64 copy of every weight.
-def _uniform01(shape, dtype):
-    return backend.rng().random(size=shape, dtype=dtype)
+def _uniform01(rng, shape, dtype):
+    return rng.random(size=shape, dtype=dtype)
 
 
-def _normal(shape, dtype):
-    return backend.rng().standard_normal(size=shape, dtype=dtype)
+def _normal(rng, shape, dtype):
+    return rng.standard_normal(size=shape, dtype=dtype)
 
 
-def _constant(param, shape, dtype):
+def _constant(param, shape, dtype, rng):
     return numpy.full(shape, param.value, dtype=dtype)
 
 
-def _uniform(param, shape, dtype):
-    x = _uniform01(shape, dtype)
+def _uniform(param, shape, dtype, rng):
+    x = _uniform01(rng, shape, dtype)
     x *= param.max - param.min
     x += param.min
     return x
 
 
-def _gaussian(param, shape, dtype):
-    x = _normal(shape, dtype)
+def _gaussian(param, shape, dtype, rng):
+    x = _normal(rng, shape, dtype)
     x *= param.std
     x += param.mean
     if param.sparse >= 0:
@@ -59,32 +59,32 @@ def _gaussian(param, shape, dtype):
                 f"gaussian filler with sparse needs a blob of >= 2 axes. Received shape {shape}"
             )
         num_outputs = shape[0]
-        x *= _uniform01(shape, dtype) < param.sparse / num_outputs
+        x *= _uniform01(rng, shape, dtype) < param.sparse / num_outputs
     return x
 
 
-def _positive_unitball(param, shape, dtype):
-    x = _uniform01(shape, dtype)
+def _positive_unitball(param, shape, dtype, rng):
+    x = _uniform01(rng, shape, dtype)
     rows = x.reshape(shape[0], -1) if shape else x.reshape(1, -1)
     rows /= rows.sum(axis=1, keepdims=True)
     return rows.reshape(shape)
 
 
-def _xavier(param, shape, dtype):
+def _xavier(param, shape, dtype, rng):
     limit = numpy.sqrt(3.0 / _scale_n(param, shape))
-    x = _uniform01(shape, dtype)
+    x = _uniform01(rng, shape, dtype)
     x *= 2 * limit
     x -= limit
     return x
 
 
-def _msra(param, shape, dtype):
-    x = _normal(shape, dtype)
+def _msra(param, shape, dtype, rng):
+    x = _normal(rng, shape, dtype)
     x *= numpy.sqrt(2.0 / _scale_n(param, shape))
     return x
 
 
-def _bilinear(param, shape, dtype):
+def _bilinear(param, shape, dtype, rng):
     if len(shape) != 4 or shape[2] != shape[3]:
         raise InvalidParameterError(
             f"bilinear filler needs a 4-D blob with square kernels. Received shape {tuple(shape)}"
@@ -113,8 +113,12 @@ def filler_types() -> list[str]:
     return sorted(_FILLERS)
 
 
-def fill(blob: Blob, param) -> Blob:
-    """Fill ``blob.data`` according to FillerParameter ``param``."""
+def fill(blob: Blob, param, rng: numpy.random.Generator | None = None) -> Blob:
+    """Fill ``blob.data`` according to FillerParameter ``param``, drawing from ``rng``.
+
+    Layers pass their own stream (``Layer.filled_blob``); without one, a stream
+    following ``netdef.set_random_seed``'s default is used.
+    """
     fn = _FILLERS.get(param.type)
     if fn is None:
         raise InvalidParameterError(
@@ -122,6 +126,6 @@ def fill(blob: Blob, param) -> Blob:
             f"Valid: {', '.join(filler_types())}"
         )
     dtype = blob.dtype if blob.dtype in (numpy.float32, numpy.float64) else numpy.float64
-    values = fn(param, tuple(blob.shape), dtype)
+    values = fn(param, tuple(blob.shape), dtype, rng if rng is not None else backend.new_streams().numpy)
     blob.data = backend.asarray(values.astype(blob.dtype, copy=False), blob.xp, blob.dtype)
     return blob

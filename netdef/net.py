@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy
 
@@ -22,6 +23,7 @@ from .errors import (
     NetdefError,
     ShapeMismatchError,
     UnknownBottomBlobError,
+    layer_prefix,
 )
 from .layers import layer_class
 from .proto import netdef_pb2 as pb
@@ -58,8 +60,7 @@ def filter_net(param, state=None):
     for layer in param.layer:
         if layer.include and layer.exclude:
             raise InvalidParameterError(
-                f'Layer "{layer.name}" (type {layer.type}) specifies both include and exclude rules; '
-                "use one of them"
+                f"{layer_prefix(layer.name, layer.type)} specifies both include and exclude rules; use one of them"
             )
         if layer.include:
             keep = any(state_meets_rule(state, r) for r in layer.include)
@@ -89,7 +90,7 @@ def insert_splits(param):
         for j, name in enumerate(layer.bottom):
             if name not in last_producer:
                 raise UnknownBottomBlobError(
-                    f'Layer "{layer.name}" (type {layer.type}) reads bottom blob "{name}", which no earlier '
+                    f'{layer_prefix(layer.name, layer.type)} reads bottom blob "{name}", which no earlier '
                     f"layer produces. Available blobs: {', '.join(sorted(last_producer)) or '(none)'}"
                 )
             src = last_producer[name]
@@ -133,6 +134,40 @@ def insert_splits(param):
     return out
 
 
+# --- records ----------------------------------------------------------------------------
+@dataclass
+class ParamRecord:
+    """One learnable parameter blob the solver updates (shared blobs appear once, under their owner)."""
+
+    blob: Blob
+    lr_mult: float
+    decay_mult: float
+    layer: str
+    index: int
+
+
+@dataclass
+class LayerRecord:
+    """A layer in the built net with the blobs it reads and writes and what its backward must produce."""
+
+    layer: object
+    bottom: list[Blob] = field(default_factory=list)
+    top: list[Blob] = field(default_factory=list)
+    bottom_names: list[str] = field(default_factory=list)
+    top_names: list[str] = field(default_factory=list)
+    #: per bottom: whether backward must write its diff
+    propagate_down: list[bool] = field(default_factory=list)
+    #: whether backward runs at all
+    need_backward: bool = False
+
+    def forward(self) -> float:
+        return self.layer.forward_step(self.bottom, self.top)
+
+    def backward(self) -> None:
+        if self.need_backward:
+            self.layer.backward(self.top, self.propagate_down, self.bottom)
+
+
 # --- the net ------------------------------------------------------------------------
 class Net:
     """A network built from a definition file or NetParameter (pycaffe's ``caffe.Net``).
@@ -142,10 +177,14 @@ class Net:
         phase: ``netdef.TRAIN`` or ``netdef.TEST``.
         weights: optional ``.caffemodel``/``.h5`` file to copy parameters from.
         level, stages: the NetState used with include/exclude rules.
+        rng: the random streams its layers draw from (fillers, Dropout, shuffling);
+            by default new ones following ``netdef.set_random_seed``. A solver passes
+            one set to all its nets.
     """
 
     def __init__(self, model, phase: int | None = None, weights: str | None = None, level: int = 0,
-                 stages: Sequence[str] = (), dtype=numpy.float32, xp=None):
+                 stages: Sequence[str] = (), dtype=numpy.float32, xp=None,
+                 rng: backend.RandomStreams | None = None):
         from .proto import load_net
 
         param = load_net(model) if not isinstance(model, pb.NetParameter) else model
@@ -164,6 +203,7 @@ class Net:
         self.state = state
         self.dtype = numpy.dtype(dtype)
         self.xp = xp or backend.default_xp()
+        self.rng = rng if rng is not None else backend.new_streams()
         self.name = param.name
         self.param = param
         self._init(insert_splits(filter_net(param, state)))
@@ -172,17 +212,12 @@ class Net:
 
     # construction -----------------------------------------------------------------
     def _init(self, param) -> None:
+        self.records: list[LayerRecord] = []
         self.layers: list = []
         self.layer_names: list[str] = []
         self.blobs: OrderedDict[str, Blob] = OrderedDict()
-        self.bottom_vecs: list[list[Blob]] = []
-        self.top_vecs: list[list[Blob]] = []
-        self.bottom_names: list[list[str]] = []
-        self.top_names: list[list[str]] = []
-        self.bottom_need_backward: list[list[bool]] = []
-        self.layer_need_backward: list[bool] = []
         self.inputs: list[str] = []
-        self.param_specs: list[tuple] = []  # (owner Blob, lr_mult, decay_mult, layer, index) per learnable blob
+        self.param_specs: list[ParamRecord] = []
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
         blob_need_backward: dict[str, bool] = {}
         available: set[str] = set()
@@ -193,20 +228,20 @@ class Net:
                 log.warning('Layer name "%s" appears more than once; parameters are saved by name', layer_param.name)
             seen_layers.add(layer_param.name)
             cls = layer_class(layer_param.type)
-            layer = cls(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp)
+            layer = cls(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp, rng=self.rng)
             if layer_param.propagate_down and len(layer_param.propagate_down) != len(layer_param.bottom):
-                raise InvalidParameterError(
-                    f'Layer "{layer.name}" (type {layer.type_name}): propagate_down must be given once per '
-                    f"bottom ({len(layer_param.bottom)}). Received: {len(layer_param.propagate_down)} values"
+                raise layer.error(
+                    f"propagate_down must be given once per bottom ({len(layer_param.bottom)}). "
+                    f"Received: {len(layer_param.propagate_down)} values"
                 )
             bottoms, bneed = [], []
             need_backward = False
             for j, name in enumerate(layer_param.bottom):
                 if name not in available:
-                    raise UnknownBottomBlobError(
-                        f'Layer "{layer.name}" (type {layer.type_name}) reads bottom blob "{name}", which is not '
-                        f"available at this point (produced by no earlier layer, or already consumed). "
-                        f"Available: {', '.join(sorted(available)) or '(none)'}"
+                    raise layer.error(
+                        f'reads bottom blob "{name}", which is not available at this point (produced by no '
+                        f"earlier layer, or already consumed). Available: {', '.join(sorted(available)) or '(none)'}",
+                        UnknownBottomBlobError,
                     )
                 bottoms.append(self.blobs[name])
                 nb = blob_need_backward[name]
@@ -220,10 +255,10 @@ class Net:
                 if name in layer_param.bottom:
                     tops.append(self.blobs[name])
                 elif name in self.blobs:
-                    raise DuplicateTopBlobError(
-                        f'Layer "{layer.name}" (type {layer.type_name}) produces top blob "{name}", which an '
-                        "earlier layer already produces. Give the top a new name (only in-place layers, "
-                        "whose top equals a bottom, may reuse a name)."
+                    raise layer.error(
+                        f'produces top blob "{name}", which an earlier layer already produces. Give the top a '
+                        "new name (only in-place layers, whose top equals a bottom, may reuse a name).",
+                        DuplicateTopBlobError,
                     )
                 else:
                     self.blobs[name] = Blob((), dtype=self.dtype, xp=self.xp, name=name)
@@ -244,12 +279,8 @@ class Net:
                 blob_need_backward[name] = need_backward
             self.layers.append(layer)
             self.layer_names.append(layer.name)
-            self.bottom_vecs.append(bottoms)
-            self.top_vecs.append(tops)
-            self.bottom_names.append(list(layer_param.bottom))
-            self.top_names.append(list(layer_param.top))
-            self.bottom_need_backward.append(bneed)
-            self.layer_need_backward.append(need_backward)
+            self.records.append(LayerRecord(layer, bottoms, tops, list(layer_param.bottom), list(layer_param.top),
+                                            bneed, need_backward))
         self._prune_backward(param.force_backward)
         self.outputs = sorted(available)
         self.layer_dict = OrderedDict(zip(self.layer_names, self.layers))
@@ -264,9 +295,10 @@ class Net:
                 strict = spec.share_mode != pb.ParamSpec.PERMISSIVE
                 if (strict and owner.shape != blob.shape) or owner.count != blob.count:
                     mode = "STRICT (same shape)" if strict else "PERMISSIVE (same count)"
-                    raise ShapeMismatchError(
-                        f'Layer "{layer.name}" shares parameter "{pname}" with layer "{owner_layer}", but the '
-                        f"shapes differ: {blob.shape} here, {owner.shape} in the owner. Share mode {mode}."
+                    raise layer.error(
+                        f'shares parameter "{pname}" with layer "{owner_layer}", but the shapes differ: '
+                        f"{blob.shape} here, {owner.shape} in the owner. Share mode {mode}.",
+                        ShapeMismatchError,
                     )
                 if owner_spec.HasField("lr_mult") and spec.HasField("lr_mult") and owner_spec.lr_mult != lr:
                     raise InvalidParameterError(
@@ -283,39 +315,56 @@ class Net:
                 continue
             if pname:
                 shared[pname] = (blob, spec, layer.name)
-            self.param_specs.append((blob, lr, decay, layer.name, k))
+            self.param_specs.append(ParamRecord(blob, lr, decay, layer.name, k))
 
     def _prune_backward(self, force_backward: bool) -> None:
         under_loss: set[str] = set()
         skip_backp: set[str] = set()
-        for i in reversed(range(len(self.layers))):
-            layer = self.layers[i]
+        for rec in reversed(self.records):
             contributes = False
             skip_down = True
-            for j, name in enumerate(self.top_names[i]):
-                if layer.loss_weights[j] or name in under_loss:
+            for j, name in enumerate(rec.top_names):
+                if rec.layer.loss_weights[j] or name in under_loss:
                     contributes = True
                 if name not in skip_backp:
                     skip_down = False
-            if self.layer_need_backward[i] and skip_down:
-                self.layer_need_backward[i] = False
-                self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
+            if rec.need_backward and skip_down:
+                rec.need_backward = False
+                rec.propagate_down = [False] * len(rec.propagate_down)
             if not contributes:
-                self.layer_need_backward[i] = False
-            for j, name in enumerate(self.bottom_names[i]):
+                rec.need_backward = False
+            for j, name in enumerate(rec.bottom_names):
                 if contributes:
                     under_loss.add(name)
                 else:
-                    self.bottom_need_backward[i][j] = False
-                if not self.bottom_need_backward[i][j]:
+                    rec.propagate_down[j] = False
+                if not rec.propagate_down[j]:
                     skip_backp.add(name)
         if force_backward:
-            for i, layer in enumerate(self.layers):
-                self.layer_need_backward[i] = True
-                self.bottom_need_backward[i] = [
-                    need or layer.allow_force_backward(j) for j, need in enumerate(self.bottom_need_backward[i])
-                ]
-                layer.param_propagate_down = [True] * len(layer.blobs)
+            for rec in self.records:
+                rec.need_backward = True
+                rec.propagate_down = [need or rec.layer.allow_force_backward(j)
+                                      for j, need in enumerate(rec.propagate_down)]
+                rec.layer.param_propagate_down = [True] * len(rec.layer.blobs)
+
+    @property
+    def bottom_names(self) -> OrderedDict[str, list[str]]:
+        """Bottom blob names per layer name (pycaffe's ``net.bottom_names``)."""
+        return OrderedDict((r.layer.name, list(r.bottom_names)) for r in self.records)
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        """Top blob names per layer name (pycaffe's ``net.top_names``)."""
+        return OrderedDict((r.layer.name, list(r.top_names)) for r in self.records)
+
+    def loss_weights(self) -> dict[str, float]:
+        """The loss weight of every blob that has one (a top with a non-zero weight)."""
+        weights: dict[str, float] = {}
+        for rec in self.records:
+            for name, w in zip(rec.top_names, rec.layer.loss_weights):
+                if w:
+                    weights[name] = float(w)
+        return weights
 
     # running ------------------------------------------------------------------------
     def _layer_index(self, name: str | None, default: int) -> int:
@@ -328,22 +377,13 @@ class Net:
     def forward_from_to(self, start: int = 0, end: int | None = None) -> float:
         """Run layers ``start..end`` (inclusive) forward; return the summed weighted loss."""
         end = len(self.layers) - 1 if end is None else end
-        loss = 0.0
-        for i in range(start, end + 1):
-            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
-            for w, t in zip(layer.loss_weights, top):
-                if w:
-                    loss += w * float(t.data.sum())
-        return loss
+        return sum((rec.forward() for rec in self.records[start:end + 1]), 0.0)
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Run layers ``start..end`` (inclusive, start >= end) backward."""
         start = len(self.layers) - 1 if start is None else start
         for i in range(start, end - 1, -1):
-            if self.layer_need_backward[i]:
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+            self.records[i].backward()
 
     def forward(self, blobs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
                 **inputs) -> dict:
@@ -365,7 +405,7 @@ class Net:
         i0 = self._layer_index(start, 0)
         i1 = self._layer_index(end, len(self.layers) - 1)
         self.loss = self.forward_from_to(i0, i1)
-        names = list(self.outputs) if end is None else list(self.top_names[i1])
+        names = list(self.outputs) if end is None else list(self.records[i1].top_names)
         names += [b for b in (blobs or ()) if b not in names]
         return {n: self.blobs[n].data for n in names}
 
@@ -424,23 +464,23 @@ class Net:
 
     def reshape(self) -> None:
         """Propagate changed input shapes through every layer."""
-        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
-            layer.reshape(bottom, top)
+        for rec in self.records:
+            rec.layer.reshape(rec.bottom, rec.top)
 
     def set_input_arrays(self, data, labels, layer: int | str = 0) -> None:
         """Give a MemoryData layer (by index or name; default the first layer) arrays to serve (pycaffe)."""
         target = self.layer_dict[layer] if isinstance(layer, str) else self.layers[layer]
         if not hasattr(target, "set_input_arrays"):
-            raise NetdefError(f'Layer "{target.name}" (type {target.type_name}) is not a MemoryData layer')
+            raise target.error("is not a MemoryData layer; set_input_arrays feeds MemoryData layers only", NetdefError)
         target.set_input_arrays(data, labels)
 
     def clear_param_diffs(self) -> None:
-        for blob, *_ in self.param_specs:
-            blob.diff[...] = 0
+        for spec in self.param_specs:
+            spec.blob.diff[...] = 0
 
     @property
     def learnable_params(self) -> list[Blob]:
-        return [spec[0] for spec in self.param_specs]
+        return [spec.blob for spec in self.param_specs]
 
     # weights ------------------------------------------------------------------------
     def copy_from(self, path: str) -> None:

@@ -110,7 +110,7 @@ def count_params(net: netdef.Net) -> tuple[int, int]:
     """(every parameter blob, learnable ones only), each shared blob counted once."""
     unique = {id(b): b for blobs in net.params.values() for b in blobs}
     total = sum(b.count for b in unique.values())
-    learnable = sum(spec[0].count for spec in net.param_specs if spec[1] != 0)
+    learnable = sum(spec.blob.count for spec in net.param_specs if spec.lr_mult != 0)
     return total, learnable
 
 
@@ -168,10 +168,7 @@ def test_train_val_test_phase_matches_caffe(model):
     ref = load_reference(REFERENCES[model][1])
     net = netdef.Net(feed_inputs(net_param(model, "train_val"), reference_input_shapes(ref)), netdef.TEST)
     assert_matches_reference(net, ref)
-    weights = {}
-    for layer, tops in zip(net.layers, net.top_names, strict=True):
-        weights.update({name: w for name, w in zip(tops, layer.loss_weights, strict=True) if w})
-    assert weights == ref["loss_weights"]
+    assert net.loss_weights() == ref["loss_weights"]
 
 
 def test_resnet50_parameter_total_matches_caffe_reference():
@@ -361,7 +358,7 @@ def test_train_step_gives_finite_loss_and_gradients(model):
     loss = net.loss
     assert numpy.isfinite(loss) and loss > 0
     net.backward()
-    learnable = [(spec[3], spec[4], spec[0]) for spec in net.param_specs if spec[1] != 0]
+    learnable = [(spec.layer, spec.index, spec.blob) for spec in net.param_specs if spec.lr_mult != 0]
     assert learnable
     for layer, k, blob in learnable:
         diff = numpy.asarray(blob.diff)

@@ -64,8 +64,8 @@ def test_forward_matches_numpy_and_backward_gives_gradients():
 def test_in_place_layers_share_one_blob():
     net = make_net(MLP)
     relu = net.layer_dict["relu1"]
-    i = net.layers.index(relu)
-    assert net.top_vecs[i][0] is net.bottom_vecs[i][0] is net.blobs["ip1"]
+    rec = net.records[net.layers.index(relu)]
+    assert rec.top[0] is rec.bottom[0] is net.blobs["ip1"]
 
 
 SPLIT = """
@@ -212,7 +212,7 @@ def test_backward_pruning_and_lr_mult_zero():
     layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "label" top: "loss" }
     """
     net = make_net(text)
-    need = dict(zip(net.layer_names, net.layer_need_backward))
+    need = {rec.layer.name: rec.need_backward for rec in net.records}
     assert need["ip"] and need["loss"]
     assert not need["frozen"]  # nothing learnable and its input needs no gradient
     assert not need["side"]  # does not contribute to the loss
@@ -226,9 +226,9 @@ def test_propagate_down_false_and_force_backward():
             inner_product_param { num_output: 2 } }
     """
     net = make_net(text)
-    assert net.bottom_need_backward[1] == [False]
+    assert net.records[1].propagate_down == [False]
     forced = make_net("force_backward: true\n" + text)
-    assert forced.bottom_need_backward[1] == [True]
+    assert forced.records[1].propagate_down == [True]
 
 
 def test_errors_name_layer_and_blob():

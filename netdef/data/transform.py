@@ -15,7 +15,7 @@ each sample:
 4. multiply by ``scale``.
 
 That is ``y = (crop_mirror(x) - crop_mirror(mean)) * scale``, computed in the
-float type of the net. Random choices come from :func:`netdef.backend.rng`
+float type of the net. Random choices come from the generator the layer passes (its net's stream)
 (seeded by :func:`netdef.set_random_seed`), drawn per batch as arrays: first the
 N mirror flags, then the N row offsets, then the N column offsets.
 """
@@ -66,10 +66,13 @@ class DataTransformer:
             its ``error`` method so that messages name the layer).
         base_dir: ``mean_file`` is looked up relative to the working directory first (Caffe's
             rule), then relative to this folder.
+        rng: the generator random crops and mirrors draw from (the layer's stream).
     """
 
-    def __init__(self, param, phase: int = TRAIN, error: ErrorFactory = _plain_error, base_dir: str | None = None):
+    def __init__(self, param, phase: int = TRAIN, error: ErrorFactory = _plain_error, base_dir: str | None = None,
+                 rng: numpy.random.Generator | None = None):
         self.error = error
+        self.rng = rng if rng is not None else backend.new_streams().numpy
         self.phase = int(phase)
         self.scale = float(param.scale)
         self.mirror = bool(param.mirror)
@@ -128,7 +131,7 @@ class DataTransformer:
 
     def draw(self, n: int, h: int, w: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """Per-sample mirror flags, row offsets and column offsets for ``n`` samples of h x w."""
-        rng = backend.rng()
+        rng = self.rng
         flips = rng.integers(0, 2, size=n).astype(bool) if self.mirror else numpy.zeros(n, dtype=bool)
         if self.random_crop:
             rows = rng.integers(0, h - self.crop_size + 1, size=n)

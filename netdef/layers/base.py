@@ -5,9 +5,16 @@ from collections.abc import Sequence
 
 import numpy
 
-from .. import backend
+from .. import backend, fillers
 from ..blob import Blob
-from ..errors import BlobCountError, DuplicateLayerTypeError, InvalidParameterError, UnknownLayerTypeError, did_you_mean
+from ..errors import (
+    BlobCountError,
+    DuplicateLayerTypeError,
+    InvalidParameterError,
+    UnknownLayerTypeError,
+    did_you_mean,
+    layer_prefix,
+)
 
 _REGISTRY: dict[str, type[Layer]] = {}
 
@@ -65,12 +72,15 @@ class Layer:
     #: loss layers put a default loss weight of 1 on their first top
     is_loss = False
 
-    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None):
+    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None,
+                 rng: backend.RandomStreams | None = None):
         self.param = param
         self.name = param.name
         self.phase = phase
         self.dtype = numpy.dtype(dtype)
         self.xp = xp or backend.default_xp()
+        #: the random streams this layer draws from (its net's; a lone layer gets its own)
+        self.rng = rng if rng is not None else backend.new_streams()
         self.blobs: list[Blob] = []
         self.loss_weights: list[float] = []
         self.param_propagate_down: list[bool] = []
@@ -78,10 +88,14 @@ class Layer:
     # --- helpers for subclasses -------------------------------------------------
     def error(self, message: str, cls=InvalidParameterError) -> Exception:
         """An error whose message starts with this layer's name and type."""
-        return cls(f'Layer "{self.name}" (type {self.type_name}): {message}')
+        return cls(f"{layer_prefix(self.name, self.type_name)}: {message}")
 
     def new_blob(self, shape: Sequence[int]) -> Blob:
         return Blob(shape, dtype=self.dtype, xp=self.xp, name=f"{self.name}.param")
+
+    def filled_blob(self, shape: Sequence[int], filler) -> Blob:
+        """A new parameter blob of ``shape`` filled by ``filler`` (a FillerParameter) from this layer's stream."""
+        return fillers.fill(self.new_blob(shape), filler, self.rng.numpy)
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Whether ``force_backward`` may ask for this bottom's gradient (not for labels)."""
@@ -124,6 +138,20 @@ class Layer:
             weights = [1.0 if (self.is_loss and i == 0) else 0.0 for i in range(len(top))]
         self.loss_weights = weights
         self.seed_loss_diffs(top)
+
+    def forward_step(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> float:
+        """Reshape, run forward and return this layer's weighted loss (Caffe's non-virtual Layer::Forward).
+
+        Everything that runs a layer (the net, ``netdef time``, the gradient checker)
+        goes through this one step.
+        """
+        self.reshape(bottom, top)
+        self.forward(bottom, top)
+        loss = 0.0
+        for w, t in zip(self.loss_weights, top):
+            if w:
+                loss += w * float(t.data.sum())
+        return loss
 
     def seed_loss_diffs(self, top: Sequence[Blob]) -> None:
         """Put each top's loss weight into its diff, as Caffe does once at set-up."""

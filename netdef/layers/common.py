@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy
 
-from .. import backend, fillers
+from .. import backend
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from .base import Layer, register_layer
@@ -113,9 +113,9 @@ class InnerProductLayer(Layer):
         self.axis = _axis(self, p.axis, bottom[0].num_axes)
         self.k = bottom[0].count_range(self.axis)
         w_shape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
-        self.blobs = [fillers.fill(self.new_blob(w_shape), p.weight_filler)]
+        self.blobs = [self.filled_blob(w_shape, p.weight_filler)]
         if self.bias_term:
-            self.blobs.append(fillers.fill(self.new_blob((self.num_output,)), p.bias_filler))
+            self.blobs.append(self.filled_blob((self.num_output,), p.bias_filler))
 
     def reshape(self, bottom: Blobs, top: Blobs) -> None:
         axis = _axis(self, self.param.inner_product_param.axis, bottom[0].num_axes)
@@ -783,9 +783,9 @@ class EmbedLayer(Layer):
                 raise self.error(f"embed_param.{field} must be a positive integer. Received: {getattr(p, field)}")
         self.k, self.n = int(p.input_dim), int(p.num_output)
         self.bias_term = bool(p.bias_term)
-        self.blobs = [fillers.fill(self.new_blob((self.k, self.n)), p.weight_filler)]
+        self.blobs = [self.filled_blob((self.k, self.n), p.weight_filler)]
         if self.bias_term:
-            self.blobs.append(fillers.fill(self.new_blob((self.n,)), p.bias_filler))
+            self.blobs.append(self.filled_blob((self.n,), p.bias_filler))
 
     def reshape(self, bottom: Blobs, top: Blobs) -> None:
         top[0].reshape(bottom[0].shape + (self.n,))

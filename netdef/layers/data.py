@@ -70,7 +70,7 @@ class DummyDataLayer(Layer):
         self.refill = [f.type != "constant" for f in self.fillers]
         for t, shape, f in zip(top, shapes, self.fillers):
             t.reshape(shape)
-            fillers.fill(t, f)
+            fillers.fill(t, f, self.rng.numpy)
 
     def reshape(self, bottom, top):
         """Shapes are fixed at set-up."""
@@ -78,7 +78,7 @@ class DummyDataLayer(Layer):
     def forward(self, bottom, top):
         for t, f, again in zip(top, self.fillers, self.refill):
             if again:
-                fillers.fill(t, f)
+                fillers.fill(t, f, self.rng.numpy)
 
 
 def _resolve(path: str, base_dir: str) -> str:
@@ -123,7 +123,7 @@ class HDF5DataLayer(Layer):
         self.file_order = numpy.arange(len(self.files))
         self.file_pos = 0
         if self.shuffle:
-            backend.rng().shuffle(self.file_order)
+            self.rng.numpy.shuffle(self.file_order)
         self._load(self.file_order[0])
         for t, arr in zip(top, self.arrays):
             t.reshape((self.batch_size,) + arr.shape[1:])
@@ -160,7 +160,7 @@ class HDF5DataLayer(Layer):
         self.row = 0
         self.perm = numpy.arange(self.rows)
         if self.shuffle:
-            backend.rng().shuffle(self.perm)
+            self.rng.numpy.shuffle(self.perm)
         self.loaded = file_index
 
     def _next_file(self) -> None:
@@ -168,13 +168,13 @@ class HDF5DataLayer(Layer):
         if self.file_pos == len(self.files):
             self.file_pos = 0
             if self.shuffle:
-                backend.rng().shuffle(self.file_order)
+                self.rng.numpy.shuffle(self.file_order)
         if len(self.files) > 1:
             self._load(self.file_order[self.file_pos])
             return
         self.row = 0  # one file: it stays in memory, only its row order changes
         if self.shuffle:
-            backend.rng().shuffle(self.perm)
+            self.rng.numpy.shuffle(self.perm)
 
     def reshape(self, bottom, top):
         for t, arr in zip(top, self.arrays):

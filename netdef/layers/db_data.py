@@ -95,11 +95,11 @@ class DataLayer(Layer):
             raise self.error(f"data_param.batch_size must be positive. Received: {p.batch_size}")
         _warn_ignored_fields(self, p, "data_param")
         self.batch_size = int(p.batch_size)
-        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error, rng=self.rng.numpy)
         self.source = _resolve(p.source, os.getcwd())
         self.reader = open_database(self.source, p.backend, self.error)
         if p.rand_skip:
-            skip = int(backend.rng().integers(0, p.rand_skip))
+            skip = int(self.rng.numpy.integers(0, p.rand_skip))
             log.info('Layer "%s": skipping the first %d records', self.name, skip)
             self.reader.skip(skip)
         sample, _ = self._decode(self.reader.key(), self.reader.value())
@@ -174,7 +174,7 @@ class ImageDataLayer(Layer):
         self.shuffle = bool(p.shuffle)
         self.color = bool(p.is_color)
         self.new_size = (int(p.new_height), int(p.new_width)) if p.new_height else None
-        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error, rng=self.rng.numpy)
         self.source = _resolve(p.source, os.getcwd())
         if not os.path.isfile(self.source):
             raise self.error(f"image list file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
@@ -182,10 +182,10 @@ class ImageDataLayer(Layer):
         self.lines = self._read_list(p.root_folder)
         self.order = numpy.arange(len(self.lines))
         if self.shuffle:
-            backend.rng().shuffle(self.order)
+            self.rng.numpy.shuffle(self.order)
         self.pos = 0
         if p.rand_skip:
-            skip = int(backend.rng().integers(0, p.rand_skip))
+            skip = int(self.rng.numpy.integers(0, p.rand_skip))
             if skip >= len(self.lines):
                 raise self.error(f"rand_skip drew {skip} but {self.source} lists only {len(self.lines)} images. "
                                  f"Valid: rand_skip <= {len(self.lines)}")
@@ -227,7 +227,7 @@ class ImageDataLayer(Layer):
             if self.pos >= len(self.lines):
                 self.pos = 0
                 if self.shuffle:
-                    backend.rng().shuffle(self.order)
+                    self.rng.numpy.shuffle(self.order)
         return picked
 
     def reshape(self, bottom, top):
@@ -358,7 +358,7 @@ class WindowDataLayer(Layer):
 
     def _setup_mean(self, tp) -> None:
         # the transformer checks mean_file/mean_value and loads the mean image; WindowData applies it itself
-        t = DataTransformer(tp, self.phase, self.error)
+        t = DataTransformer(tp, self.phase, self.error, rng=self.rng.numpy)
         c, crop = self.channels, self.crop_size
         self.mean_image, self.mean_values, self.mean_off = t.mean_image, t.mean_values, 0
         if t.mean_image is not None:
@@ -494,7 +494,7 @@ class WindowDataLayer(Layer):
     def forward(self, bottom, top):
         from ..io.transformer import resize_image
 
-        rng = backend.rng()
+        rng = self.rng.numpy
         n_bg = self.batch_size - self.num_fg
         picks = [self.bg[rng.integers(0, len(self.bg), size=n_bg)] if n_bg else self.bg[:0],
                  self.fg[rng.integers(0, len(self.fg), size=self.num_fg)] if self.num_fg else self.fg[:0]]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy
 
-from .. import backend, fillers
+from .. import backend
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
@@ -87,7 +87,7 @@ class PReLULayer(NeuronLayer):
             filler = p.filler
         else:
             filler = pb.FillerParameter(type="constant", value=0.25)
-        self.blobs = [fillers.fill(self.new_blob(shape), filler)]
+        self.blobs = [self.filled_blob(shape, filler)]
 
     def reshape(self, bottom, top):
         if bottom[0].num_axes < 2:
@@ -476,7 +476,7 @@ class DropoutLayer(NeuronLayer):
                 top[0].data[...] = x
             return
         xp = backend.array_module(x)
-        keep = backend.random_uniform(xp, x.shape, dtype=x.dtype) >= self.ratio
+        keep = self.rng.uniform(xp, x.shape, dtype=x.dtype) >= self.ratio
         self._mask = keep.astype(x.dtype) * x.dtype.type(self.scale)
         top[0].data = x * self._mask
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .. import backend, fillers
+from .. import backend
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
@@ -216,13 +216,13 @@ class ScaleLayer(Layer):
         if len(bottom) == 1:
             shape = _param_blob_shape(self, x_shape, p.axis, p.num_axes, "scale_param")
             filler = p.filler if p.HasField("filler") else pb.FillerParameter(type="constant", value=1.0)
-            self.blobs.append(fillers.fill(self.new_blob(shape), filler))
+            self.blobs.append(self.filled_blob(shape, filler))
         self.bias_term = bool(p.bias_term)
         if self.bias_term:
             # Like Caffe's internal Bias layer: it spans as many axes as the scale operand does.
             num_axes = bottom[1].num_axes if len(bottom) > 1 else p.num_axes
             shape = _param_blob_shape(self, x_shape, p.axis, num_axes, "scale_param")
-            self.blobs.append(fillers.fill(self.new_blob(shape), p.bias_filler))
+            self.blobs.append(self.filled_blob(shape, p.bias_filler))
 
     def reshape(self, bottom, top):
         axis = self.param.scale_param.axis
@@ -279,7 +279,7 @@ class BiasLayer(Layer):
         self.blobs = []
         if len(bottom) == 1:
             shape = _param_blob_shape(self, bottom[0].shape, p.axis, p.num_axes, "bias_param")
-            self.blobs.append(fillers.fill(self.new_blob(shape), p.filler))
+            self.blobs.append(self.filled_blob(shape, p.filler))
 
     def _bias(self, bottom):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]

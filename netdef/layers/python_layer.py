@@ -132,19 +132,22 @@ class PythonLayer(Layer):
     shapes are whatever the user class accepts.
     """
 
-    def __new__(cls, param, phase: int = 0, dtype=numpy.float32, xp=None):
+    def __new__(cls, param, phase: int = 0, dtype=numpy.float32, xp=None, rng=None):
         user_cls = load_layer_class(param)
         if issubclass(user_cls, Layer):
             # object.__new__: the user's class may itself derive from PythonLayer, whose __new__ is this one.
             layer = object.__new__(user_cls)
             layer.param_str = param.python_param.param_str
+            # A user's __init__ may predate the rng argument: pass what every version takes, then hand over the streams.
             layer.__init__(param, phase=phase, dtype=dtype, xp=xp)
+            if rng is not None:
+                layer.rng = rng
             # Caffe reports the type of every Python layer as "Python", whatever the class.
             layer.type_name = "Python"
             layer.param_str = param.python_param.param_str
             layer.phase = phase
             return layer
-        return _PycaffeLayer(param, phase, dtype, xp, user_cls)
+        return _PycaffeLayer(param, phase, dtype, xp, user_cls, rng)
 
 
 class _BlobVec(list):
@@ -233,9 +236,9 @@ class _PycaffeLayer(Layer):
 
     type_name = "Python"
 
-    def __init__(self, param, phase: int, dtype, xp, user_cls: type):
+    def __init__(self, param, phase: int, dtype, xp, user_cls: type, rng=None):
         self._impl = None
-        super().__init__(param, phase=phase, dtype=dtype, xp=xp)
+        super().__init__(param, phase=phase, dtype=dtype, xp=xp, rng=rng)
         self._impl = _instantiate(user_cls, param)
         self._impl.param_str = param.python_param.param_str
         self._impl.phase = phase

@@ -146,8 +146,8 @@ class _RecurrentLayer(Layer):
     gate_factor = 1
     state_names: tuple[str, ...] = ("h",)
 
-    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None):
-        super().__init__(param, phase=phase, dtype=dtype, xp=xp)
+    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None, rng=None):
+        super().__init__(param, phase=phase, dtype=dtype, xp=xp, rng=rng)
         # Blob counts depend on expose_hidden: x, cont, [x_static], [one bottom per state].
         exposed = len(self.state_names) if param.recurrent_param.expose_hidden else 0
         self.min_num_bottom = 2 + exposed
@@ -183,7 +183,7 @@ class _RecurrentLayer(Layer):
 
     def _param(self, shape: Sequence[int], filler) -> Blob:
         blob = self.new_blob(shape)
-        fillers.fill(blob, filler)
+        fillers.fill(blob, filler, self.rng.numpy)
         return blob
 
     def make_params(self) -> list[Blob]:

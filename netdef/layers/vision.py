@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy
 
-from .. import backend, fillers
+from .. import backend
 from ..blob import Blob
 from ..errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from ..proto import netdef_pb2 as pb
@@ -307,9 +307,9 @@ class _ConvolutionBase(Layer):
         else:
             weight_shape = (self.num_output, self.channels // self.group, *self.kernel)
         self.bias_term = bool(cp.bias_term)
-        self.blobs = [fillers.fill(self.new_blob(weight_shape), cp.weight_filler)]
+        self.blobs = [self.filled_blob(weight_shape, cp.weight_filler)]
         if self.bias_term:
-            self.blobs.append(fillers.fill(self.new_blob((self.num_output,)), cp.bias_filler))
+            self.blobs.append(self.filled_blob((self.num_output,), cp.bias_filler))
         self.param_propagate_down = [True] * len(self.blobs)
         self._cols: dict[int, object] = {}
 
@@ -866,8 +866,8 @@ def _pool_problem(method: int, kernel: Sequence[int], pad: Sequence[int]) -> str
 class _Pooler:
     """One pooling operation (method + windows) with its forward/backward state."""
 
-    def __init__(self, method: int, windows: PoolWindows, train: bool):
-        self.method, self.windows, self.train = method, windows, train
+    def __init__(self, method: int, windows: PoolWindows, train: bool, rng: backend.RandomStreams):
+        self.method, self.windows, self.train, self.rng = method, windows, train, rng
 
     def forward(self, x):
         win = self.windows
@@ -878,7 +878,7 @@ class _Pooler:
             y = win.ave_forward(x)
         elif self.train:
             xp = backend.array_module(x)
-            u = backend.random_uniform(xp, (*x.shape[:2], *win.out_hw), 0.0, 1.0, x.dtype)
+            u = self.rng.uniform(xp, (*x.shape[:2], *win.out_hw), 0.0, 1.0, x.dtype)
             y, self.state = win.stochastic_train(x, u)
         else:
             y, s1 = win.stochastic_test(x)
@@ -987,7 +987,7 @@ class PoolingLayer(Layer):
                     f"pad {list(self.pad)}, stride {list(self.stride)} -> output {windows.out_hw}",
                     ShapeMismatchError,
                 )
-            self.pooler = _Pooler(self.method, windows, self.phase == pb.TRAIN)
+            self.pooler = _Pooler(self.method, windows, self.phase == pb.TRAIN, self.rng)
         for t in top:
             t.reshape((*x.shape[:2], *self.pooler.windows.out_hw))
 
@@ -1036,7 +1036,7 @@ class SPPLayer(Layer):
                 f"pyramid level {level} ({bins} bins) cannot pool an input of {tuple(in_hw)}: {problem}",
                 ShapeMismatchError,
             )
-        return _Pooler(self.method, PoolWindows(in_hw, kernel, kernel, pad), train=True)
+        return _Pooler(self.method, PoolWindows(in_hw, kernel, kernel, pad), train=True, rng=self.rng)
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         x = bottom[0]

@@ -51,7 +51,7 @@ class SGDSolver(Solver):
             self.normalize(i)
             self.regularize(i)
             self.compute_update_value(i, rate)
-        for blob, *_ in self.net.param_specs:
+        for blob in self.net.learnable_params:
             blob.data -= blob.diff
         # iter counts finished updates, as Caffe's iter_ does
         self.iter += 1
@@ -62,7 +62,7 @@ class SGDSolver(Solver):
         if clip < 0:
             return
         sumsq = 0.0
-        for blob, *_ in self.net.param_specs:
+        for blob in self.net.learnable_params:
             d = blob.diff.ravel()
             sumsq += float(d.dot(d))
         norm = math.sqrt(sumsq)
@@ -70,20 +70,21 @@ class SGDSolver(Solver):
             scale = clip / norm
             log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s", _g(norm),
                      _g(clip), _g(scale))
-            for blob, *_ in self.net.param_specs:
+            for blob in self.net.learnable_params:
                 blob.diff *= blob.diff.dtype.type(scale)
 
     def normalize(self, index: int) -> None:
         """Divide the accumulated gradient by ``iter_size``."""
         if self.param.iter_size == 1:
             return
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         dt = blob.diff.dtype.type
         blob.diff *= dt(1) / dt(self.param.iter_size)
 
     def regularize(self, index: int) -> None:
         """Add ``decay * decay_mult * w`` (L2) or ``decay * decay_mult * sign(w)`` (L1) to the gradient."""
-        blob, _, decay_mult, *_ = self.net.param_specs[index]
+        spec = self.net.param_specs[index]
+        blob, decay_mult = spec.blob, spec.decay_mult
         dt = blob.diff.dtype.type
         local_decay = dt(self.param.weight_decay) * dt(decay_mult)
         if not local_decay:
@@ -94,13 +95,14 @@ class SGDSolver(Solver):
             blob.diff += local_decay * blob.xp.sign(blob.data)
 
     def _local_rate(self, index: int, rate: float):
-        blob, lr_mult, *_ = self.net.param_specs[index]
+        spec = self.net.param_specs[index]
+        blob, lr_mult = spec.blob, spec.lr_mult
         dt = blob.diff.dtype.type
         return dt(dt(rate) * dt(lr_mult))
 
     def compute_update_value(self, index: int, rate: float) -> None:
         """Turn the gradient into the value subtracted from the weights (left in ``diff``)."""
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         dt = blob.diff.dtype.type
         h = self.history[index]
         h *= dt(self.param.momentum)
@@ -117,7 +119,7 @@ class NesterovSolver(SGDSolver):
     type_name = "Nesterov"
 
     def compute_update_value(self, index: int, rate: float) -> None:
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         dt = blob.diff.dtype.type
         momentum = dt(self.param.momentum)
         h = self.history[index]
@@ -137,7 +139,7 @@ class AdaGradSolver(SGDSolver):
             raise SolverError(f"Momentum cannot be used with AdaGrad. Received: momentum {_num(self.param.momentum)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         xp, dt = blob.xp, blob.diff.dtype.type
         h = self.history[index]
         h += blob.diff * blob.diff
@@ -162,7 +164,7 @@ class RMSPropSolver(SGDSolver):
             raise SolverError(f"rms_decay should lie in [0, 1). Received: {_num(p.rms_decay)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         xp, dt = blob.xp, blob.diff.dtype.type
         decay = dt(self.param.rms_decay)
         h = self.history[index]
@@ -194,7 +196,7 @@ class AdaDeltaSolver(SGDSolver):
             )
 
     def compute_update_value(self, index: int, rate: float) -> None:
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         xp, dt = blob.xp, blob.diff.dtype.type
         rho = dt(self.param.momentum)
         delta = dt(self.param.delta)
@@ -231,7 +233,7 @@ class AdamSolver(SGDSolver):
             raise SolverError(f"Adam needs delta (epsilon) >= 0. Received: {_num(p.delta)}")
 
     def compute_update_value(self, index: int, rate: float) -> None:
-        blob = self.net.param_specs[index][0]
+        blob = self.net.param_specs[index].blob
         xp, dt = blob.xp, blob.diff.dtype.type
         beta1, beta2 = dt(self.param.momentum), dt(self.param.momentum2)
         t = self.iter + 1

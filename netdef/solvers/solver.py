@@ -111,8 +111,8 @@ class Solver:
         self._check_common()
         self.check_param()
         self._check_snapshot_prefix()
-        if param.random_seed >= 0:
-            backend.set_random_seed(param.random_seed)
+        # One set of random streams for the solver's nets: random_seed seeds it, else the default.
+        self.rng = backend.RandomStreams(param.random_seed) if param.random_seed >= 0 else backend.new_streams()
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         self._load_weights_field()
@@ -128,7 +128,7 @@ class Solver:
         self.loss = 0.0
         self.last_lr: float | None = None
         self.history = [
-            spec[0].xp.zeros_like(spec[0].data) for _ in range(self.history_sets) for spec in self.net.param_specs
+            blob.xp.zeros_like(blob.data) for _ in range(self.history_sets) for blob in self.net.learnable_params
         ]
 
     # --- checks -----------------------------------------------------------------------
@@ -203,7 +203,7 @@ class Solver:
         state.MergeFrom(net_param.state)
         state.MergeFrom(p.train_state)
         net_param.state.CopyFrom(state)
-        return Net(net_param)
+        return Net(net_param, rng=self.rng)
 
     def _init_test_nets(self) -> list[Net]:
         p = self.param
@@ -253,7 +253,7 @@ class Solver:
                 state.MergeFrom(p.test_state[i])
             net_param.state.CopyFrom(state)
             log.info("Creating test net (#%d) specified by %s", i, where)
-            test_net = Net(net_param)
+            test_net = Net(net_param, rng=self.rng)
             test_net.share_with(self.net)
             nets.append(test_net)
         return nets
@@ -389,17 +389,8 @@ class Solver:
             self.smoothed_loss += (loss - self._losses[idx]) / average_loss
             self._losses[idx] = loss
 
-    @staticmethod
-    def _loss_weights(net: Net) -> dict[str, float]:
-        weights: dict[str, float] = {}
-        for layer, names in zip(net.layers, net.top_names, strict=True):
-            for name, w in zip(names, layer.loss_weights, strict=False):
-                if w:
-                    weights[name] = float(w)
-        return weights
-
     def _log_outputs(self, net: Net, kind: str) -> None:
-        weights = self._loss_weights(net)
+        weights = net.loss_weights()
         index = 0
         for name in net.outputs:
             w = weights.get(name, 0.0)
@@ -450,7 +441,7 @@ class Solver:
             return None
         if p.test_compute_loss and iterations:
             log.info("Test loss: %s", _g(loss / iterations))
-        weights = self._loss_weights(net)
+        weights = net.loss_weights()
         means: OrderedDict[str, object] = OrderedDict()
         index = 0
         for name, total in sums.items():
@@ -533,7 +524,7 @@ class Solver:
             "current_step": self.current_step,
             "solver_type": self.type_name,
             "fingerprint": self._fingerprint(self.iter, self.current_step, history),
-            "rng": backend.get_rng_state(),
+            "rng": self.rng.checkpoint(),
             "train_net": self._data_states(self.net),
             "test_nets": [self._data_states(n) for n in self.test_nets],
         }
@@ -567,7 +558,7 @@ class Solver:
 
         state_file = os.fspath(state_file)
         state = solverstate.read_solverstate(state_file)
-        shapes = [spec[0].shape for spec in self.net.param_specs] * self.history_sets
+        shapes = [blob.shape for blob in self.net.learnable_params] * self.history_sets
         history = solverstate.check_history(state.history, shapes, state_file, self.type_name)
         if state.learned_net:
             self.net.copy_from(self._resolve_learned_net(state.learned_net, state_file))
@@ -588,7 +579,7 @@ class Solver:
                         solverstate.sidecar_path(state_file))
             return
         if extras.get("rng") is not None:
-            backend.set_rng_state(extras["rng"])
+            self.rng.restore(extras["rng"])
         self._apply_data_states(self.net, extras.get("train_net", {}))
         for net, states in zip(self.test_nets, extras.get("test_nets", []), strict=False):
             self._apply_data_states(net, states)

@@ -42,16 +42,18 @@ def run_layer(layer, bottoms: Sequence, num_top: int | None = None, xp=None):
     n = num_top if num_top is not None else max(len(layer.param.top), 1)
     top = [Blob((), dtype=layer.dtype, xp=xp, name=f"t{k}") for k in range(n)]
     layer.layer_setup(bottom, top)
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
+    layer.forward_step(bottom, top)
     return bottom, top
 
 
 def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | None = None,
                    check_params: bool = True, num_top: int | None = None, step: float = 1e-5,
                    tol: float = 1e-4, kink: float | None = None, kink_range: float = 1e-3,
-                   seed: int = 1701, rng_seed: int = 0) -> dict:
+                   seed: int = 1701) -> dict:
     """Compare analytic and numeric gradients of ``layer`` (built with float64) on ``bottoms``.
+
+    The layer's random streams are checkpointed once and restored before every
+    forward, so stochastic layers (Dropout) see the same mask each time.
 
     Args:
         layer: a Layer instance (see ``make_layer``), not yet set up.
@@ -62,22 +64,19 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
         tol: relative tolerance (scaled by max(|a|, |n|, 1)).
         kink: for ReLU-like layers, skip inputs within ``kink_range`` of this value.
         seed: seed of the random projection.
-        rng_seed: netdef's random stream is reset to this before every forward, so
-            stochastic layers (Dropout) see the same mask each time.
 
     Returns:
         ``{"checked": n, "max_error": e}``; raises GradientCheckError on a mismatch.
     """
-    backend.set_random_seed(rng_seed)
+    draws = layer.rng.checkpoint()
     bottom, top = run_layer(layer, bottoms, num_top)
     xp = layer.xp
     proj_rng = numpy.random.default_rng(seed)
     projections = [proj_rng.standard_normal(t.shape) for t in top]
 
     def objective() -> float:
-        backend.set_random_seed(rng_seed)
-        layer.reshape(bottom, top)
-        layer.forward(bottom, top)
+        layer.rng.restore(draws)
+        layer.forward_step(bottom, top)
         return float(sum(numpy.sum(backend.to_numpy(t.data) * r) for t, r in zip(top, projections)))
 
     check_bottoms = list(range(len(bottom))) if check_bottoms is None else list(check_bottoms)

@@ -86,10 +86,10 @@ def test_data_float_data_and_a_single_top(tmp_path, monkeypatch):
 
 
 def test_data_transform_crop_mirror_mean_scale_seeded(u8db):
+    netdef.set_random_seed(2)  # the net built next draws from default_rng(2)
     n = net(DATA.format(b=3, extra="", transform="transform_param { crop_size: 2 mirror: true scale: 0.5 "
                                                   "mean_value: 1 mean_value: 3 }"))
     assert n.blobs["data"].shape == (3, 2, 2, 2)
-    netdef.set_random_seed(2)
     x, y = forward(n)
     rng = numpy.random.default_rng(2)  # the transformer draws flips, then row offsets, then column offsets
     flips, rows, cols = rng.integers(0, 2, 3), rng.integers(0, 1, 3), rng.integers(0, 2, 3)
@@ -310,11 +310,11 @@ def test_imagedata_shuffle_seeded_and_state_round_trip(images):
     assert sorted(flat[:3]) == [3, 5, 8] and sorted(flat[3:6]) == [3, 5, 8]  # each pass is a permutation
     assert run()[1] == labels
     state = n.layers[0].get_state()
-    rng = netdef.backend.get_rng_state()
+    rng = n.rng.checkpoint()
     after = [forward(n)[1].tolist() for _ in range(3)]
     fresh = net(IMAGE_DATA.format(src="list.txt", b=2, extra="shuffle: true", transform=""))
     fresh.layers[0].set_state(state)
-    netdef.backend.set_rng_state(rng)
+    fresh.rng.restore(rng)
     assert [forward(fresh)[1].tolist() for _ in range(3)] == after
 
 

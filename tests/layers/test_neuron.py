@@ -317,6 +317,7 @@ def test_in_place_matches_out_of_place(body):
     dy = rng.standard_normal((2, 3, 4)).astype(numpy.float32)
     results = []
     for in_place in (False, True):
+        netdef.set_random_seed(11)  # both nets draw the same masks (Dropout) from their own streams
         net = _net(body, in_place)
         top = "x" if in_place else "y"
         if "L" in net.params and not in_place:
@@ -325,7 +326,6 @@ def test_in_place_matches_out_of_place(body):
             for p, v in zip(net.params["L"], params, strict=True):
                 p.data[...] = v
         net.blobs["x"].data[...] = x
-        netdef.set_random_seed(11)
         net.forward()
         y = net.blobs[top].data.copy()
         net.blobs[top].diff[...] = dy

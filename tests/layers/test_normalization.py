@@ -126,8 +126,8 @@ def test_batchnorm_statistics_are_not_learnable_in_a_net():
         layer = net.layer_dict[name]
         assert [spec.lr_mult for spec in layer.param.param] == [0.0, 0.0, 0.0]
         assert layer.param_propagate_down == [False, False, False]
-        assert all(lr == 0 for blob, lr, _, lname, _ in net.param_specs if lname == name)
-    assert any(lr != 0 for _, lr, _, lname, _ in net.param_specs if lname == "ip")
+        assert all(spec.lr_mult == 0 for spec in net.param_specs if spec.layer == name)
+    assert any(spec.lr_mult != 0 for spec in net.param_specs if spec.layer == "ip")
 
 
 def test_batchnorm_float32_stays_float32():
