@@ -80,8 +80,9 @@ def split_blob_name(blob: str, layer: str, top_index: int, split_index: int) -> 
     return f"{blob}_{layer}_{top_index}_split_{split_index}"
 
 
-def insert_splits(param):
-    """Give every blob read by several layers its own Split layer (gradients then sum)."""
+def _count_consumers(param):
+    """Where each bottom comes from, how many readers each top has (a weighted loss counts as one),
+    and each top's loss weight; keys are (layer index, blob index)."""
     last_producer: dict[str, tuple[int, int]] = {}
     consumers: dict[tuple[int, int], int] = {}
     source_of: dict[tuple[int, int], tuple[int, int]] = {}
@@ -98,11 +99,16 @@ def insert_splits(param):
             consumers[src] = consumers.get(src, 0) + 1
         for j, name in enumerate(layer.top):
             last_producer[name] = (i, j)
-            if layer.loss_weight:
-                if j < len(layer.loss_weight):
-                    loss_weight[(i, j)] = layer.loss_weight[j]
-                    if layer.loss_weight[j]:
-                        consumers[(i, j)] = consumers.get((i, j), 0) + 1
+            if j < len(layer.loss_weight):
+                loss_weight[(i, j)] = layer.loss_weight[j]
+                if layer.loss_weight[j]:
+                    consumers[(i, j)] = consumers.get((i, j), 0) + 1
+    return source_of, consumers, loss_weight
+
+
+def insert_splits(param):
+    """Give every blob read by several layers its own Split layer (gradients then sum)."""
+    source_of, consumers, loss_weight = _count_consumers(param)
     out = pb.NetParameter()
     out.CopyFrom(param)
     del out.layer[:]
@@ -113,10 +119,9 @@ def insert_splits(param):
         for j, name in enumerate(layer.bottom):
             src = source_of[(i, j)]
             if consumers[src] > 1:
-                src_layer = param.layer[src[0]].name
                 k = next_split.get(src, 0)
                 next_split[src] = k + 1
-                new.bottom[j] = split_blob_name(name, src_layer, src[1], k)
+                new.bottom[j] = split_blob_name(name, param.layer[src[0]].name, src[1], k)
         for j, name in enumerate(layer.top):
             n = consumers.get((i, j), 0)
             if n <= 1:
@@ -128,6 +133,7 @@ def insert_splits(param):
             split.top.extend(split_blob_name(name, layer.name, j, k) for k in range(n))
             w = loss_weight.get((i, j), 0.0)
             if w:
+                # the loss moves onto the split's first top, which then stands for the weighted loss reader
                 del new.loss_weight[:]
                 split.loss_weight.extend([w] + [0.0] * (n - 1))
                 next_split[(i, j)] = 1
@@ -219,71 +225,76 @@ class Net:
         self.inputs: list[str] = []
         self.param_specs: list[ParamRecord] = []
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
-        blob_need_backward: dict[str, bool] = {}
-        available: set[str] = set()
+        # blob name -> whether a gradient can reach anything learnable through it
+        self._blob_need_backward: dict[str, bool] = {}
+        self._available: set[str] = set()
         shared: dict[str, tuple[Blob, object, str]] = {}
         seen_layers: set[str] = set()
         for layer_param in param.layer:
             if layer_param.name in seen_layers and layer_param.name:
                 log.warning('Layer name "%s" appears more than once; parameters are saved by name', layer_param.name)
             seen_layers.add(layer_param.name)
-            cls = layer_class(layer_param.type)
-            layer = cls(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp, rng=self.rng)
-            if layer_param.propagate_down and len(layer_param.propagate_down) != len(layer_param.bottom):
-                raise layer.error(
-                    f"propagate_down must be given once per bottom ({len(layer_param.bottom)}). "
-                    f"Received: {len(layer_param.propagate_down)} values"
-                )
-            bottoms, bneed = [], []
-            need_backward = False
-            for j, name in enumerate(layer_param.bottom):
-                if name not in available:
-                    raise layer.error(
-                        f'reads bottom blob "{name}", which is not available at this point (produced by no '
-                        f"earlier layer, or already consumed). Available: {', '.join(sorted(available)) or '(none)'}",
-                        UnknownBottomBlobError,
-                    )
-                bottoms.append(self.blobs[name])
-                nb = blob_need_backward[name]
-                if layer_param.propagate_down:
-                    nb = bool(layer_param.propagate_down[j])
-                bneed.append(nb)
-                need_backward |= blob_need_backward[name]
-                available.discard(name)
-            tops = []
-            for name in layer_param.top:
-                if name in layer_param.bottom:
-                    tops.append(self.blobs[name])
-                elif name in self.blobs:
-                    raise layer.error(
-                        f'produces top blob "{name}", which an earlier layer already produces. Give the top a '
-                        "new name (only in-place layers, whose top equals a bottom, may reuse a name).",
-                        DuplicateTopBlobError,
-                    )
-                else:
-                    self.blobs[name] = Blob((), dtype=self.dtype, xp=self.xp, name=name)
-                    tops.append(self.blobs[name])
-                available.add(name)
+            layer = layer_class(layer_param.type)(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp,
+                                                   rng=self.rng)
+            rec = self._bind_bottoms(layer, layer_param)
+            self._bind_tops(rec, layer_param)
             if layer_param.type == "Input":
                 self.inputs.extend(layer_param.top)
-            layer.layer_setup(bottoms, tops)
+            layer.layer_setup(rec.bottom, rec.top)
             self._share_params(layer, layer_param, shared)
             if layer.blobs:
                 self.params[layer.name] = layer.blobs
-            layer.param_propagate_down = []
-            for k in range(len(layer.blobs)):
-                lr = layer_param.param[k].lr_mult if k < len(layer_param.param) else 1.0
-                layer.param_propagate_down.append(lr != 0)
-                need_backward |= lr != 0
+            layer.param_propagate_down = [
+                (layer_param.param[k].lr_mult if k < len(layer_param.param) else 1.0) != 0
+                for k in range(len(layer.blobs))
+            ]
+            rec.need_backward |= any(layer.param_propagate_down)
             for name in layer_param.top:
-                blob_need_backward[name] = need_backward
+                self._blob_need_backward[name] = rec.need_backward
             self.layers.append(layer)
             self.layer_names.append(layer.name)
-            self.records.append(LayerRecord(layer, bottoms, tops, list(layer_param.bottom), list(layer_param.top),
-                                            bneed, need_backward))
+            self.records.append(rec)
         self._prune_backward(param.force_backward)
-        self.outputs = sorted(available)
+        self.outputs = sorted(self._available)
         self.layer_dict = OrderedDict(zip(self.layer_names, self.layers))
+
+    def _bind_bottoms(self, layer, layer_param) -> LayerRecord:
+        """A record for ``layer`` with its bottoms bound; they stop being net outputs."""
+        propagate = list(layer_param.propagate_down)
+        if propagate and len(propagate) != len(layer_param.bottom):
+            raise layer.error(
+                f"propagate_down must be given once per bottom ({len(layer_param.bottom)}). "
+                f"Received: {len(propagate)} values"
+            )
+        rec = LayerRecord(layer, bottom_names=list(layer_param.bottom), top_names=list(layer_param.top))
+        for j, name in enumerate(layer_param.bottom):
+            if name not in self._available:
+                raise layer.error(
+                    f'reads bottom blob "{name}", which is not available at this point (produced by no earlier '
+                    f"layer, or already consumed). Available: {', '.join(sorted(self._available)) or '(none)'}",
+                    UnknownBottomBlobError,
+                )
+            rec.bottom.append(self.blobs[name])
+            rec.propagate_down.append(bool(propagate[j]) if propagate else self._blob_need_backward[name])
+            rec.need_backward |= self._blob_need_backward[name]
+            self._available.discard(name)
+        return rec
+
+    def _bind_tops(self, rec: LayerRecord, layer_param) -> None:
+        """Create (or, in place, reuse) the top blobs of ``rec``'s layer."""
+        for name in layer_param.top:
+            if name in layer_param.bottom:
+                rec.top.append(self.blobs[name])
+            elif name in self.blobs:
+                raise rec.layer.error(
+                    f'produces top blob "{name}", which an earlier layer already produces. Give the top a '
+                    "new name (only in-place layers, whose top equals a bottom, may reuse a name).",
+                    DuplicateTopBlobError,
+                )
+            else:
+                self.blobs[name] = Blob((), dtype=self.dtype, xp=self.xp, name=name)
+                rec.top.append(self.blobs[name])
+            self._available.add(name)
 
     def _share_params(self, layer, layer_param, shared) -> None:
         for k, blob in enumerate(layer.blobs):

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import numpy
 
+from ..errors import WeightsFileError
+
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 
@@ -62,6 +64,28 @@ def fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
             raise Unsupported(f"wire type {kind}")
 
 
+def _shape_dims(buf, start: int, end: int) -> list[int]:
+    """The ``dim`` values (field 1, packed or not) of a BlobShape message."""
+    dims: list[int] = []
+    for number, kind, a, b in fields(buf, start, end):
+        if number != 1:
+            continue
+        if kind != LENGTH:
+            dims.append(a)
+            continue
+        pos = a
+        while pos < b:
+            value, pos = _varint(buf, pos)
+            dims.append(value)
+    return dims
+
+
+def _joined(values: list) -> numpy.ndarray:
+    if len(values) == 1:
+        return values[0]
+    return numpy.concatenate(values) if values else numpy.zeros(0, numpy.float32)
+
+
 def _blob(buf, start: int, end: int) -> tuple[numpy.ndarray, bool]:
     """A BlobProto's values (a view when possible) and whether its shape is the legacy 4-D form."""
     legacy = [0, 0, 0, 0]
@@ -71,30 +95,13 @@ def _blob(buf, start: int, end: int) -> tuple[numpy.ndarray, bool]:
         if number in (1, 2, 3, 4) and kind == VARINT:
             legacy[number - 1] = a
         elif number == 7 and kind == LENGTH:
-            dims = []
-            for n2, k2, a2, b2 in fields(buf, a, b):
-                if n2 != 1:
-                    continue
-                if k2 == LENGTH:
-                    pos = a2
-                    while pos < b2:
-                        value, pos = _varint(buf, pos)
-                        dims.append(value)
-                else:
-                    dims.append(a2)
+            dims = _shape_dims(buf, a, b)
         elif number in (5, 8):
             if kind != LENGTH:
                 raise Unsupported("unpacked blob values")
-            dtype = "<f4" if number == 5 else "<f8"
-            parts[number].append(numpy.frombuffer(buf, dtype=dtype, count=(b - a) // (4 if number == 5 else 8),
-                                                  offset=a))
-    values = parts[8] or parts[5]
-    if len(values) == 1:
-        arr = values[0]
-    elif values:
-        arr = numpy.concatenate(values)
-    else:
-        arr = numpy.zeros(0, numpy.float32)
+            itemsize = 4 if number == 5 else 8
+            parts[number].append(numpy.frombuffer(buf, dtype=f"<f{itemsize}", count=(b - a) // itemsize, offset=a))
+    arr = _joined(parts[8] or parts[5])
     if dims is not None:
         shape, is_legacy = tuple(dims), False
     elif any(legacy):
@@ -102,8 +109,6 @@ def _blob(buf, start: int, end: int) -> tuple[numpy.ndarray, bool]:
     else:
         shape, is_legacy = (arr.size,) if arr.size else (), True
     if int(numpy.prod(shape, dtype=numpy.int64)) != arr.size:
-        from ..errors import WeightsFileError
-
         raise WeightsFileError(f"a blob holds {arr.size} values but its shape {shape} needs "
                                f"{int(numpy.prod(shape, dtype=numpy.int64))}")
     return arr.reshape(shape), is_legacy

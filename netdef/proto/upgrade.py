@@ -76,33 +76,24 @@ def net_needs_v1_upgrade(param) -> bool:
     return len(param.layers) > 0
 
 
-def upgrade_v1_layer(v1, where: str):
-    """One V1LayerParameter as a LayerParameter."""
-    layer = pb.LayerParameter()
-    if v1.HasField("layer"):
-        raise NetdefError(
-            f'{where}: layer "{v1.name or v1.layer.name}" mixes the V0 format (layers {{ layer {{ ... }} }}) '
-            "into a V1 layer; use one format"
-        )
+def _copy_same_fields(v1, layer) -> None:
+    """Fields that V1 and the current LayerParameter share by name and meaning."""
     for name in _V1_SAME:
         field = pb.V1LayerParameter.DESCRIPTOR.fields_by_name[name]
         value = getattr(v1, name)
-        if field.is_repeated:
-            if field.message_type is not None:
-                for item in value:
-                    getattr(layer, name).add().CopyFrom(item)
-            else:
-                getattr(layer, name).extend(value)
+        if field.is_repeated and field.message_type is not None:
+            for item in value:
+                getattr(layer, name).add().CopyFrom(item)
+        elif field.is_repeated:
+            getattr(layer, name).extend(value)
+        elif v1.HasField(name) and field.message_type is not None:
+            getattr(layer, name).CopyFrom(value)
         elif v1.HasField(name):
-            if field.message_type is not None:
-                getattr(layer, name).CopyFrom(value)
-            else:
-                setattr(layer, name, value)
-    if v1.HasField("type"):
-        enum_name = pb.V1LayerParameter.LayerType.Name(v1.type)
-        if enum_name not in _V1_TYPES:
-            raise NetdefError(f'{where}: V1 layer "{v1.name}" has type {enum_name}, which has no current equivalent')
-        layer.type = _V1_TYPES[enum_name]
+            setattr(layer, name, value)
+
+
+def _v1_param_specs(v1, layer) -> None:
+    """V1's parallel blobs_lr / weight_decay / param / blob_share_mode lists as ParamSpecs."""
     n = max(len(v1.blobs_lr), len(v1.weight_decay), len(v1.param), len(v1.blob_share_mode))
     for i in range(n):
         spec = layer.param.add()
@@ -114,6 +105,23 @@ def upgrade_v1_layer(v1, where: str):
             spec.lr_mult = v1.blobs_lr[i]
         if i < len(v1.weight_decay):
             spec.decay_mult = v1.weight_decay[i]
+
+
+def upgrade_v1_layer(v1, where: str):
+    """One V1LayerParameter as a LayerParameter."""
+    layer = pb.LayerParameter()
+    if v1.HasField("layer"):
+        raise NetdefError(
+            f'{where}: layer "{v1.name or v1.layer.name}" mixes the V0 format (layers {{ layer {{ ... }} }}) '
+            "into a V1 layer; use one format"
+        )
+    _copy_same_fields(v1, layer)
+    if v1.HasField("type"):
+        enum_name = pb.V1LayerParameter.LayerType.Name(v1.type)
+        if enum_name not in _V1_TYPES:
+            raise NetdefError(f'{where}: V1 layer "{v1.name}" has type {enum_name}, which has no current equivalent')
+        layer.type = _V1_TYPES[enum_name]
+    _v1_param_specs(v1, layer)
     for field in pb.V1LayerParameter.DESCRIPTOR.fields:
         special = field.name in ("transform_param", "loss_param")
         if field.name.endswith("_param") and not special and v1.HasField(field.name):
