@@ -32,6 +32,8 @@ log = logging.getLogger("netdef")
 
 TRAIN = pb.TRAIN
 TEST = pb.TEST
+#: the name Caffe gives the tops it adds to a loss layer written without one
+AUTOMATIC_TOP = "(automatic)"
 
 
 # --- phase / level / stage filtering -------------------------------------------------
@@ -295,6 +297,15 @@ class Net:
                 self.blobs[name] = Blob((), dtype=self.dtype, xp=self.xp, name=name)
                 rec.top.append(self.blobs[name])
             self._available.add(name)
+        if rec.layer.is_loss:
+            # Caffe's AutoTopBlobs: a loss layer written without a top still gets the tops it needs. They are
+            # named "(automatic)" and, as in Caffe, are not net outputs.
+            needed = max(rec.layer.min_num_top or 0, rec.layer.exact_num_top or 0)
+            for _ in range(len(rec.top), needed):
+                blob = Blob((), dtype=self.dtype, xp=self.xp, name=AUTOMATIC_TOP)
+                self.blobs[AUTOMATIC_TOP] = blob
+                rec.top.append(blob)
+                rec.top_names.append(AUTOMATIC_TOP)
 
     def _share_params(self, layer, layer_param, shared) -> None:
         for k, blob in enumerate(layer.blobs):

@@ -313,3 +313,26 @@ def test_forward_all_batches_pads_and_trims():
     numpy.testing.assert_allclose(out["ip"], x @ w.T, rtol=1e-5)
     with pytest.raises(ShapeMismatchError, match="same number of samples"):
         net.forward_all(data=x, ip=numpy.zeros((3, 2)))
+
+
+def test_loss_layer_without_a_top_gets_an_automatic_one():
+    # Old LeNet/NIN files wrote loss layers without a top; Caffe adds "(automatic)", which is not a net output.
+    text = """
+    layer { name: "data" type: "Input" top: "data" top: "label"
+            input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 3 weight_filler { type: "constant" value: 0 } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" }
+    """
+    net = make_net(text)
+    assert list(net.blobs) == ["data", "label", "ip", "(automatic)"]
+    assert net.outputs == []
+    net.blobs["label"].data[...] = [0, 2]
+    net.blobs["data"].data[...] = 1
+    net.forward()
+    # zero weights: uniform softmax over 3 classes, loss log(3), counted in the net's loss with weight 1
+    assert abs(float(net.blobs["(automatic)"].data) - numpy.log(3)) < 1e-6
+    assert abs(net.loss - numpy.log(3)) < 1e-6
+    assert net.loss_weights() == {"(automatic)": 1.0}
+    net.backward()
+    assert numpy.abs(net.params["ip"][0].diff).sum() > 0
