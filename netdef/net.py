@@ -9,6 +9,8 @@ reverse from the losses). Forward is a walk in order, backward the reverse walk.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +25,11 @@ from .errors import (
     NetdefError,
     ShapeMismatchError,
     UnknownBottomBlobError,
+    UnknownLayerTypeError,
     layer_prefix,
 )
 from .layers import layer_class
+from .layers.forks import fork_hint
 from .proto import netdef_pb2 as pb
 
 log = logging.getLogger("netdef")
@@ -142,6 +146,21 @@ def insert_splits(param):
     return out
 
 
+def _declaration_line(source: str | None, layer_name: str) -> str:
+    """``"file:line: "`` of the first line naming ``layer_name`` in a definition file (empty if unknown)."""
+    if not source or not os.path.isfile(source):
+        return ""
+    pattern = re.compile(r"""\bname["']?\s*:\s*["']""" + re.escape(layer_name) + r"""["']""")
+    try:
+        with open(source, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if pattern.search(line):
+                    return f"{source}:{number}: "
+    except OSError:
+        return f"{source}: "
+    return f"{source}: "
+
+
 # --- records ----------------------------------------------------------------------------
 @dataclass
 class ParamRecord:
@@ -236,8 +255,8 @@ class Net:
             if layer_param.name in seen_layers and layer_param.name:
                 log.warning('Layer name "%s" appears more than once; parameters are saved by name', layer_param.name)
             seen_layers.add(layer_param.name)
-            layer = layer_class(layer_param.type)(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp,
-                                                   rng=self.rng)
+            layer = self._layer_class(layer_param)(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp,
+                                                    rng=self.rng)
             rec = self._bind_bottoms(layer, layer_param)
             self._bind_tops(rec, layer_param)
             if layer_param.type == "Input":
@@ -259,6 +278,18 @@ class Net:
         self._prune_backward(param.force_backward)
         self.outputs = sorted(self._available)
         self.layer_dict = OrderedDict(zip(self.layer_names, self.layers))
+
+    def _layer_class(self, layer_param):
+        try:
+            return layer_class(layer_param.type)
+        except UnknownLayerTypeError as err:
+            where = _declaration_line(self.source, layer_param.name)
+            raise UnknownLayerTypeError(
+                f"{where}{layer_prefix(layer_param.name, layer_param.type)}: unknown layer type."
+                f"{fork_hint(layer_param.type)} {err} A type netdef lacks can be supplied as a Python layer: "
+                f'type: "Python" python_param {{ module: "my_layers" layer: "{layer_param.type}" }} with a class '
+                "subclassing netdef.Layer (see docs/layers.md)."
+            ) from None
 
     def _bind_bottoms(self, layer, layer_param) -> LayerRecord:
         """A record for ``layer`` with its bottoms bound; they stop being net outputs."""

@@ -336,3 +336,19 @@ def test_loss_layer_without_a_top_gets_an_automatic_one():
     assert net.loss_weights() == {"(automatic)": 1.0}
     net.backward()
     assert numpy.abs(net.params["ip"][0].diff).sum() > 0
+
+
+def test_unknown_layer_type_names_file_line_layer_fork_and_the_python_layer_way(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "x"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } } }\n'
+                    'layer {\n  name: "ann"\n  type: "AnnotatedData"\n  top: "y"\n}\n'
+                    'layer { name: "c" type: "Convolutoin" bottom: "data" top: "c" }\n')
+    with pytest.raises(UnknownLayerTypeError) as info:
+        netdef.Net(str(path), netdef.TEST)
+    message = str(info.value)
+    assert message.startswith(f'{path}:4: Layer "ann" (type AnnotatedData): unknown layer type.')
+    assert "SSD fork (weiliu89/caffe)" in message
+    assert 'type: "Python" python_param' in message
+    path.write_text(path.read_text().replace('  type: "AnnotatedData"\n', '  type: "Input" input_param { shape { dim: 1 } }\n'))
+    with pytest.raises(UnknownLayerTypeError, match=r':8: Layer "c" \(type Convolutoin\).*Did you mean "Convolution"'):
+        netdef.Net(str(path), netdef.TEST)
