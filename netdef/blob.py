@@ -6,6 +6,23 @@ from collections.abc import Sequence
 import numpy
 
 from . import backend
+from .errors import InvalidParameterError, ShapeMismatchError
+
+
+def canonical_axis_index(axis: int, num_axes: int, field: str = "axis", owner: str = "") -> int:
+    """Caffe's CanonicalAxisIndex: ``axis`` in ``[-num_axes, num_axes)`` as an index in ``[0, num_axes)``.
+
+    A 0-axis shape accepts axis 0 (and -0). Out of range: an InvalidParameterError naming
+    ``field``, the received value and the valid range; ``owner`` describes what has the axes
+    (default: "a <n>-axis bottom").
+    """
+    n = num_axes
+    if not -n <= axis < max(n, 1):
+        raise InvalidParameterError(
+            f"{field} {axis} is out of range for {owner or f'a {n}-axis bottom'}. "
+            f"Received: {axis}. Valid: {-n} .. {n - 1}"
+        )
+    return axis % n if n else 0
 
 
 class Blob:
@@ -44,15 +61,7 @@ class Blob:
 
     def canonical_axis(self, axis: int) -> int:
         """Turn a possibly negative axis into an index (as Caffe's CanonicalAxisIndex)."""
-        n = self.num_axes
-        if not -n <= axis < max(n, 1):
-            from .errors import InvalidParameterError
-
-            raise InvalidParameterError(
-                f"axis {axis} is out of range for blob '{self.name}' of shape {self.shape} "
-                f"(valid: {-n} .. {n - 1})"
-            )
-        return axis % n if n else 0
+        return canonical_axis_index(axis, self.num_axes, owner=f"blob '{self.name}' of shape {self.shape}")
 
     def reshape(self, *shape) -> None:
         """Give the blob a new shape; contents are kept only when the shape is unchanged.
@@ -63,34 +72,10 @@ class Blob:
             shape = shape[0]
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
-            from .errors import ShapeMismatchError
-
             raise ShapeMismatchError(f"blob '{self.name}' cannot take negative shape {shape}")
         if shape != tuple(self.data.shape):
             self.data = self.xp.zeros(shape, dtype=self.dtype)
             self.diff = self.xp.zeros(shape, dtype=self.dtype)
-
-    def reshape_like(self, other: Blob) -> None:
-        self.reshape(other.shape)
-
-    def share_data(self, other: Blob) -> None:
-        """Make this blob use ``other``'s data array (no copy)."""
-        self.data = other.data
-
-    def share_diff(self, other: Blob) -> None:
-        self.diff = other.diff
-
-    def to(self, xp) -> None:
-        """Move both arrays to array module ``xp``."""
-        self.xp = xp
-        self.data = backend.asarray(self.data, xp, self.dtype)
-        self.diff = backend.asarray(self.diff, xp, self.dtype)
-
-    def astype(self, dtype) -> None:
-        """Change the element type of both arrays."""
-        self.dtype = numpy.dtype(dtype)
-        self.data = self.data.astype(self.dtype)
-        self.diff = self.diff.astype(self.dtype)
 
     def __repr__(self) -> str:
         return f"Blob(name={self.name!r}, shape={self.shape}, dtype={self.dtype})"

@@ -15,24 +15,17 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable
 
 import numpy
 
 from ..errors import DataSourceError, InvalidParameterError
 from ..proto import netdef_pb2 as pb
+from .errors import ErrorFactory, plain_error
 
 log = logging.getLogger("netdef")
 
 LEVELDB = pb.DataParameter.LEVELDB
 LMDB = pb.DataParameter.LMDB
-
-ErrorFactory = Callable[..., Exception]
-
-
-def _plain_error(message: str, cls: type[Exception] = DataSourceError) -> Exception:
-    return cls(message)
-
 
 # --- Datum decoding -----------------------------------------------------------------------------------
 def decode_image_bytes(data: bytes, color: bool | None = None) -> numpy.ndarray:
@@ -43,7 +36,7 @@ def decode_image_bytes(data: bytes, color: bool | None = None) -> numpy.ndarray:
     16-bit images are reduced to 8 bits.
     """
     try:
-        from PIL import Image
+        from PIL import Image  # optional (the image extra), imported when an encoded datum needs it
     except ImportError:
         raise DataSourceError(
             "decoding encoded datums (JPEG/PNG bytes) needs Pillow, which is not installed: run "
@@ -145,7 +138,7 @@ class DatabaseReader:
 
     kind = ""
 
-    def __init__(self, path: str, error: ErrorFactory = _plain_error):
+    def __init__(self, path: str, error: ErrorFactory = plain_error):
         self.path = path
         self.error = error
         self.epoch = 0
@@ -236,10 +229,10 @@ class LMDBReader(DatabaseReader):
 
     kind = "LMDB"
 
-    def __init__(self, path: str, error: ErrorFactory = _plain_error):
+    def __init__(self, path: str, error: ErrorFactory = plain_error):
         super().__init__(path, error)
         try:
-            import lmdb
+            import lmdb  # optional (the db extra), imported when an LMDB database is opened
         except ImportError:
             raise error(
                 f"reading the LMDB database {path} needs the lmdb package, which is not installed: run "
@@ -287,10 +280,10 @@ class LevelDBReader(DatabaseReader):
 
     kind = "LevelDB"
 
-    def __init__(self, path: str, error: ErrorFactory = _plain_error):
+    def __init__(self, path: str, error: ErrorFactory = plain_error):
         super().__init__(path, error)
         try:
-            import plyvel
+            import plyvel  # optional, imported when a LevelDB database is opened
         except ImportError:
             raise error(
                 f"reading the LevelDB database {path} needs the plyvel package, which is not installed: run "
@@ -328,7 +321,7 @@ def _looks_like_lmdb(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "data.mdb")) or (os.path.isfile(path) and path.endswith(".mdb"))
 
 
-def open_database(path: str, backend: int = LEVELDB, error: ErrorFactory = _plain_error) -> DatabaseReader:
+def open_database(path: str, backend: int = LEVELDB, error: ErrorFactory = plain_error) -> DatabaseReader:
     """A reader for the database at ``path``; ``backend`` is ``DataParameter.LEVELDB`` (Caffe's default) or ``LMDB``."""
     if backend == LMDB:
         return LMDBReader(path, error)

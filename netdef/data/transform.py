@@ -21,27 +21,18 @@ N mirror flags, then the N row offsets, then the N column offsets.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-
 import numpy
 
 from .. import backend
-from ..errors import InvalidParameterError, ShapeMismatchError, WeightsFileError
+from ..errors import ShapeMismatchError, WeightsFileError
+from ..io.blobproto import read_binaryproto
+from ..io.paths import resolve_path
+from .errors import ErrorFactory, plain_error
 
 TRAIN = 0
 
-ErrorFactory = Callable[..., Exception]
-
-
-def _plain_error(message: str, cls: type[Exception] = InvalidParameterError) -> Exception:
-    return cls(message)
-
-
-def read_mean_file(path: str, error: ErrorFactory = _plain_error) -> numpy.ndarray:
+def read_mean_file(path: str, error: ErrorFactory = plain_error) -> numpy.ndarray:
     """A ``.binaryproto`` mean image as a C x H x W float32 array (a leading axis of 1 is dropped)."""
-    from ..io.blobproto import read_binaryproto
-
     try:
         mean = read_binaryproto(path)
     except WeightsFileError as err:
@@ -69,7 +60,7 @@ class DataTransformer:
         rng: the generator random crops and mirrors draw from (the layer's stream).
     """
 
-    def __init__(self, param, phase: int = TRAIN, error: ErrorFactory = _plain_error, base_dir: str | None = None,
+    def __init__(self, param, phase: int = TRAIN, error: ErrorFactory = plain_error, base_dir: str | None = None,
                  rng: numpy.random.Generator | None = None):
         self.error = error
         self.rng = rng if rng is not None else backend.new_streams().numpy
@@ -90,10 +81,7 @@ class DataTransformer:
         self.mean_image: numpy.ndarray | None = None
         self.mean_values: numpy.ndarray | None = None
         if has_mean_file:
-            from ..layers.data import _resolve
-
-            path = _resolve(param.mean_file, base_dir or os.getcwd())
-            self.mean_image = read_mean_file(path, error)
+            self.mean_image = read_mean_file(resolve_path(param.mean_file, base_dir), error)
         elif len(param.mean_value):
             self.mean_values = numpy.asarray(param.mean_value, dtype=numpy.float32)
 

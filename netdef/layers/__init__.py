@@ -4,8 +4,23 @@ Used as pycaffe's ``caffe.layers`` too: ``from netdef import layers as L`` and
 ``L.Convolution(bottom, kernel_size=3)`` describe a layer for a
 :class:`netdef.NetSpec` (see :mod:`netdef.netspec`).
 """
+from ..netspec import layer_factory as _layer_factory
+
 # Each module registers its layer types on import.
-from . import common, data, db_data, loss, neuron, normalization, python_layer, recurrent, vision  # noqa: F401,E402
+from . import (  # noqa: F401
+    common,
+    conv,
+    data,
+    hdf5,
+    input,
+    loss,
+    neuron,
+    normalization,
+    pooling,
+    python_layer,
+    recurrent,
+    structure,
+)
 from .base import Layer, LossLayer, NeuronLayer, layer_class, layer_type_list, register_layer
 
 __all__ = ["Layer", "LossLayer", "NeuronLayer", "layer_class", "layer_type_list", "register_layer"]
@@ -16,7 +31,5 @@ def __getattr__(name: str):
     # types netdef cannot run (e.g. a Caffe fork's) may still be written out, and building a Net
     # from the result names unknown types with a did-you-mean.
     if name[:1].isupper() and name.isidentifier():
-        from ..netspec import layer_factory
-
-        return layer_factory(name)
+        return _layer_factory(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy
 
 from .. import backend, fillers
-from ..blob import Blob
+from ..blob import Blob, canonical_axis_index
 from ..errors import (
     BlobCountError,
     DuplicateLayerTypeError,
@@ -86,9 +86,24 @@ class Layer:
         self.param_propagate_down: list[bool] = []
 
     # --- helpers for subclasses -------------------------------------------------
+    def describe(self) -> str:
+        """How every message about this layer begins: ``Layer "conv1" (type Convolution)`` (logs use it too)."""
+        return layer_prefix(self.name, self.type_name)
+
     def error(self, message: str, cls=InvalidParameterError) -> Exception:
         """An error whose message starts with this layer's name and type."""
-        return cls(f"{layer_prefix(self.name, self.type_name)}: {message}")
+        return cls(f"{self.describe()}: {message}")
+
+    def canonical_axis(self, axis: int, num_axes: int, field: str = "axis") -> int:
+        """Caffe's CanonicalAxisIndex for parameter ``field`` of a ``num_axes``-axis bottom.
+
+        Negative axes count from the end; out of range is an InvalidParameterError naming this
+        layer, the field, the received value and the valid range.
+        """
+        try:
+            return canonical_axis_index(axis, num_axes, field)
+        except InvalidParameterError as err:
+            raise self.error(str(err)) from None
 
     def new_blob(self, shape: Sequence[int]) -> Blob:
         return Blob(shape, dtype=self.dtype, xp=self.xp, name=f"{self.name}.param")

@@ -1,304 +1,558 @@
-"""Input and data layers built into the core: Input, DummyData, HDF5Data."""
+"""Data layers that read databases, image lists and R-CNN window files: Data, ImageData, WindowData."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy
 
-from .. import backend, fillers
-from ..errors import DataSourceError
-from ..proto import netdef_pb2 as pb
+from .. import backend
+from ..data.sources import decode_datum, open_database
+from ..data.transform import DataTransformer
+from ..errors import DataSourceError, NetdefError, ShapeMismatchError
+from ..io.paths import resolve_path
+from ..io.preprocessing import load_image, resize_image
 from .base import Layer, register_layer
 
+log = logging.getLogger("netdef")
 
-def _per_top(layer, values, n_top: int, what: str) -> list:
-    """Caffe's rule: give one value for all tops, or one per top."""
-    values = list(values)
-    if len(values) == 1:
-        return values * n_top
-    if len(values) != n_top:
-        raise layer.error(f"needs 1 or {n_top} (one per top) {what}. Received: {len(values)}")
-    return values
+_LEGACY_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
 
 
-@register_layer("Input")
-class InputLayer(Layer):
-    """Caffe type ``Input``: tops whose values the user sets (``net.blobs[name].data[...] = x``).
+def _warn_ignored_fields(layer: Layer, message, field: str, used: tuple[str, ...] = ()) -> None:
+    """Caffe's layers read only transform_param; say so when the pre-transform_param fields are set."""
+    names = [n for n in _LEGACY_TRANSFORM_FIELDS if n not in used and message.HasField(n)]
+    if names:
+        log.warning("%s: %s.{%s} are ignored, as in Caffe; set them in transform_param",
+                    layer.describe(), field, ", ".join(names))
 
-    Shapes come from ``input_param.shape`` (one for all tops or one per top). No bottoms.
+
+def source_and_batch_size(layer: Layer, field: str, source_is: str):
+    """``layer.param.<field>`` once its ``source`` is given and its ``batch_size`` is positive."""
+    p = getattr(layer.param, field)
+    if not p.source:
+        raise layer.error(f"{field}.source is required ({source_is})")
+    if p.batch_size <= 0:
+        raise layer.error(f"{field}.batch_size must be positive. Received: {p.batch_size}")
+    return p
+
+
+def _image_as_pixels(layer: Layer, path: str, color: bool, where: str,
+                     new_size: tuple[int, int] | None = None) -> numpy.ndarray:
+    """An image file as a K x H x W array of 0..255 pixel values in OpenCV's BGR order (Caffe's view of it).
+
+    A ``.npy`` array (H x W x K) is taken as stored: no rescaling, no channel swap.
+    ``new_size`` = (height, width) resizes bilinearly, rounding to whole pixel values as
+    OpenCV does for 8-bit images.
     """
-
-    exact_num_bottom = 0
-    min_num_top = 1
-
-    def setup(self, bottom, top):
-        shapes = self.param.input_param.shape
-        if not shapes:
-            raise self.error("input_param needs at least one shape { dim: ... }")
-        for t, shape in zip(top, _per_top(self, shapes, len(top), "input_param shapes")):
-            t.reshape(tuple(shape.dim))
-
-    def reshape(self, bottom, top):
-        """Input shapes are whatever the user last set; nothing to do."""
-
-    def forward(self, bottom, top):
-        """Values were written by the user."""
-
-
-@register_layer("DummyData")
-class DummyDataLayer(Layer):
-    """Caffe type ``DummyData``: tops filled by ``dummy_data_param.data_filler``.
-
-    Constant fillers fill once; other fillers refill at every forward, as Caffe does.
-    """
-
-    exact_num_bottom = 0
-    min_num_top = 1
-
-    def setup(self, bottom, top):
-        p = self.param.dummy_data_param
-        n = len(top)
-        if p.shape:
-            shapes = [tuple(s.dim) for s in _per_top(self, p.shape, n, "shapes")]
-        elif p.num:
-            legacy = [_per_top(self, getattr(p, f), n, f) for f in ("num", "channels", "height", "width")]
-            shapes = [tuple(dims) for dims in zip(*legacy)]
-        else:
-            raise self.error("dummy_data_param needs shape { dim: ... } (or the legacy num/channels/height/width)")
-        default = pb.FillerParameter(type="constant", value=0)
-        self.fillers = _per_top(self, p.data_filler or [default], n, "data_filler entries")
-        self.refill = [f.type != "constant" for f in self.fillers]
-        for t, shape, f in zip(top, shapes, self.fillers):
-            t.reshape(shape)
-            fillers.fill(t, f, self.rng.numpy)
-
-    def reshape(self, bottom, top):
-        """Shapes are fixed at set-up."""
-
-    def forward(self, bottom, top):
-        for t, f, again in zip(top, self.fillers, self.refill):
-            if again:
-                fillers.fill(t, f, self.rng.numpy)
+    try:
+        img = load_image(path, color=color)
+    except NetdefError as err:
+        raise layer.error(f"cannot load image {path} ({where}): {err}", DataSourceError) from None
+    raw = path.lower().endswith(".npy")
+    if not raw:
+        img = numpy.rint(img * 255)
+        if img.shape[2] == 3:
+            img = img[:, :, ::-1]
+    if new_size is not None and img.shape[:2] != new_size:
+        img = resize_image(img, new_size)
+        if not raw:
+            img = numpy.clip(numpy.rint(img), 0, 255)
+    dtype = numpy.float32 if raw else numpy.uint8
+    return numpy.ascontiguousarray(img.transpose(2, 0, 1), dtype=dtype)
 
 
-def _resolve(path: str, base_dir: str) -> str:
-    """Caffe resolves against the working directory; fall back to the listing file's folder."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    alt = os.path.join(base_dir, path)
-    return alt if os.path.exists(alt) else path
-
-
-@register_layer("HDF5Data")
-class HDF5DataLayer(Layer):
-    """Caffe type ``HDF5Data``: batches read from HDF5 files.
-
-    ``hdf5_data_param.source`` is a text file listing ``.h5`` files, one per line.
-    Each top reads the dataset of the same name; the first axis indexes samples.
-    Paths are taken relative to the working directory (Caffe's rule) and, when not
-    found there, relative to the folder of the file that names them. With
-    ``shuffle`` the file order and the rows within each file are permuted.
-    """
-
-    exact_num_bottom = 0
-    min_num_top = 1
-
-    def setup(self, bottom, top):
-        p = self.param.hdf5_data_param
-        if not p.source:
-            raise self.error("hdf5_data_param.source is required (a text file listing .h5 files)")
-        if p.batch_size <= 0:
-            raise self.error(f"hdf5_data_param.batch_size must be positive. Received: {p.batch_size}")
-        source = _resolve(p.source, os.getcwd())
-        if not os.path.exists(source):
-            raise self.error(f"source list file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
-        base = os.path.dirname(os.path.abspath(source))
-        with open(source) as f:
-            self.files = [_resolve(line.strip(), base) for line in f if line.strip() and not line.startswith("#")]
-        if not self.files:
-            raise self.error(f"source list {p.source} names no files", DataSourceError)
-        self.batch_size = int(p.batch_size)
-        self.shuffle = bool(p.shuffle)
-        self.top_names = list(self.param.top)
-        self.file_order = numpy.arange(len(self.files))
-        self.file_pos = 0
-        if self.shuffle:
-            self.rng.numpy.shuffle(self.file_order)
-        self._load(self.file_order[0])
-        for t, arr in zip(top, self.arrays):
-            t.reshape((self.batch_size,) + arr.shape[1:])
-
-    def _load(self, file_index: int) -> None:
-        import h5py
-
-        path = self.files[file_index]
-        if not os.path.exists(path):
-            raise self.error(f"HDF5 file not found: {path} (listed in {self.param.hdf5_data_param.source})",
-                             DataSourceError)
-        arrays = []
-        try:
-            with h5py.File(path, "r") as f:
-                for name in self.top_names:
-                    if name not in f:
-                        raise self.error(
-                            f'HDF5 file {path} has no dataset "{name}" for top "{name}". '
-                            f"Datasets: {', '.join(sorted(f.keys()))}",
-                            DataSourceError,
-                        )
-                    arrays.append(numpy.asarray(f[name], dtype=self.dtype))
-        except OSError as err:
-            raise self.error(f"cannot read HDF5 file {path}: {err}", DataSourceError) from None
-        rows = {a.shape[0] for a in arrays}
-        if len(rows) != 1 or 0 in rows:
-            raise self.error(
-                f"datasets in {path} must have the same, non-zero number of rows. Received: "
-                + ", ".join(f"{n}{a.shape}" for n, a in zip(self.top_names, arrays)),
-                DataSourceError,
+def _stack_same_shape(layer: Layer, samples: list, names: list[str]) -> numpy.ndarray:
+    """One N x C x H x W batch; Caffe takes the batch shape from its first sample."""
+    first = samples[0].shape
+    for sample, name in zip(samples, names):
+        if sample.shape != first:
+            raise layer.error(
+                f"all samples of a batch need the shape of its first one {first}. Received: {sample.shape} "
+                f"for {name}",
+                ShapeMismatchError,
             )
-        self.arrays = arrays
-        self.rows = arrays[0].shape[0]
-        self.row = 0
-        self.perm = numpy.arange(self.rows)
-        if self.shuffle:
-            self.rng.numpy.shuffle(self.perm)
-        self.loaded = file_index
+    return numpy.stack(samples)
 
-    def _next_file(self) -> None:
-        self.file_pos += 1
-        if self.file_pos == len(self.files):
-            self.file_pos = 0
-            if self.shuffle:
-                self.rng.numpy.shuffle(self.file_order)
-        if len(self.files) > 1:
-            self._load(self.file_order[self.file_pos])
-            return
-        self.row = 0  # one file: it stays in memory, only its row order changes
-        if self.shuffle:
-            self.rng.numpy.shuffle(self.perm)
+
+@register_layer("Data")
+class DataLayer(Layer):
+    """Caffe type ``Data``: batches of ``Datum`` records from an LMDB or LevelDB database.
+
+    ``data_param``: ``source`` (the database folder, relative to the working directory),
+    ``backend`` (LEVELDB, Caffe's default, or LMDB), ``batch_size``, ``rand_skip`` (start
+    after a random number of records in [0, rand_skip)); ``prefetch`` is ignored (batches are
+    read when needed). ``transform_param`` crops, mirrors, subtracts a mean and scales
+    (:class:`netdef.data.DataTransformer`); ``force_color`` / ``force_gray`` apply to encoded
+    (JPEG/PNG) datums.
+
+    Records are read in key order and wrap around after the last one. The data shape
+    comes from the first datum of each batch (as in Caffe, all datums of a batch must agree).
+
+    Tops: data (N, C, H, W) with H = W = crop_size when cropping; optional label (N,).
+    """
+
+    exact_num_bottom = 0
+    min_num_top = 1
+    max_num_top = 2
+
+    def setup(self, bottom, top):
+        p = source_and_batch_size(self, "data_param", "an LMDB or LevelDB database folder")
+        _warn_ignored_fields(self, p, "data_param")
+        self.batch_size = int(p.batch_size)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error, rng=self.rng.numpy)
+        self.source = resolve_path(p.source)
+        self.reader = open_database(self.source, p.backend, self.error)
+        if p.rand_skip:
+            skip = int(self.rng.numpy.integers(0, p.rand_skip))
+            log.info("%s: skipping the first %d records", self.describe(), skip)
+            self.reader.skip(skip)
+        sample, _ = self._decode(self.reader.key(), self.reader.value())
+        self.shape = self.transformer.output_shape((self.batch_size,) + sample.shape)
+
+    def _decode(self, key: bytes, value: bytes) -> tuple[numpy.ndarray, int]:
+        t = self.transformer
+        try:
+            return decode_datum(value, t.force_color, t.force_gray)
+        except DataSourceError as err:
+            raise self.error(f"{self.source}, record {key!r}: {err}", DataSourceError) from None
 
     def reshape(self, bottom, top):
-        for t, arr in zip(top, self.arrays):
-            t.reshape((self.batch_size,) + arr.shape[1:])
+        top[0].reshape(self.shape)
+        if len(top) > 1:
+            top[1].reshape((self.batch_size,))
 
     def forward(self, bottom, top):
-        pieces: list[list[numpy.ndarray]] = [[] for _ in top]
-        filled = 0
-        while filled < self.batch_size:
-            if self.row >= self.rows:
-                self._next_file()
-            take = min(self.batch_size - filled, self.rows - self.row)
-            idx = self.perm[self.row: self.row + take]
-            for k, arr in enumerate(self.arrays):
-                pieces[k].append(arr[idx])
-            self.row += take
-            filled += take
-        for t, parts in zip(top, pieces):
-            batch = parts[0] if len(parts) == 1 else numpy.concatenate(parts)
-            t.data = backend.asarray(batch, t.xp, t.dtype)
+        records = self.reader.read(self.batch_size)
+        decoded = [self._decode(k, v) for k, v in records]
+        x = _stack_same_shape(self, [d[0] for d in decoded], [f"{self.source} record {k!r}" for k, _ in records])
+        y = self.transformer.transform(x, top[0].dtype)
+        self.shape = y.shape
+        top[0].reshape(y.shape)
+        top[0].data = backend.asarray(y, top[0].xp, top[0].dtype)
+        if len(top) > 1:
+            labels = numpy.array([d[1] for d in decoded], dtype=top[1].dtype)
+            top[1].data = backend.asarray(labels, top[1].xp, top[1].dtype)
 
     def get_state(self) -> dict:
-        """Read position (and permutations), so a resumed run continues exactly."""
-        return {
-            "file_order": self.file_order.tolist(), "file_pos": int(self.file_pos), "loaded": int(self.loaded),
-            "row": int(self.row), "perm": self.perm.tolist(),
-        }
+        """The database read position, so a resumed run continues with the same records."""
+        return self.reader.get_state()
 
     def set_state(self, state: dict) -> None:
-        self.file_order = numpy.asarray(state["file_order"], dtype=numpy.int64)
-        self.file_pos = int(state["file_pos"])
-        if int(state["loaded"]) != self.loaded:
-            self._load(int(state["loaded"]))
-        self.perm = numpy.asarray(state["perm"], dtype=numpy.int64)
-        self.row = int(state["row"])
+        self.reader.set_state(state)
 
 
-@register_layer("MemoryData")
-class MemoryDataLayer(Layer):
-    """Caffe type ``MemoryData``: batches served from arrays given with ``net.set_input_arrays``.
+@register_layer("ImageData")
+class ImageDataLayer(Layer):
+    """Caffe type ``ImageData``: batches of image files listed with their labels in a text file.
 
-    Tops: data (batch_size, channels, height, width) and label (batch_size, 1, 1, 1).
-    Consecutive forwards walk through the arrays and wrap around at the end.
+    ``image_data_param``: ``source`` (lines ``<path> <integer label>``; the path may hold
+    spaces, the label follows the last blank or tab; blank lines and ``#`` lines are skipped),
+    ``root_folder`` (prepended to every path as a plain string, as in Caffe), ``batch_size``,
+    ``shuffle`` (a new order at set-up and after every pass), ``new_height`` / ``new_width``
+    (bilinear resize, both or neither), ``is_color`` (3 channels, else 1), ``rand_skip``.
+    ``transform_param`` as for ``Data``.
+
+    Pixels are 0..255 in BGR order, as OpenCV gives them to Caffe. Paths are taken relative
+    to the working directory (Caffe's rule), then relative to the folder of the list file.
+    A ``.npy`` file (H x W x K) is read as stored, without rescaling or channel swap.
+    The resize rounds to whole pixel values like OpenCV's 8-bit resize; OpenCV's fixed-point
+    arithmetic can differ from it by one grey level.
+
+    Tops: data (N, C, H, W) and label (N,).
     """
 
     exact_num_bottom = 0
     exact_num_top = 2
 
     def setup(self, bottom, top):
-        p = self.param.memory_data_param
-        dims = (p.batch_size, p.channels, p.height, p.width)
-        if min(dims) <= 0:
-            raise self.error(
-                "memory_data_param needs positive batch_size, channels, height and width. "
-                f"Received: {dims}"
-            )
-        self.shape = dims
-        self.data = None
-        self.labels = None
+        p = source_and_batch_size(self, "image_data_param", 'a text file of "<image path> <label>" lines')
+        if bool(p.new_height) != bool(p.new_width):
+            raise self.error("image_data_param needs new_height and new_width both set or both 0. Received: "
+                             f"new_height {p.new_height}, new_width {p.new_width}")
+        _warn_ignored_fields(self, p, "image_data_param")
+        self.batch_size = int(p.batch_size)
+        self.shuffle = bool(p.shuffle)
+        self.color = bool(p.is_color)
+        self.new_size = (int(p.new_height), int(p.new_width)) if p.new_height else None
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error, rng=self.rng.numpy)
+        self.source = resolve_path(p.source)
+        if not os.path.isfile(self.source):
+            raise self.error(f"image list file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
+        self.lines = self._read_list(p.root_folder)
+        self.order = numpy.arange(len(self.lines))
+        if self.shuffle:
+            self.rng.numpy.shuffle(self.order)
         self.pos = 0
-        top[0].reshape(dims)
-        top[1].reshape((p.batch_size, 1, 1, 1))
+        if p.rand_skip:
+            skip = int(self.rng.numpy.integers(0, p.rand_skip))
+            if skip >= len(self.lines):
+                raise self.error(f"rand_skip drew {skip} but {self.source} lists only {len(self.lines)} images. "
+                                 f"Valid: rand_skip <= {len(self.lines)}")
+            self.pos = skip
+        sample = self._load(int(self.order[self.pos]))
+        self.shape = self.transformer.output_shape((self.batch_size,) + sample.shape)
 
-    def set_input_arrays(self, data, labels) -> None:
-        """Use ``data`` (N, C, H, W) and ``labels`` (N,) from now on; N must be a multiple of batch_size."""
-        data = numpy.asarray(backend.to_numpy(data), dtype=self.dtype)
-        labels = numpy.asarray(backend.to_numpy(labels), dtype=self.dtype).reshape(-1)
-        n = self.shape[0]
-        if data.shape[1:] != self.shape[1:]:
-            raise self.error(f"data arrays must have shape (N, {', '.join(map(str, self.shape[1:]))}). "
-                             f"Received: {data.shape}")
-        if data.shape[0] != labels.shape[0]:
-            raise self.error(f"data has {data.shape[0]} rows but labels has {labels.shape[0]}")
-        if data.shape[0] == 0 or data.shape[0] % n:
-            raise self.error(f"the number of rows must be a positive multiple of batch_size {n}. "
-                             f"Received: {data.shape[0]}")
-        self.data, self.labels, self.pos = data, labels, 0
+    def _read_list(self, root_folder: str) -> list[tuple[str, int, int]]:
+        lines = []
+        with open(self.source) as f:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parts = line.rsplit(None, 1)
+                try:
+                    name, value = parts[0], int(parts[1])
+                except (IndexError, ValueError):
+                    name = value = None
+                if name is None:
+                    raise self.error(
+                        f'{self.source} line {lineno}: expected "<image path> <integer label>". Received: {line!r}',
+                        DataSourceError,
+                    )
+                lines.append((resolve_path(root_folder + name, self.source), value, lineno))
+        if not lines:
+            raise self.error(f"image list {self.source} names no images", DataSourceError)
+        return lines
+
+    def _load(self, index: int) -> numpy.ndarray:
+        path, _, lineno = self.lines[index]
+        return _image_as_pixels(self, path, self.color, f"{self.source} line {lineno}", self.new_size)
+
+    def _next_indices(self) -> list[int]:
+        picked = []
+        for _ in range(self.batch_size):
+            picked.append(int(self.order[self.pos]))
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                self.pos = 0
+                if self.shuffle:
+                    self.rng.numpy.shuffle(self.order)
+        return picked
 
     def reshape(self, bottom, top):
-        """Shapes are fixed by memory_data_param."""
+        top[0].reshape(self.shape)
+        top[1].reshape((self.batch_size,))
 
     def forward(self, bottom, top):
-        if self.data is None:
-            raise self.error("no input arrays: call net.set_input_arrays(data, labels) before forward")
-        n = self.shape[0]
-        top[0].data = backend.asarray(self.data[self.pos: self.pos + n], top[0].xp, top[0].dtype)
-        top[1].data = backend.asarray(self.labels[self.pos: self.pos + n].reshape(n, 1, 1, 1), top[1].xp,
-                                      top[1].dtype)
-        self.pos = (self.pos + n) % self.data.shape[0]
+        picked = self._next_indices()
+        # reading image files is per sample by nature; the transform below runs on the whole batch
+        samples = [self._load(i) for i in picked]
+        names = [f"{self.lines[i][0]} ({self.source} line {self.lines[i][2]})" for i in picked]
+        y = self.transformer.transform(_stack_same_shape(self, samples, names), top[0].dtype)
+        self.shape = y.shape
+        top[0].reshape(y.shape)
+        top[0].data = backend.asarray(y, top[0].xp, top[0].dtype)
+        labels = numpy.array([self.lines[i][1] for i in picked], dtype=top[1].dtype)
+        top[1].data = backend.asarray(labels, top[1].xp, top[1].dtype)
+
+    def get_state(self) -> dict:
+        """Read position and (shuffled) order, so a resumed run continues with the same images."""
+        return {"pos": int(self.pos), "order": self.order.tolist()}
+
+    def set_state(self, state: dict) -> None:
+        order = numpy.asarray(state["order"], dtype=numpy.int64)
+        if order.shape != self.order.shape:
+            raise self.error(f"saved read state is for {order.size} images but {self.source} lists "
+                             f"{self.order.size}", DataSourceError)
+        self.order = order
+        self.pos = int(state["pos"])
 
 
-@register_layer("HDF5Output")
-class HDF5OutputLayer(Layer):
-    """Caffe type ``HDF5Output``: writes its two bottoms to ``hdf5_output_param.file_name``.
+def _c_round(v) -> int:
+    """C's round(): halves go away from zero (Python's round() goes to even)."""
+    return int(numpy.sign(v) * numpy.floor(numpy.abs(v) + 0.5))
 
-    Datasets ``data`` and ``label``; every forward appends its batch (Caffe writes a
-    single batch; appending keeps all of them). No tops, no gradient.
+
+class _Tokens:
+    """The whitespace-separated tokens of a text file, taken one at a time with their line numbers."""
+
+    def __init__(self, path: str, error):
+        self.path, self.error = path, error
+        self.tokens: list[tuple[str, int]] = []
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                self.tokens.extend((tok, lineno) for tok in line.split())
+        self.pos = 0
+
+    def more(self) -> bool:
+        return self.pos < len(self.tokens)
+
+    def take(self, what: str, kind=str):
+        """The next token converted by ``kind`` and its line; an error naming ``what`` was expected."""
+        if self.pos >= len(self.tokens):
+            raise self.error(f"{self.path} ends early: expected {what}", DataSourceError)
+        tok, lineno = self.tokens[self.pos]
+        self.pos += 1
+        try:
+            return kind(tok), lineno
+        except ValueError:
+            raise self.error(f"{self.path} line {lineno}: expected {what}. Received: {tok!r}",
+                             DataSourceError) from None
+
+
+@register_layer("WindowData")
+class WindowDataLayer(Layer):
+    """Caffe type ``WindowData``: R-CNN training batches of image windows warped to crop_size.
+
+    ``window_data_param.source`` is a window file of records, separated by whitespace::
+
+        # <image index>
+        <image path>
+        <channels> <height> <width>
+        <number of windows>
+        <class label> <overlap> <x1> <y1> <x2> <y2>     (one line per window, inclusive 0-based pixels)
+
+    A window with ``overlap >= fg_threshold`` is foreground (its label must be > 0); one with
+    ``overlap < bg_threshold`` is background (label 0); others are dropped. Every batch takes
+    ``int(batch_size * fg_fraction)`` foreground windows and the rest background windows,
+    drawn at random with replacement (background ones first in the batch). Each window is cut
+    from its image (read in colour, BGR, 0..255), warped bilinearly to crop_size x crop_size
+    (``crop_mode: "warp"``) or first grown to a square (``"square"``); ``context_pad`` grows
+    the region so that that many pixels of context surround the window after warping. Where
+    the grown region leaves the image, the output stays 0. With ``transform_param.mirror``
+    windows are flipped left-right with probability 1/2. Then ``(pixel - mean) * scale`` with
+    ``transform_param.mean_value`` or the centre crop_size region of ``mean_file`` (Caffe's
+    offsets: both taken from the mean's width; the mean is not flipped).
+
+    Caffe reads ``crop_size``, ``mirror`` and the mean from ``transform_param`` but ``scale``
+    from ``window_data_param``; netdef does too, and uses ``transform_param.scale`` when
+    ``window_data_param.scale`` is not set (Caffe's V1 upgrade moves the scale there, after which
+    Caffe itself ignores it). Image paths: ``root_folder`` + path, relative to the working
+    directory, then to the window file's folder.
+
+    Simplifications: sampling draws through netdef's generator (arrays per batch), so batches
+    are Caffe-shaped and Caffe-distributed but not Caffe's exact windows; images declared with 1
+    channel are read in grey (Caffe reads colour whatever the file says); ``cache_images``
+    keeps decoded images in memory; OpenCV's fixed-point 8-bit resize may differ by one grey
+    level; a window that does not fit the image (without context padding) is an error rather
+    than OpenCV's crash. Windows are warped one at a time (each has its own size).
+
+    Tops: data (N, C, crop_size, crop_size), C from the window file (its last image), and
+    label (N,).
     """
 
-    exact_num_bottom = 2
-    exact_num_top = 0
+    exact_num_bottom = 0
+    exact_num_top = 2
+
+    # columns of self.fg / self.bg
+    IMAGE, LABEL, OVERLAP, X1, Y1, X2, Y2 = range(7)
 
     def setup(self, bottom, top):
-        self.file_name = self.param.hdf5_output_param.file_name
-        if not self.file_name:
-            raise self.error("hdf5_output_param.file_name is required")
-        self.started = False
+        p = source_and_batch_size(self, "window_data_param", "an R-CNN window file")
+        tp = self.param.transform_param
+        self.crop_size = int(tp.crop_size)
+        if self.crop_size <= 0:
+            raise self.error("WindowData needs transform_param.crop_size > 0 (the warped window size). "
+                             f"Received: {self.crop_size}")
+        if p.crop_mode not in ("warp", "square"):
+            raise self.error(f'window_data_param.crop_mode must be "warp" or "square". Received: "{p.crop_mode}"')
+        self.context_pad = int(p.context_pad)
+        if 2 * self.context_pad >= self.crop_size:
+            raise self.error(f"window_data_param.context_pad must be less than crop_size / 2 "
+                             f"({self.crop_size / 2:g}). Received: {self.context_pad}")
+        if not 0 <= p.fg_fraction <= 1:
+            raise self.error(f"window_data_param.fg_fraction must be in [0, 1]. Received: {p.fg_fraction:g}")
+        _warn_ignored_fields(self, p, "window_data_param", used=("scale",))
+        self.batch_size = int(p.batch_size)
+        self.square = p.crop_mode == "square"
+        self.mirror = bool(tp.mirror)
+        self.scale = float(p.scale if p.HasField("scale") else tp.scale)
+        self.cache = {} if p.cache_images else None
+        self.source = resolve_path(p.source)
+        if not os.path.isfile(self.source):
+            raise self.error(f"window file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
+        self.images, fg, bg, self.channels = self._read_windows(p)
+        self.fg = numpy.asarray(fg, dtype=numpy.float64).reshape(-1, 7)
+        self.bg = numpy.asarray(bg, dtype=numpy.float64).reshape(-1, 7)
+        self.num_fg = int(numpy.float32(self.batch_size) * numpy.float32(p.fg_fraction))
+        for kind, windows, wanted in (("foreground", self.fg, self.num_fg),
+                                      ("background", self.bg, self.batch_size - self.num_fg)):
+            if wanted and not len(windows):
+                raise self.error(
+                    f"{self.source} has no {kind} windows (fg_threshold {p.fg_threshold:g}, bg_threshold "
+                    f"{p.bg_threshold:g}) but each batch takes {wanted}",
+                    DataSourceError,
+                )
+        log.info("%s: %d images, %d foreground and %d background windows", self.describe(),
+                 len(self.images), len(self.fg), len(self.bg))
+        self._setup_mean(tp)
+
+    def _setup_mean(self, tp) -> None:
+        # the transformer checks mean_file/mean_value and loads the mean image; WindowData applies it itself
+        t = DataTransformer(tp, self.phase, self.error, rng=self.rng.numpy)
+        c, crop = self.channels, self.crop_size
+        self.mean_image, self.mean_values, self.mean_off = t.mean_image, t.mean_values, 0
+        if t.mean_image is not None:
+            mc, mh, mw = t.mean_image.shape
+            self.mean_off = (mw - crop) // 2
+            if mc != c or mw < crop or mh < self.mean_off + crop:
+                raise self.error(
+                    f"the mean_file image must have {c} channels and be at least crop_size ({crop}) wide and "
+                    f"{max(crop, self.mean_off + crop)} high. Received: mean shape {t.mean_image.shape}",
+                    ShapeMismatchError,
+                )
+        if t.mean_values is not None and t.mean_values.size not in (1, c):
+            raise self.error(f"transform_param needs 1 mean_value or one per channel ({c}). "
+                             f"Received: {t.mean_values.size}")
+
+    def _read_windows(self, p):
+        tokens = _Tokens(self.source, self.error)
+        if not tokens.more():
+            raise self.error(f"window file {self.source} is empty", DataSourceError)
+        images, windows, refs = [], {"fg": [], "bg": []}, []
+        channels = 0
+        while tokens.more():
+            channels = self._read_image_record(tokens, p, images, windows, refs)
+        # Caffe looks windows' images up by the index written in the file
+        for image_index, lineno in refs:
+            if not 0 <= image_index < len(images):
+                raise self.error(f"{self.source} line {lineno}: the window's image index {image_index} is not one "
+                                 f"of the {len(images)} images (valid: 0 .. {len(images) - 1})", DataSourceError)
+        if channels not in (1, 3):
+            raise self.error(f"{self.source}: images must have 1 or 3 channels. Received: {channels}",
+                             DataSourceError)
+        return images, windows["fg"], windows["bg"], channels
+
+    def _read_image_record(self, tokens: _Tokens, p, images: list, windows: dict, refs: list) -> int:
+        """One ``# index path channels height width count`` record and its windows; returns its channels."""
+        mark, lineno = tokens.take('"#" (the start of an image record)')
+        if mark != "#":
+            raise self.error(f'{self.source} line {lineno}: expected "#" (the start of an image record). '
+                             f"Received: {mark!r}", DataSourceError)
+        image_index, _ = tokens.take("an image index", int)
+        path, path_line = tokens.take("an image path")
+        channels, _ = tokens.take("the image's channels", int)
+        tokens.take("the image's height", int)
+        tokens.take("the image's width", int)
+        count, count_line = tokens.take("the number of windows", int)
+        if count < 0:
+            raise self.error(f"{self.source} line {count_line}: the number of windows must be >= 0. "
+                             f"Received: {count}", DataSourceError)
+        images.append((resolve_path(p.root_folder + path, self.source), path_line))
+        for _ in range(count):
+            kind, row, lineno = self._read_window(tokens, p, image_index)
+            if kind is not None:
+                windows[kind].append(row)
+                refs.append((image_index, lineno))
+        return channels
+
+    def _read_window(self, tokens: _Tokens, p, image_index: int) -> tuple[str | None, tuple, int]:
+        """One window: ("fg" or "bg", its row of self.fg/self.bg, its line); kind None between the thresholds."""
+        label, lineno = tokens.take("a window's class label", int)
+        overlap, _ = tokens.take("a window's overlap", float)
+        x1, _ = tokens.take("a window's x1", int)
+        y1, _ = tokens.take("a window's y1", int)
+        x2, _ = tokens.take("a window's x2", int)
+        y2, _ = tokens.take("a window's y2", int)
+        if x2 < x1 or y2 < y1:
+            raise self.error(f"{self.source} line {lineno}: a window needs x1 <= x2 and y1 <= y2. "
+                             f"Received: {x1} {y1} {x2} {y2}", DataSourceError)
+        if overlap >= p.fg_threshold:
+            if label <= 0:
+                raise self.error(f"{self.source} line {lineno}: a foreground window (overlap {overlap:g} "
+                                 f">= fg_threshold {p.fg_threshold:g}) needs a class label > 0. "
+                                 f"Received: {label}", DataSourceError)
+            return "fg", (image_index, label, overlap, x1, y1, x2, y2), lineno
+        if overlap < p.bg_threshold:
+            return "bg", (image_index, 0, 0, x1, y1, x2, y2), lineno
+        return None, (), lineno
+
+    def _image(self, index: int) -> numpy.ndarray:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        path, lineno = self.images[index]
+        img = _image_as_pixels(self, path, self.channels == 3, f"{self.source} line {lineno}")
+        if self.cache is not None:
+            self.cache[index] = img
+        return img
+
+    def _region(self, window, width: int, height: int, flip: bool):
+        """Caffe's window geometry: the image region to cut, the size to warp it to and the padding."""
+        x1, y1, x2, y2 = (int(window[k]) for k in (self.X1, self.Y1, self.X2, self.Y2))
+        crop = self.crop_size
+        size_h = size_w = crop
+        pad_h = pad_w = 0
+        if self.context_pad > 0 or self.square:
+            # Caffe does this geometry in the net's float type; so does netdef
+            f = self.dtype.type
+            context_scale = f(crop) / f(crop - 2 * self.context_pad)
+            half_h = f(y2 - y1 + 1) / f(2)
+            half_w = f(x2 - x1 + 1) / f(2)
+            cx, cy = f(x1) + half_w, f(y1) + half_h
+            if self.square:
+                half_h = half_w = max(half_h, half_w)
+            x1, x2 = _c_round(cx - half_w * context_scale), _c_round(cx + half_w * context_scale)
+            y1, y2 = _c_round(cy - half_h * context_scale), _c_round(cy + half_h * context_scale)
+            unclipped_h, unclipped_w = y2 - y1 + 1, x2 - x1 + 1
+            pad_x1, pad_y1 = max(0, -x1), max(0, -y1)
+            pad_x2, pad_y2 = max(0, x2 - width + 1), max(0, y2 - height + 1)
+            x1, x2, y1, y2 = x1 + pad_x1, x2 - pad_x2, y1 + pad_y1, y2 - pad_y2
+            if x1 > x2 or y1 > y2:
+                return None
+            scale_x, scale_y = f(crop) / f(unclipped_w), f(crop) / f(unclipped_h)
+            size_w = _c_round(f(x2 - x1 + 1) * scale_x)
+            size_h = _c_round(f(y2 - y1 + 1) * scale_y)
+            pad_h = _c_round(f(pad_y1) * scale_y)
+            # the padding is mirrored with the window
+            pad_w = _c_round(f(pad_x2 if flip else pad_x1) * scale_x)
+            size_h = min(size_h, crop - pad_h)
+            size_w = min(size_w, crop - pad_w)
+        elif x1 < 0 or y1 < 0 or x2 >= width or y2 >= height:
+            return None
+        return (y1, y2, x1, x2), (size_h, size_w), (pad_h, pad_w)
 
     def reshape(self, bottom, top):
-        if bottom[0].shape[:1] != bottom[1].shape[:1]:
-            raise self.error(f"data and label need the same number of rows. Received: {bottom[0].shape} and "
-                             f"{bottom[1].shape}")
+        top[0].reshape((self.batch_size, self.channels, self.crop_size, self.crop_size))
+        top[1].reshape((self.batch_size,))
 
     def forward(self, bottom, top):
-        import h5py
+        rng = self.rng.numpy
+        n_bg = self.batch_size - self.num_fg
+        picks = [self.bg[rng.integers(0, len(self.bg), size=n_bg)] if n_bg else self.bg[:0],
+                 self.fg[rng.integers(0, len(self.fg), size=self.num_fg)] if self.num_fg else self.fg[:0]]
+        windows = numpy.concatenate(picks)
+        flips = rng.integers(0, 2, size=self.batch_size).astype(bool) if self.mirror else [False] * self.batch_size
+        dtype = top[0].dtype
+        scale = dtype.type(numpy.float32(self.scale))
+        out = numpy.zeros((self.batch_size, self.channels, self.crop_size, self.crop_size), dtype=dtype)
+        # each window has its own image and warp size, so windows are cut and warped one at a time
+        for i, (window, flip) in enumerate(zip(windows, flips)):
+            img = self._image(int(window[self.IMAGE]))
+            region = self._region(window, img.shape[2], img.shape[1], flip)
+            if region is None:
+                path, _ = self.images[int(window[self.IMAGE])]
+                raise self.error(
+                    f"window ({', '.join(str(int(v)) for v in window[self.X1:])}) of image {path} does not fit "
+                    f"the image ({img.shape[2]} x {img.shape[1]}); without context_pad or square mode a window "
+                    "must lie inside its image",
+                    DataSourceError,
+                )
+            (y1, y2, x1, x2), (size_h, size_w), (pad_h, pad_w) = region
+            if size_h < 1 or size_w < 1:
+                continue  # rounding left no room for the window itself: only padding
+            roi = img[:, y1:y2 + 1, x1:x2 + 1].transpose(1, 2, 0)
+            patch = numpy.clip(numpy.rint(resize_image(roi, (size_h, size_w))), 0, 255).transpose(2, 0, 1)
+            if flip:
+                patch = patch[:, :, ::-1]
+            patch = patch.astype(dtype)
+            if self.mean_image is not None:
+                r0, c0 = self.mean_off + pad_h, self.mean_off + pad_w
+                patch -= self.mean_image[:, r0:r0 + size_h, c0:c0 + size_w].astype(dtype)
+            elif self.mean_values is not None:
+                patch -= numpy.broadcast_to(self.mean_values.astype(dtype), (self.channels,))[:, None, None]
+            out[i, :, pad_h:pad_h + size_h, pad_w:pad_w + size_w] = patch * scale
+        top[0].data = backend.asarray(out, top[0].xp, dtype)
+        labels = windows[:, self.LABEL].astype(top[1].dtype)
+        top[1].data = backend.asarray(labels, top[1].xp, top[1].dtype)
 
-        mode = "a" if self.started else "w"
-        with h5py.File(self.file_name, mode) as f:
-            for name, blob in (("data", bottom[0]), ("label", bottom[1])):
-                arr = backend.to_numpy(blob.data)
-                if name not in f:
-                    f.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True)
-                else:
-                    ds = f[name]
-                    ds.resize(ds.shape[0] + arr.shape[0], axis=0)
-                    ds[-arr.shape[0]:] = arr
-        self.started = True
+    def get_state(self) -> dict:
+        """WindowData keeps no read position: its samples come from netdef's random generator, which
+        the solver saves and restores. The window counts let a resume notice a changed window file."""
+        return {"fg_windows": len(self.fg), "bg_windows": len(self.bg)}
+
+    def set_state(self, state: dict) -> None:
+        if (state.get("fg_windows"), state.get("bg_windows")) != (len(self.fg), len(self.bg)):
+            log.warning("%s: the window file %s changed since the snapshot (windows fg/bg %s/%s, now %d/%d)",
+                        self.describe(), self.source, state.get("fg_windows"), state.get("bg_windows"),
+                        len(self.fg), len(self.bg))

@@ -18,8 +18,10 @@ import numpy
 from .. import backend
 from ..blob import Blob
 from ..errors import DataSourceError, ShapeMismatchError
+from ..io.blobproto import read_binaryproto
 from ..proto import netdef_pb2 as pb
 from .base import Layer, LossLayer, register_layer
+from .common import softmax
 
 #: Caffe's floor on probabilities before a log in SoftmaxWithLoss (FLT_MIN).
 FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
@@ -27,31 +29,6 @@ FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
 LOG_THRESHOLD = float(numpy.float32(1e-20))
 
 _Norm = pb.LossParameter
-
-
-def softmax(x, axis: int):
-    """``exp(x - max) / sum(exp(x - max))`` along ``axis`` (a new array; NumPy or CuPy).
-
-    Args:
-        x: scores.
-        axis: the axis holding the classes.
-
-    Returns:
-        Probabilities of ``x``'s shape and dtype, summing to 1 along ``axis``.
-    """
-    xp = backend.array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
-
-
-def _canonical_axis(layer: Layer, axis: int, num_axes: int, field: str) -> int:
-    if not -num_axes <= axis < max(num_axes, 1):
-        raise layer.error(
-            f"{field} is out of range for a {num_axes}-axis bottom. Received: {axis}. "
-            f"Valid: {-num_axes} .. {num_axes - 1}"
-        )
-    return axis % num_axes if num_axes else 0
 
 
 def _split_axis(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
@@ -138,7 +115,7 @@ class SoftmaxWithLossLayer(LossLayer):
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         shape = bottom[0].shape
-        self.axis = _canonical_axis(self, self.param.softmax_param.axis, len(shape), "softmax_param.axis")
+        self.axis = self.canonical_axis(self.param.softmax_param.axis, len(shape), "softmax_param.axis")
         self.outer, self.classes, self.inner = _split_axis(shape, self.axis)
         if self.outer * self.inner != bottom[1].count:
             raise self.error(
@@ -213,7 +190,7 @@ class AccuracyLayer(Layer):
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
-        self.axis = _canonical_axis(self, self.param.accuracy_param.axis, len(shape), "accuracy_param.axis")
+        self.axis = self.canonical_axis(self.param.accuracy_param.axis, len(shape), "accuracy_param.axis")
         self.outer, self.classes, self.inner = _split_axis(shape, self.axis)
         if self.outer * self.inner != bottom[1].count:
             raise self.error(
@@ -494,14 +471,12 @@ class InfogainLossLayer(LossLayer):
                     "needs the infogain matrix H. Received: no infogain_loss_param.source and 2 bottoms. "
                     "Valid: a .binaryproto path in infogain_loss_param.source, or H as a third bottom"
                 )
-            from ..io.blobproto import read_binaryproto
-
             self._infogain = read_binaryproto(source)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         shape = bottom[0].shape
-        self.axis = _canonical_axis(self, self.param.infogain_loss_param.axis, len(shape), "infogain_loss_param.axis")
+        self.axis = self.canonical_axis(self.param.infogain_loss_param.axis, len(shape), "infogain_loss_param.axis")
         self.outer, self.classes, self.inner = _split_axis(shape, self.axis)
         if self.outer * self.inner != bottom[1].count:
             raise self.error(

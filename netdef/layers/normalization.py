@@ -1,4 +1,4 @@
-"""Normalisation layers: BatchNorm, Scale, Bias and MVN.
+"""Normalisation layers: BatchNorm, Scale, Bias, MVN and LRN.
 
 BatchNorm follows Caffe's split design: it only standardises, and a Scale
 layer with ``bias_term: true`` after it supplies the learned gamma and beta.
@@ -13,6 +13,7 @@ from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, NeuronLayer, register_layer
+from .pooling import PoolWindows, check_4d
 
 
 def _channel_view_shape(ndim: int, channels: int) -> tuple[int, ...]:
@@ -125,15 +126,6 @@ class BatchNormLayer(NeuronLayer):
         bottom[0].diff = (dy - mean_dy - y * mean_dy_y) / self._std
 
 
-def _canonical_axis(layer: Layer, axis: int, ndim: int, what: str) -> int:
-    if not -ndim <= axis < ndim:
-        raise layer.error(
-            f"{what} {axis} is out of range for a bottom with {ndim} axes. Valid: {-ndim} .. {ndim - 1}",
-            ShapeMismatchError,
-        )
-    return axis % ndim
-
-
 def _param_blob_shape(layer: Layer, x_shape: tuple[int, ...], axis: int, num_axes: int, what: str) -> tuple[int, ...]:
     """Shape of a learned Scale/Bias blob: ``num_axes`` axes of bottom[0] from ``axis`` (-1: to the end)."""
     ndim = len(x_shape)
@@ -145,7 +137,7 @@ def _param_blob_shape(layer: Layer, x_shape: tuple[int, ...], axis: int, num_axe
         if num_axes > 0:
             raise layer.error(f"{what}.num_axes {num_axes} does not fit a 0-axis bottom", ShapeMismatchError)
         return ()
-    a = _canonical_axis(layer, axis, ndim, f"{what}.axis")
+    a = layer.canonical_axis(axis, ndim, f"{what}.axis")
     end = ndim if num_axes == -1 else a + num_axes
     if end > ndim:
         raise layer.error(
@@ -170,7 +162,7 @@ class _Broadcast:
     ):
         ndim, k = len(x_shape), len(operand_shape)
         # A scalar operand lines up anywhere; Caffe then ignores the axis setting.
-        a = 0 if k == 0 else _canonical_axis(layer, axis, ndim, axis_field)
+        a = 0 if k == 0 else layer.canonical_axis(axis, ndim, axis_field)
         if a + k > ndim or tuple(x_shape[a : a + k]) != tuple(operand_shape):
             raise layer.error(
                 f"the {operand} of shape {operand_shape}, applied from axis {a} ({axis_field} {axis}), does not "
@@ -360,3 +352,74 @@ class MVNLayer(NeuronLayer):
         s_safe = s + (s == 0)
         corr = self._mean(dy * d, axes) / (s_safe * u * u)
         bottom[0].diff = centred / u - d * corr
+
+
+@register_layer("LRN")
+class LRNLayer(Layer):
+    """Caffe type ``LRN``: local response normalisation.
+
+    ACROSS_CHANNELS: ``y = x * (k + alpha/n * sum_{c' in window(c)} x[c']^2)^-beta`` over ``n = local_size``
+    channels centred on ``c`` (zero beyond the edges).
+
+    WITHIN_CHANNEL: ``y = x * (1 + alpha * avgpool_n(x^2))^-beta`` with an n x n zero-padded AVE pool
+    (divisor ``n^2``). As in Caffe, ``k`` is ignored in this mode.
+
+    Bottom: ``(N, C, H, W)``. Top: same shape.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        lp = self.param.lrn_param
+        self.size = int(lp.local_size)
+        if self.size < 1 or self.size % 2 == 0:
+            raise self.error(f"local_size must be a positive odd number. Received: {lp.local_size}")
+        self.alpha, self.beta, self.k = float(lp.alpha), float(lp.beta), float(lp.k)
+        self.within = lp.norm_region == pb.LRNParameter.WITHIN_CHANNEL
+        self.windows: PoolWindows | None = None
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        check_4d(self, bottom[0])
+        if self.within:
+            in_hw = bottom[0].shape[2:]
+            if self.windows is None or self.windows.in_hw != in_hw:
+                half = (self.size - 1) // 2
+                self.windows = PoolWindows(in_hw, (self.size,) * 2, (1, 1), (half, half))
+        top[0].reshape(bottom[0].shape)
+
+    def _channel_window_sum(self, a):
+        """``sum_{|c' - c| <= n//2} a[:, c']`` with zeros beyond the channel edges."""
+        xp = backend.array_module(a)
+        c, half = a.shape[1], (self.size - 1) // 2
+        padded = xp.zeros((a.shape[0], c + self.size - 1, *a.shape[2:]), dtype=a.dtype)
+        padded[:, half : half + c] = a
+        s = padded[:, :c].copy()
+        for j in range(1, self.size):
+            s += padded[:, j : j + c]
+        return s
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0].data
+        t = x.dtype.type
+        if self.within:
+            scale = t(1) + t(self.alpha) * self.windows.ave_forward(x * x)
+        else:
+            scale = t(self.k) + t(self.alpha / self.size) * self._channel_window_sum(x * x)
+        self._x, self._scale = x, scale
+        top[0].data = x * scale ** t(-self.beta)
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        x, scale, dy = self._x, self._scale, top[0].diff
+        t = x.dtype.type
+        inv = scale ** t(-self.beta)
+        if self.within:
+            # y = x * u^-beta with u = 1 + alpha * avgpool(x^2)
+            g = dy * x * (t(-self.beta * self.alpha) * inv / scale)
+            bottom[0].diff = dy * inv + t(2) * x * self.windows.ave_backward(g, x.shape)
+        else:
+            ratio = dy * (x * inv) / scale
+            coeff = t(2 * self.alpha * self.beta / self.size)
+            bottom[0].diff = dy * inv - coeff * x * self._channel_window_sum(ratio)

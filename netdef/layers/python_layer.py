@@ -35,14 +35,14 @@ from collections.abc import Sequence
 import numpy
 
 from ..blob import Blob
-from ..errors import InvalidParameterError, did_you_mean
+from ..errors import InvalidParameterError, did_you_mean, layer_prefix
 from .base import Layer, register_layer
 
 _METHODS = ("setup", "reshape", "forward", "backward")
 
 
 def _fail(param, message: str) -> InvalidParameterError:
-    return InvalidParameterError(f'Layer "{param.name}" (type Python): {message}')
+    return InvalidParameterError(f"{layer_prefix(param.name, 'Python')}: {message}")
 
 
 def _ensure_cwd_on_path() -> None:

@@ -12,44 +12,18 @@ from collections.abc import Sequence
 import numpy
 
 from .. import backend
-from ..blob import Blob
-from ..layers import layer_class
 from ..proto import netdef_pb2 as pb
-from ..proto import parse_text
+from .runners import make_layer, run_backward, run_layer
 
 
 class GradientCheckError(AssertionError):
     """Analytic and numeric gradients disagree."""
 
 
-def make_layer(definition, phase: int = pb.TRAIN, dtype=numpy.float64, xp=None):
-    """A layer from a LayerParameter or its prototxt text (``type: "ReLU" ...``)."""
-    if isinstance(definition, str):
-        definition = parse_text(definition, pb.LayerParameter(), "<layer>")
-    if not definition.name:
-        definition.name = "L"
-    return layer_class(definition.type)(definition, phase=phase, dtype=dtype, xp=xp or numpy)
-
-
-def run_layer(layer, bottoms: Sequence, num_top: int | None = None, xp=None):
-    """Set up ``layer`` on copies of ``bottoms``, run forward; return (bottom blobs, top blobs)."""
-    xp = xp or layer.xp
-    bottom = []
-    for i, arr in enumerate(bottoms):
-        b = Blob(numpy.shape(arr), dtype=layer.dtype, xp=xp, name=f"b{i}")
-        b.data = backend.asarray(arr, xp, layer.dtype).copy()
-        bottom.append(b)
-    n = num_top if num_top is not None else max(len(layer.param.top), 1)
-    top = [Blob((), dtype=layer.dtype, xp=xp, name=f"t{k}") for k in range(n)]
-    layer.layer_setup(bottom, top)
-    layer.forward_step(bottom, top)
-    return bottom, top
-
-
 def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | None = None,
                    check_params: bool = True, num_top: int | None = None, step: float = 1e-5,
                    tol: float = 1e-4, kink: float | None = None, kink_range: float = 1e-3,
-                   seed: int = 1701) -> dict:
+                   seed: int = 1701, top_index: int | None = None) -> dict:
     """Compare analytic and numeric gradients of ``layer`` (built with float64) on ``bottoms``.
 
     The layer's random streams are checkpointed once and restored before every
@@ -64,6 +38,8 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
         tol: relative tolerance (scaled by max(|a|, |n|, 1)).
         kink: for ReLU-like layers, skip inputs within ``kink_range`` of this value.
         seed: seed of the random projection.
+        top_index: check the gradient of this top alone (the others get no projection), as
+            Caffe's ``CheckGradientSingle`` does for one ``top_id``; default: all tops.
 
     Returns:
         ``{"checked": n, "max_error": e}``; raises GradientCheckError on a mismatch.
@@ -71,8 +47,12 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
     draws = layer.rng.checkpoint()
     bottom, top = run_layer(layer, bottoms, num_top)
     xp = layer.xp
+    if top_index is not None and not 0 <= top_index < len(top):
+        raise ValueError(f"top_index must name one of the {len(top)} tops. Received: {top_index}")
     proj_rng = numpy.random.default_rng(seed)
     projections = [proj_rng.standard_normal(t.shape) for t in top]
+    if top_index is not None:
+        projections = [r if k == top_index else numpy.zeros_like(r) for k, r in enumerate(projections)]
 
     def objective() -> float:
         layer.rng.restore(draws)
@@ -85,11 +65,7 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
         b.diff = xp.zeros(b.shape, dtype=layer.dtype)
     for p in layer.blobs:
         p.diff = xp.zeros(p.shape, dtype=layer.dtype)
-    for t, r in zip(top, projections):
-        t.diff = backend.asarray(r, xp, layer.dtype)
-    propagate = [i in check_bottoms for i in range(len(bottom))]
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    layer.backward(top, propagate, bottom)
+    run_backward(layer, bottom, top, projections, [i in check_bottoms for i in range(len(bottom))])
     targets = [(f"bottom {i}", bottom[i], True) for i in check_bottoms]
     if check_params:
         targets += [(f"param {j}", p, False) for j, p in enumerate(layer.blobs)]
@@ -123,30 +99,29 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
 
 
 def check_gpu_matches_cpu(definition, bottoms: Sequence, *, rtol: float = 1e-10, atol: float = 1e-12,
-                          phase: int = pb.TRAIN, other_xp=None) -> None:
+                          phase: int = pb.TRAIN, other_xp=None, num_top: int | None = None,
+                          propagate_down: Sequence[bool] | None = None) -> None:
     """Run one layer forward and backward on NumPy and on CuPy (float64) and compare every result.
 
     Compared: tops, bottom diffs, parameter values (forward may update them, e.g.
     BatchNorm statistics) and parameter diffs. Skips (pytest) when CuPy or a CUDA
     device is missing. The random stream is reset before each run and the top diffs
-    are a fixed cosine pattern, so both runs see the same inputs.
+    are a fixed cosine pattern, so both runs see the same inputs. ``num_top`` and
+    ``propagate_down`` (default: every bottom) are as for :func:`run_layer` and :func:`run_backward`.
     """
     if other_xp is None:  # the normal case; other_xp lets the comparison itself be tested without a GPU
-        import pytest
+        import pytest  # a test-only dependency: netdef.testing stays importable without it
 
         if not backend.gpu_available():
             pytest.skip("CuPy or a CUDA device is not available")
-        import cupy as other_xp
+        import cupy as other_xp  # optional and heavy: only where a GPU is there to compare with
 
     results = []
     for xp in (numpy, other_xp):
         backend.set_random_seed(0)
         layer = make_layer(definition, phase=phase, xp=xp)
-        bottom, top = run_layer(layer, bottoms)
-        for t in top:
-            t.diff = xp.asarray(numpy.cos(numpy.arange(t.count)).reshape(t.shape))
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True] * len(bottom), bottom)
+        bottom, top = run_layer(layer, bottoms, num_top)
+        run_backward(layer, bottom, top, [numpy.cos(numpy.arange(t.count)) for t in top], propagate_down)
         arrays = [t.data for t in top] + [b.diff for b in bottom] + [p.data for p in layer.blobs]
         results.append([backend.to_numpy(a) for a in arrays + [p.diff for p in layer.blobs]])
     for cpu, gpu in zip(*results):

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import numpy
 
+import netdef
+
+from ..backend import to_numpy
+
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -68,53 +72,77 @@ def _chdir(path):
         os.chdir(old)
 
 
+def _indexed_count(d, prefix: str) -> int:
+    """How many ``<prefix>_<i>`` arrays the case holds."""
+    return sum(1 for k in d if re.fullmatch(rf"{prefix}_\d+", k))
+
+
+def _load_inputs(net, d) -> list:
+    """Put the case's bottoms and parameter values into ``net``; return the tested layer's parameter blobs."""
+    for i in range(_indexed_count(d, "bottom")):
+        net.blobs[f"b{i}"].data[...] = d[f"bottom_{i}"]
+        if f"b{i}" in net.params:
+            net.params[f"b{i}"][0].data[...] = d[f"bottom_{i}"]
+    params = net.params.get("L", [])
+    for j in range(_indexed_count(d, "param")):
+        params[j].data[...] = d[f"param_{j}"]
+    return params
+
+
+def _check_forward(net, params: list, d, check) -> None:
+    for key in d:
+        if key.startswith("param_post_"):
+            check(key, params[int(key.rsplit("_", 1)[1])].data)
+    k = 0
+    while f"top_{k}" in d:
+        check(f"top_{k}", net.blobs[f"t{k}"].data)
+        k += 1
+
+
+def _check_backward(net, params: list, d, check) -> None:
+    k = 0
+    while f"top_diff_{k}" in d:
+        net.blobs[f"t{k}"].diff[...] = d[f"top_diff_{k}"]
+        k += 1
+    net.backward()
+    for key in d:
+        if key.startswith("bottom_diff_"):
+            check(key, net.blobs[f"b{key.rsplit('_', 1)[1]}"].diff)
+        elif key.startswith("param_diff_"):
+            check(key, params[int(key.rsplit("_", 1)[1])].diff)
+
+
 def run_layer_case(case: str, phase_name: str = "TRAIN") -> dict[str, float]:
     """Run one ``layers/`` case; return ``{key: scaled error}``; raise AssertionError on a mismatch."""
-    import netdef
-
-    from ..backend import to_numpy
-
     root = parity_root() / "layers"
     d = numpy.load(root / f"{case}.npz")
     errors: dict[str, float] = {}
+
+    def check(key, got):
+        try:
+            errors[key] = compare(to_numpy(got), d[key])
+        except AssertionError as err:
+            raise AssertionError(f"{case}: {key}: {err}") from None
+
     with _chdir(root):
         phase = netdef.TRAIN if phase_name.upper() == "TRAIN" else netdef.TEST
         net = netdef.Net(str(root / f"{case}.prototxt"), phase)
-        nb = sum(1 for k in d if re.fullmatch(r"bottom_\d+", k))
-        for i in range(nb):
-            net.blobs[f"b{i}"].data[...] = d[f"bottom_{i}"]
-            if f"b{i}" in net.params:
-                net.params[f"b{i}"][0].data[...] = d[f"bottom_{i}"]
-        params = net.params.get("L", [])
-        for j in range(sum(1 for k in d if re.fullmatch(r"param_\d+", k))):
-            params[j].data[...] = d[f"param_{j}"]
+        params = _load_inputs(net, d)
         net.forward()
-
-        def check(key, got):
-            try:
-                errors[key] = compare(to_numpy(got), d[key])
-            except AssertionError as err:
-                raise AssertionError(f"{case}: {key}: {err}") from None
-
-        for key in d:
-            if key.startswith("param_post_"):
-                check(key, params[int(key.rsplit("_", 1)[1])].data)
-        k = 0
-        while f"top_{k}" in d:
-            check(f"top_{k}", net.blobs[f"t{k}"].data)
-            k += 1
+        _check_forward(net, params, d, check)
         if any(key.startswith("top_diff_") for key in d):
-            k = 0
-            while f"top_diff_{k}" in d:
-                net.blobs[f"t{k}"].diff[...] = d[f"top_diff_{k}"]
-                k += 1
-            net.backward()
-            for key in d:
-                if key.startswith("bottom_diff_"):
-                    check(key, net.blobs[f"b{key.rsplit('_', 1)[1]}"].diff)
-                elif key.startswith("param_diff_"):
-                    check(key, params[int(key.rsplit("_", 1)[1])].diff)
+            _check_backward(net, params, d, check)
     return errors
+
+
+def check_parity_covers(types: set[str]) -> None:
+    """Every type in ``types`` has at least one reference case (skips without the reference folder)."""
+    import pytest  # a test-only dependency: netdef.testing stays importable without it
+
+    if parity_root() is None:
+        pytest.skip("shared/parity not available")
+    missing = set(types) - {c["type"] for c in layer_cases(types)}
+    assert not missing, f"no parity case for {sorted(missing)}"
 
 
 def parametrize_layer_cases(types: set[str]):
@@ -122,7 +150,7 @@ def parametrize_layer_cases(types: set[str]):
 
     Without the reference folder there is one placeholder that ``check_layer_case`` skips.
     """
-    import pytest
+    import pytest  # a test-only dependency: netdef.testing stays importable without it
 
     cases = layer_cases(types)
     return pytest.mark.parametrize("case", cases or [None], ids=[c["case"] for c in cases] or ["no-parity-data"])
@@ -130,7 +158,7 @@ def parametrize_layer_cases(types: set[str]):
 
 def check_layer_case(case: dict | None) -> dict[str, float]:
     """Run one case given by ``parametrize_layer_cases``: skip without data, fail on any mismatch."""
-    import pytest
+    import pytest  # a test-only dependency: netdef.testing stays importable without it
 
     if case is None or parity_root() is None:
         pytest.skip("shared/parity not available")

@@ -5,13 +5,12 @@ import math
 import numpy
 import pytest
 
-from netdef import backend
-from netdef.blob import Blob
 from netdef.errors import BlobCountError, DataSourceError, InvalidParameterError, ShapeMismatchError, WeightsFileError
 from netdef.io.blobproto import write_binaryproto
-from netdef.layers.loss import softmax
-from netdef.testing import check_gradient, make_layer, run_layer
-from netdef.testing.parity import layer_cases, parity_root, run_layer_case
+from netdef.net import Net
+from netdef.proto import netdef_pb2, parse_text
+from netdef.testing import check_gpu_matches_cpu, check_gradient, make_blobs, make_layer, rand, run_backward, run_layer
+from netdef.testing.parity import check_layer_case, parametrize_layer_cases
 
 LN2 = math.log(2.0)
 LN3 = math.log(3.0)
@@ -29,30 +28,13 @@ def forward(definition, bottoms, num_top=None):
 
 def backward(layer, bottoms, top, propagate=None):
     """One backward with the tops' seeded diffs (the loss weight); returns the bottom diffs."""
-    bottom = []
-    for i, arr in enumerate(bottoms):
-        b = Blob(numpy.shape(arr), dtype=layer.dtype, name=f"b{i}")
-        b.data = numpy.array(arr, dtype=layer.dtype)
-        bottom.append(b)
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    propagate = propagate if propagate is not None else [True] + [False] * (len(bottom) - 1)
-    layer.backward(top, propagate, bottom)
-    return [b.diff for b in bottom]
-
-
-def rand(*shape, seed=0):
-    return numpy.random.default_rng(seed).standard_normal(shape)
+    bottom = make_blobs(bottoms, layer.dtype, layer.xp)
+    layer.forward_step(bottom, top)
+    return run_backward(layer, bottom, top, propagate_down=propagate or [True] + [False] * (len(bottom) - 1))
 
 
 def labels(n, classes, seed=0):
     return numpy.random.default_rng(seed).integers(0, classes, size=n).astype(numpy.float64)
-
-
-# --- softmax helper -------------------------------------------------------------------------
-def test_softmax_helper_is_stable_and_normalised():
-    p = softmax(numpy.array([[1000.0, 1000.0 + LN3], [0.0, 0.0]]), 1)
-    numpy.testing.assert_allclose(p, [[0.25, 0.75], [0.5, 0.5]])
 
 
 # --- SoftmaxWithLoss ------------------------------------------------------------------------
@@ -454,15 +436,11 @@ TYPES = {
     "InfogainLoss",
     "ContrastiveLoss",
 }
-CASES = layer_cases(TYPES)
 
 
-@pytest.mark.parametrize("case", CASES or [None], ids=[c["case"] for c in CASES] or ["no-parity-data"])
+@parametrize_layer_cases(TYPES)
 def test_caffe_parity(case):
-    if parity_root() is None or case is None:
-        pytest.skip("shared/parity not available")
-    errors = run_layer_case(case["case"], case["phase"])
-    assert errors, "the case compared nothing"
+    check_layer_case(case)
 
 
 # --- GPU: the same bodies on CuPy ----------------------------------------------------------------------
@@ -481,26 +459,11 @@ def test_caffe_parity(case):
     ],
 )
 def test_gpu_matches_cpu(definition, bottoms):
-    if not backend.gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-
-    results = []
-    for xp in (numpy, cupy):
-        layer = make_layer(definition, xp=xp)
-        bottom, top = run_layer(layer, bottoms, xp=xp)
-        if layer.type_name != "Accuracy":
-            layer.backward(top, [True] + [False] * (len(bottom) - 1), bottom)
-        results.append([backend.to_numpy(t.data) for t in top] + [backend.to_numpy(bottom[0].diff)])
-    for cpu, gpu in zip(*results, strict=True):
-        numpy.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
+    check_gpu_matches_cpu(definition, bottoms, propagate_down=[True] + [False] * (len(bottoms) - 1))
 
 
 # --- inside a net ---------------------------------------------------------------------------------------
 def test_force_backward_in_a_net_leaves_labels_alone():
-    from netdef.net import Net
-    from netdef.proto import netdef_pb2, parse_text
-
     text = """
         force_backward: true
         layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 } } }

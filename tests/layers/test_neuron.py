@@ -10,7 +10,15 @@ import netdef
 from netdef.errors import InvalidParameterError, NetdefError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
-from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
+from netdef.testing import (
+    check_gpu_matches_cpu,
+    check_gradient,
+    check_layer_error,
+    forward_layer,
+    make_layer,
+    run_backward,
+    run_layer,
+)
 from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {
@@ -33,19 +41,11 @@ TYPES = {
 
 def forward_backward(definition, x, dy=None, phase=pb.TRAIN, params=None):
     """Run one layer on float64 ``x``; return (top data, bottom diff or None, layer)."""
-    layer = make_layer(definition, phase=phase)
-    bottom, top = run_layer(layer, [numpy.asarray(x, dtype=numpy.float64)])
-    if params is not None:
-        for blob, value in zip(layer.blobs, params, strict=True):
-            blob.data[...] = value
-        layer.forward(bottom, top)
+    layer, bottom, top = forward_layer(definition, [x], params, phase=phase)
     y = top[0].data.copy()
     if dy is None:
         return y, None, layer
-    top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    layer.backward(top, [True], bottom)
-    return y, bottom[0].diff.copy(), layer
+    return y, run_backward(layer, bottom, top, [dy])[0].copy(), layer
 
 
 # --- literal values ---------------------------------------------------------------------
@@ -229,11 +229,9 @@ def test_float32_stays_float32():
         'type: "Power" power_param { power: 1.5 shift: 4 }',
         'type: "Threshold"',
     ):
-        layer = make_layer(definition, dtype=numpy.float32)
-        bottom, top = run_layer(layer, [numpy.linspace(-2, 2, 12, dtype=numpy.float32).reshape(2, 3, 2)])
-        top[0].diff = numpy.ones_like(top[0].data)
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True], bottom)
+        x = numpy.linspace(-2, 2, 12, dtype=numpy.float32).reshape(2, 3, 2)
+        layer, bottom, top = forward_layer(definition, [x], dtype=numpy.float32)
+        run_backward(layer, bottom, top, [numpy.ones_like(top[0].data)])
         assert top[0].data.dtype == numpy.float32, definition
         assert bottom[0].diff.dtype == numpy.float32, definition
 
@@ -364,11 +362,7 @@ def test_parity(case):
     ],
 )
 def test_invalid_parameters(definition, x, error, needle):
-    layer = make_layer(pb.LayerParameter.FromString(_partial(definition)))
-    with pytest.raises(error) as info:
-        run_layer(layer, [x])
-    assert needle in str(info.value)
-    assert 'Layer "L"' in str(info.value)
+    check_layer_error(pb.LayerParameter.FromString(_partial(definition)), [x], error, needle)
 
 
 def _partial(definition: str) -> bytes:

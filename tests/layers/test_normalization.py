@@ -1,4 +1,4 @@
-"""Tests of BatchNorm, Scale, Bias and MVN (netdef/layers/normalization.py)."""
+"""Tests of BatchNorm, Scale, Bias, MVN and LRN (netdef/layers/normalization.py)."""
 
 import math
 
@@ -9,30 +9,26 @@ import netdef
 from netdef.errors import InvalidParameterError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
-from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
+from netdef.testing import (
+    check_empty_batch,
+    check_gpu_matches_cpu,
+    check_gradient,
+    check_layer_error,
+    forward_layer,
+    make_layer,
+    run_backward,
+    run_layer,
+)
 from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
-TYPES = {"BatchNorm", "Scale", "Bias", "MVN"}
+TYPES = {"BatchNorm", "Scale", "Bias", "MVN", "LRN"}
 
 
 def run(definition, bottoms, phase=pb.TRAIN, params=None, dy=None):
     """Set up one float64 layer, optionally set its blobs, run forward (and backward when dy is given)."""
-    layer = make_layer(definition, phase=phase)
-    bottom = []
-    for i, value in enumerate(bottoms):
-        value = numpy.asarray(value, dtype=numpy.float64)
-        bottom.append(netdef.Blob(value.shape, dtype=numpy.float64, name=f"b{i}"))
-        bottom[-1].data = value.copy()
-    top = [netdef.Blob((), dtype=numpy.float64, name="t0")]
-    layer.layer_setup(bottom, top)
-    for blob, value in zip(layer.blobs, params or [], strict=params is not None):
-        blob.data[...] = value
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
+    layer, bottom, top = forward_layer(definition, bottoms, params, phase=phase)
     if dy is not None:
-        top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True] * len(bottom), bottom)
+        run_backward(layer, bottom, top, [dy])
     return layer, bottom, top
 
 
@@ -48,7 +44,7 @@ def test_batchnorm_train_values_and_running_stats():
     numpy.testing.assert_allclose(layer.blobs[2].data, [1.0])
     numpy.testing.assert_allclose(layer.blobs[0].data, [2.5])
     numpy.testing.assert_allclose(layer.blobs[1].data, [1.25 * 4 / 3])  # unbiased: m / (m - 1), m = 4
-    layer.forward(bottom, top)
+    layer.forward_step(bottom, top)
     numpy.testing.assert_allclose(layer.blobs[2].data, [1.9])
     numpy.testing.assert_allclose(layer.blobs[0].data, [0.9 * 2.5 + 2.5])
     numpy.testing.assert_allclose(layer.blobs[1].data, [1.9 * 5 / 3])
@@ -348,20 +344,22 @@ def test_parity(case):
         ('type: "BatchNorm" param { lr_mult: 0 } param { lr_mult: 1 }', [X], InvalidParameterError, "lr_mult 1"),
         ('type: "BatchNorm" batch_norm_param { eps: -1 }', [X], InvalidParameterError, "Received: -1"),
         ('type: "BatchNorm"', [numpy.float64(1.0)], ShapeMismatchError, "at least 1 axis"),
-        ('type: "Scale" scale_param { axis: 4 }', [X], ShapeMismatchError, "scale_param.axis 4"),
+        (
+            'type: "Scale" scale_param { axis: 4 }',
+            [X],
+            InvalidParameterError,
+            "scale_param.axis 4 is out of range for a 4-axis bottom. Received: 4. Valid: -4 .. 3",
+        ),
         ('type: "Scale" scale_param { num_axes: -2 }', [X], InvalidParameterError, "Received: -2"),
         ('type: "Scale" scale_param { axis: 2 num_axes: 3 }', [X], ShapeMismatchError, "num_axes 3"),
         ('type: "Scale"', [X, numpy.ones(3)], ShapeMismatchError, "(3,)"),
-        ('type: "Bias" bias_param { axis: -5 }', [X], ShapeMismatchError, "bias_param.axis -5"),
+        ('type: "Bias" bias_param { axis: -5 }', [X], InvalidParameterError, "bias_param.axis -5 is out of range"),
         ('type: "Bias" bias_param { axis: 0 }', [X, numpy.ones((3, 3))], ShapeMismatchError, "(3, 3)"),
         ('type: "MVN" mvn_param { eps: -0.1 }', [X], InvalidParameterError, "Received: -0.1"),
     ],
 )
 def test_invalid_parameters(definition, bottoms, error, needle):
-    with pytest.raises(error) as info:
-        run_layer(make_layer(definition), bottoms)
-    assert needle in str(info.value)
-    assert 'Layer "L"' in str(info.value)
+    check_layer_error(definition, bottoms, error, needle)
 
 
 def test_batchnorm_channel_change_is_refused():
@@ -377,3 +375,112 @@ def test_batchnorm_channel_change_is_refused():
 @pytest.mark.parametrize("definition,bottoms,phase,kwargs", GRADIENT_CASES)
 def test_gpu_matches_cpu(definition, bottoms, phase, kwargs):
     check_gpu_matches_cpu(definition, bottoms, phase=phase)
+
+
+# --- LRN ---------------------------------------------------------------------------------
+LRN_RNG = numpy.random.default_rng(5)
+
+
+def reference_lrn_across(x, size, alpha, beta, k):
+    """Per-element definition of cross-channel LRN (independent of netdef)."""
+    y = numpy.empty_like(x)
+    c = x.shape[1]
+    half = size // 2
+    for ch in range(c):
+        lo, hi = max(0, ch - half), min(c, ch + half + 1)
+        scale = k + alpha / size * (x[:, lo:hi] ** 2).sum(axis=1)
+        y[:, ch] = x[:, ch] * scale**-beta
+    return y
+
+
+def reference_lrn_within(x, size, alpha, beta):
+    """Per-pixel definition of within-channel LRN: n x n neighbourhood mean of x^2, zero outside."""
+    half = size // 2
+    h, w = x.shape[2:]
+    padded = numpy.pad(x**2, [(0, 0), (0, 0), (half, half), (half, half)])
+    y = numpy.empty_like(x)
+    for i in range(h):
+        for j in range(w):
+            mean = padded[:, :, i : i + size, j : j + size].sum(axis=(2, 3)) / size**2
+            y[:, :, i, j] = x[:, :, i, j] * (1 + alpha * mean) ** -beta
+    return y
+
+
+def test_lrn_across_channels_values():
+    x = numpy.array([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
+    _, top = run_layer(make_layer('type: "LRN" lrn_param { local_size: 3 alpha: 3 beta: 1 k: 1 }'), [x])
+    # scale_c = 1 + (3/3) * sum of squares of channels c-1..c+1: 6, 15, 14
+    numpy.testing.assert_allclose(top[0].data.ravel(), [1 / 6, 2 / 15, 3 / 14])
+    x = LRN_RNG.standard_normal((2, 7, 3, 2))
+    # parameters exactly representable in the proto's float32 fields
+    _, top = run_layer(make_layer('type: "LRN" lrn_param { local_size: 5 alpha: 0.625 beta: 0.75 k: 2 }'), [x])
+    numpy.testing.assert_allclose(top[0].data, reference_lrn_across(x, 5, 0.625, 0.75, 2), rtol=1e-12)
+
+
+def test_lrn_within_channel_values_ignore_k():
+    x = numpy.full((1, 1, 1, 1), 2.0)
+    layer = make_layer('type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 9 beta: 1 k: 100 }')
+    _, top = run_layer(layer, [x])
+    # mean of x^2 over the zero-padded 3x3 window is 4/9; 1 + 9 * 4/9 = 5
+    numpy.testing.assert_allclose(top[0].data, [[[[0.4]]]])
+    x = LRN_RNG.standard_normal((2, 2, 4, 5))
+    layer = make_layer('type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 2 beta: 0.625 }')
+    _, top = run_layer(layer, [x])
+    numpy.testing.assert_allclose(top[0].data, reference_lrn_within(x, 3, 2, 0.625), rtol=1e-12)
+
+
+def test_lrn_in_place():
+    x = LRN_RNG.standard_normal((1, 4, 2, 2))
+    layer, bottom, top = forward_layer('type: "LRN" lrn_param { local_size: 3 }', [x])
+    want_y = top[0].data.copy()
+    want_dx = run_backward(layer, bottom, top, [numpy.ones(x.shape)])[0].copy()
+    # in place: the top is the bottom blob
+    layer, bottom, _ = forward_layer('type: "LRN" lrn_param { local_size: 3 }', [x])
+    bottom[0].data = x.copy()
+    layer.forward_step(bottom, bottom)
+    numpy.testing.assert_allclose(bottom[0].data, want_y)
+    run_backward(layer, bottom, bottom, [numpy.ones(x.shape)])
+    numpy.testing.assert_allclose(bottom[0].diff, want_dx)
+
+
+@pytest.mark.parametrize("definition", ['type: "LRN"', 'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL }'])
+def test_lrn_empty_batch(definition):
+    check_empty_batch(definition, (0, 2, 5, 5))
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        'type: "LRN" lrn_param { local_size: 3 alpha: 1.5 beta: 0.75 k: 1.5 }',
+        'type: "LRN" lrn_param { local_size: 5 alpha: 0.5 beta: 1.3 k: 2 }',
+        'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 1.5 beta: 0.75 }',
+        'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 5 alpha: 0.5 beta: 1.3 }',
+    ],
+)
+def test_lrn_gradients(definition):
+    result = check_gradient(make_layer(definition), [LRN_RNG.standard_normal((2, 6, 3, 4))])
+    assert result["checked"] > 0
+
+
+@pytest.mark.parametrize(
+    "definition,shapes,error,needle",
+    [
+        ('type: "LRN" lrn_param { local_size: 4 }', [(1, 4, 2, 2)], InvalidParameterError, "Received: 4"),
+        ('type: "LRN" lrn_param { local_size: 0 }', [(1, 4, 2, 2)], InvalidParameterError, "Received: 0"),
+        ('type: "LRN"', [(4, 2, 2)], ShapeMismatchError, "4 axes"),
+    ],
+)
+def test_lrn_invalid_parameters(definition, shapes, error, needle):
+    check_layer_error(definition, [numpy.zeros(s) for s in shapes], error, needle)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "definition",
+    [
+        'type: "LRN" lrn_param { local_size: 5 alpha: 0.5 beta: 0.75 k: 2 }',
+        'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 1.5 beta: 0.75 }',
+    ],
+)
+def test_lrn_gpu_matches_cpu(definition):
+    check_gpu_matches_cpu(definition, [LRN_RNG.standard_normal((2, 6, 5, 4))])

@@ -1,4 +1,4 @@
-"""Tests of Pooling and SPP (netdef/layers/vision.py)."""
+"""Tests of Pooling and SPP (netdef/layers/pooling.py)."""
 
 import numpy
 import pytest
@@ -6,7 +6,16 @@ import pytest
 from netdef import backend
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
-from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
+from netdef.testing import (
+    check_empty_batch,
+    check_gpu_matches_cpu,
+    check_gradient,
+    check_layer_error,
+    forward_layer,
+    make_layer,
+    run_backward,
+    run_layer,
+)
 from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {"Pooling", "SPP"}
@@ -15,14 +24,12 @@ RNG = numpy.random.default_rng(11)
 
 def pool(params: str, x, num_top=1, phase=pb.TRAIN, dy=None):
     """Run a float64 Pooling layer; return (tops' data, bottom diff or None)."""
-    layer = make_layer(f'type: "Pooling" pooling_param {{ {params} }}', phase=phase)
-    bottom, top = run_layer(layer, [numpy.asarray(x, dtype=numpy.float64)], num_top=num_top)
+    layer, bottom, top = forward_layer(f'type: "Pooling" pooling_param {{ {params} }}', [x], num_top=num_top,
+                                       phase=phase)
     ys = [t.data.copy() for t in top]
     if dy is None:
         return ys, None
-    top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
-    layer.backward(top, [True], bottom)
-    return ys, bottom[0].diff.copy()
+    return ys, run_backward(layer, bottom, top, [dy] + [None] * (num_top - 1))[0].copy()
 
 
 def grid(h, w, start=0.0):
@@ -152,6 +159,18 @@ def test_spp_levels_pad_uneven_inputs():
     numpy.testing.assert_array_equal(top[0].data[0, :12], [48, 148, 16, 20, 44, 48, 116, 120, 144, 148, 0, 2])
 
 
+@pytest.mark.parametrize(
+    "definition",
+    [
+        'type: "Pooling" pooling_param { kernel_size: 2 stride: 2 }',
+        'type: "Pooling" pooling_param { pool: AVE global_pooling: true }',
+        'type: "SPP" spp_param { pyramid_height: 2 }',
+    ],
+)
+def test_empty_batch(definition):
+    check_empty_batch(definition, (0, 2, 5, 5))
+
+
 # --- gradients --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "definition,shape,phase",
@@ -238,11 +257,8 @@ def test_parity(case):
     ],
 )
 def test_invalid_parameters(definition, shape, num_top, error, needle):
-    layer = make_layer(f'type: "Pooling" pooling_param {{ {definition} }}')
-    with pytest.raises(error) as info:
-        run_layer(layer, [numpy.zeros(shape)], num_top=num_top)
-    assert needle in str(info.value)
-    assert 'Layer "L"' in str(info.value)
+    check_layer_error(f'type: "Pooling" pooling_param {{ {definition} }}', [numpy.zeros(shape)], error, needle,
+                      num_top)
 
 
 @pytest.mark.parametrize(
@@ -255,9 +271,7 @@ def test_invalid_parameters(definition, shape, num_top, error, needle):
     ],
 )
 def test_spp_invalid(definition, shape, error, needle):
-    with pytest.raises(error) as info:
-        run_layer(make_layer(f'type: "SPP" spp_param {{ {definition} }}'), [numpy.zeros(shape)])
-    assert needle in str(info.value)
+    check_layer_error(f'type: "SPP" spp_param {{ {definition} }}', [numpy.zeros(shape)], error, needle)
 
 
 # --- GPU -----------------------------------------------------------------------------------

@@ -5,9 +5,8 @@ import math
 import numpy
 import pytest
 
-from netdef import backend
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
-from netdef.testing import check_gradient, make_layer, run_layer
+from netdef.testing import check_gpu_matches_cpu, check_gradient, forward_layer, make_layer, run_backward, run_layer
 from netdef.testing.parity import check_layer_case, parametrize_layer_cases
 
 
@@ -126,11 +125,11 @@ def test_lstm_values_by_hand():
     numpy.testing.assert_allclose(top.data.ravel(), want, rtol=1e-12)
     # Without expose_hidden the next forward starts from the last state, as Caffe's RecurrentLayer does.
     bottom[1].data[...] = 1.0
-    layer.forward(bottom, [top])
+    layer.forward_step(bottom, [top])
     want2, _, _ = lstm_by_hand([1.0, -2.0, 0.5], [1.0, 1.0, 1.0], 0.5, B_LSTM, 0.5, h_end, c_end)
     numpy.testing.assert_allclose(top.data.ravel(), want2, rtol=1e-12)
     layer.reset()
-    layer.forward(bottom, [top])
+    layer.forward_step(bottom, [top])
     want3, _, _ = lstm_by_hand([1.0, -2.0, 0.5], [1.0, 1.0, 1.0], 0.5, B_LSTM, 0.5)
     numpy.testing.assert_allclose(top.data.ravel(), want3, rtol=1e-12)
 
@@ -143,11 +142,9 @@ def test_lstm_param_layout_with_static_input():
 
 def test_lstm_gate_order_is_i_f_o_g():
     # Only the g rows of W_xc are non-zero and only the i bias: c_1 = sigmoid(b_i) * tanh(w_g x) * ...
-    layer = make_layer('type: "LSTM" recurrent_param { num_output: 1 }')
-    bottom, (top,) = run_layer(layer, [numpy.array([[[2.0]]]), numpy.zeros((1, 1))])
-    layer.blobs[0].data[...] = numpy.array([[0.0], [0.0], [0.0], [0.3]])
-    layer.blobs[1].data[...] = numpy.array([1.0, 0.0, -1.0, 0.0])
-    layer.forward(bottom, [top])
+    weights = [numpy.array([[0.0], [0.0], [0.0], [0.3]]), numpy.array([1.0, 0.0, -1.0, 0.0])]
+    _, _, (top,) = forward_layer('type: "LSTM" recurrent_param { num_output: 1 }',
+                                 [numpy.array([[[2.0]]]), numpy.zeros((1, 1))], weights)
     c = sigmoid(1.0) * math.tanh(0.6)
     numpy.testing.assert_allclose(top.data.ravel(), [sigmoid(-1.0) * math.tanh(c)], rtol=1e-12)
 
@@ -174,25 +171,20 @@ def test_lstm_expose_hidden_values_and_gradient():
     for mine, theirs in zip(carried.blobs, layer.blobs, strict=True):
         mine.data[...] = theirs.data
     carried._state = [h0[0], c0[0]]
-    carried.forward(cbottom, ctop)
+    carried.forward_step(cbottom, ctop)
     numpy.testing.assert_allclose(top[0].data, ctop[0].data, rtol=1e-12)
     numpy.testing.assert_allclose(top[1].data[0], top[0].data[-1], rtol=1e-12)
     assert top[2].data.shape == (1, 2, 2)
 
     # Gradients through the h top only; the h_T/c_T diffs are ignored and h0/c0 get zeros (Caffe).
     proj = rng.standard_normal(top[0].shape)
-    top[0].diff = proj.copy()
-    top[1].diff = numpy.full((1, 2, 2), 100.0)
-    top[2].diff = numpy.full((1, 2, 2), 100.0)
-    for p in layer.blobs:
-        p.diff = numpy.zeros_like(p.data)
     bottom[2].diff = numpy.full((1, 2, 2), 7.0)
-    layer.param_propagate_down = [True] * len(layer.blobs)
-    layer.backward(top, [True, False, True, True], bottom)
+    run_backward(layer, bottom, top, [proj, numpy.full((1, 2, 2), 100.0), numpy.full((1, 2, 2), 100.0)],
+                 [True, False, True, True])
     assert not bottom[2].diff.any() and not bottom[3].diff.any()
 
     def objective():
-        layer.forward(bottom, top)
+        layer.forward_step(bottom, top)
         return float(numpy.sum(top[0].data * proj))
 
     numpy.testing.assert_allclose(bottom[0].diff, numeric_gradient(objective, bottom[0].data), atol=1e-7)
@@ -204,9 +196,7 @@ def test_lstm_debug_info_logs_each_pass(caplog):
     layer = make_layer('type: "LSTM" name: "seq" recurrent_param { num_output: 2 debug_info: true }')
     with caplog.at_level("INFO", logger="netdef"):
         bottom, top = run_layer(layer, [numpy.ones((2, 1, 3)), numpy.zeros((2, 1))])
-        top[0].diff = numpy.ones(top[0].shape)
-        layer.param_propagate_down = [True] * 3
-        layer.backward(top, [True, False], bottom)
+        run_backward(layer, bottom, top, [numpy.ones(top[0].shape)], [True, False])
     assert any('LSTM "seq"] h:' in r.getMessage() for r in caplog.records)
     assert any("gate diffs" in r.getMessage() for r in caplog.records)
 
@@ -294,10 +284,7 @@ def test_rnn_expose_hidden_uses_h0_and_gives_it_no_gradient():
         h = numpy.tanh(x[t] @ w_xh.T + b_h + h @ w_hh.T)
         numpy.testing.assert_allclose(top[0].data[t], numpy.tanh(h @ w_ho.T + b_o), rtol=1e-12)
     numpy.testing.assert_allclose(top[1].data[0], h, rtol=1e-12)
-    top[0].diff = numpy.ones(top[0].shape)
-    top[1].diff = numpy.ones(top[1].shape)
-    layer.param_propagate_down = [True] * 5
-    layer.backward(top, [True, False, True], bottom)
+    run_backward(layer, bottom, top, [numpy.ones(top[0].shape), numpy.ones(top[1].shape)], [True, False, True])
     assert not bottom[2].diff.any()
 
 
@@ -333,35 +320,10 @@ def test_parity(case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("definition", [lstm_def(3), rnn_def(3), 'type: "LSTMUnit"'])
 def test_gpu_matches_cpu(definition):
-    if not backend.gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-
     rng = numpy.random.default_rng(6)
     if "LSTMUnit" in definition:
-        bottoms, num_top = (
-            [rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 12)), numpy.array([[1.0, 0.0, 1.0, 1.0]])],
-            2,
-        )
+        bottoms = [rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 12)), numpy.array([[1.0, 0.0, 1.0, 1.0]])]
+        check_gpu_matches_cpu(definition, bottoms, num_top=2, propagate_down=[True, True, False])
     else:
-        bottoms, num_top = [rng.standard_normal((5, 4, 2)), numpy.ones((5, 4))], 1
-    results = []
-    for xp in (numpy, cupy):
-        backend.set_random_seed(0)
-        layer = make_layer(definition, xp=xp)
-        bottom, top = run_layer(layer, bottoms, num_top=num_top)
-        for k, t in enumerate(top):
-            t.diff = xp.asarray(rng.standard_normal(t.shape) if xp is numpy else results[0][1][k])
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True, True, False] if num_top == 2 else [True, False], bottom)
-        results.append(
-            (
-                [backend.to_numpy(t.data) for t in top],
-                [backend.to_numpy(t.diff) for t in top],
-                [backend.to_numpy(b.diff) for b in bottom[:2]],
-                [backend.to_numpy(p.diff) for p in layer.blobs],
-            )
-        )
-    for kind in (0, 2, 3):  # top data, bottom diffs, parameter diffs
-        for a, b in zip(results[0][kind], results[1][kind], strict=True):
-            numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+        bottoms = [rng.standard_normal((5, 4, 2)), numpy.ones((5, 4))]
+        check_gpu_matches_cpu(definition, bottoms, propagate_down=[True, False])

@@ -13,6 +13,9 @@ subtracted, laid out as C x H x W, while images load as RGB H x W x C in [0, 1]:
 ``preprocess`` applies, in order: float32, resize to the input's height and
 width, transpose, channel swap, raw scale, mean subtraction, input scale.
 ``deprocess`` undoes them (except the resize).
+
+This is deploy-time preprocessing of user images; the data layers' ``transform_param``
+(crop, mirror, mean, scale of whole batches) is :mod:`netdef.data.transform`.
 """
 from __future__ import annotations
 
@@ -249,7 +252,7 @@ def load_image(path: str, color: bool = True) -> numpy.ndarray:
 
 def _read_with_pillow(path: str, color: bool) -> numpy.ndarray:
     try:
-        from PIL import Image
+        from PIL import Image  # optional (the image extra), imported when an image file is read
     except ImportError:
         raise NetdefError(
             f"Reading {os.path.basename(path)} needs Pillow, which is not installed: run `pip install pillow` "

@@ -1,4 +1,4 @@
-"""Tests of Convolution, Deconvolution and Im2col (netdef/layers/vision.py)."""
+"""Tests of Convolution, Deconvolution and Im2col (netdef/layers/conv.py); the kernels have test_im2col.py."""
 
 import itertools
 
@@ -7,8 +7,16 @@ import pytest
 
 from netdef import backend
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
-from netdef.layers import vision
-from netdef.testing import check_gradient, make_layer, run_layer
+from netdef.layers import im2col
+from netdef.testing import (
+    check_empty_batch,
+    check_gpu_matches_cpu,
+    check_gradient,
+    check_layer_error,
+    forward_layer,
+    make_layer,
+    run_layer,
+)
 from netdef.testing.parity import check_layer_case, layer_cases, parametrize_layer_cases
 
 TYPES = {"Convolution", "Deconvolution", "Im2col"}
@@ -17,14 +25,8 @@ RNG = numpy.random.default_rng(7)
 
 def conv_layer(params: str, bottoms, weights=None, bias=None, kind="Convolution"):
     """Set up a float64 layer on ``bottoms``, load ``weights``/``bias``, run forward; return (layer, bottom, top)."""
-    layer = make_layer(f'type: "{kind}" convolution_param {{ {params} }}')
-    bottom, top = run_layer(layer, bottoms, num_top=len(bottoms))
-    if weights is not None:
-        layer.blobs[0].data[...] = weights
-    if bias is not None:
-        layer.blobs[1].data[...] = bias
-    layer.forward(bottom, top)
-    return layer, bottom, top
+    values = None if weights is None else [weights] + ([] if bias is None else [bias])
+    return forward_layer(f'type: "{kind}" convolution_param {{ {params} }}', bottoms, values, num_top=len(bottoms))
 
 
 def reference_conv(x, w, b, stride, pad, dilation, group):
@@ -165,8 +167,8 @@ def test_convolution_in_chunks_matches_one_piece(monkeypatch):
     x = RNG.standard_normal((5, 3, 6, 6))
     params = "num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' }"
     results = []
-    for chunk_bytes in (vision.COL_CHUNK_BYTES, 1):  # 1 byte: one sample per chunk
-        monkeypatch.setattr(vision, "COL_CHUNK_BYTES", chunk_bytes)
+    for chunk_bytes in (im2col.COL_CHUNK_BYTES, 1):  # 1 byte: one sample per chunk
+        monkeypatch.setattr(im2col, "COL_CHUNK_BYTES", chunk_bytes)
         for kind in ("Convolution", "Deconvolution"):
             backend.set_random_seed(3)
             layer, bottom, top = conv_layer(params, [x], kind=kind)
@@ -178,10 +180,8 @@ def test_convolution_in_chunks_matches_one_piece(monkeypatch):
             numpy.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
 
 
-def test_blocked_weight_gradient_product():
-    # long, skinny products are summed in K-blocks; the result must equal the plain product
-    a, b = RNG.standard_normal((2, 3, 9000)), RNG.standard_normal((2, 4, 9000))
-    numpy.testing.assert_allclose(vision.matmul_nt(a, b), a @ b.transpose(0, 2, 1), rtol=1e-12)
+def test_first_layer_weight_gradient():
+    # a first layer's weight gradient is a long, skinny product (summed in K-blocks): compare with windows
     layer, bottom, top = conv_layer("num_output: 2 kernel_size: 3", [RNG.standard_normal((4, 1, 50, 50))])
     top[0].diff = RNG.standard_normal(top[0].shape)
     layer.backward(top, [False], bottom)
@@ -246,6 +246,18 @@ def test_float32_stays_float32():
     top[0].diff = numpy.ones(top[0].shape, numpy.float32)
     layer.backward(top, [True], bottom)
     assert top[0].data.dtype == bottom[0].diff.dtype == layer.blobs[0].diff.dtype == numpy.float32
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        'type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }',
+        'type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 }',
+        'type: "Im2col" convolution_param { kernel_size: 3 }',
+    ],
+)
+def test_empty_batch(definition):
+    check_empty_batch(definition, (0, 2, 5, 5))
 
 
 # --- gradients --------------------------------------------------------------------------
@@ -404,10 +416,7 @@ def test_parity(case):
     ],
 )
 def test_invalid_parameters(definition, shape, error, needle):
-    with pytest.raises(error) as info:
-        run_layer(make_layer(definition), [numpy.zeros(shape)])
-    assert needle in str(info.value)
-    assert 'Layer "L"' in str(info.value)
+    check_layer_error(definition, [numpy.zeros(shape)], error, needle)
 
 
 def test_reshape_checks():
@@ -453,22 +462,4 @@ def test_reshape_checks():
     ],
 )
 def test_gpu_matches_cpu(definition, shape):
-    if not backend.gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-
-    x = RNG.standard_normal(shape)
-    out = []
-    for xp in (numpy, cupy):
-        backend.set_random_seed(0)
-        layer = make_layer(definition, xp=xp)
-        bottom, top = run_layer(layer, [x])
-        top[0].diff = xp.asarray(numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape))
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True], bottom)
-        out.append(
-            [backend.to_numpy(top[0].data), backend.to_numpy(bottom[0].diff)]
-            + [backend.to_numpy(b.diff) for b in layer.blobs]
-        )
-    for a, b in zip(*out, strict=True):
-        numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    check_gpu_matches_cpu(definition, [RNG.standard_normal(shape)])

@@ -1,11 +1,11 @@
-"""netdef.io.transformer: Transformer (pycaffe's caffe.io.Transformer), resize_image, load_image."""
+"""netdef.io.preprocessing: Transformer (pycaffe's caffe.io.Transformer), resize_image, load_image."""
 import sys
 
 import numpy
 import pytest
 
 from netdef.errors import InvalidParameterError, NetdefError, ShapeMismatchError
-from netdef.io.transformer import Transformer, load_image, resize_image
+from netdef.io.preprocessing import Transformer, load_image, resize_image
 
 
 def imagenet_style(shape=(1, 3, 2, 2)):

@@ -1,0 +1,361 @@
+"""Convolution layers: Convolution, Deconvolution and Im2col.
+
+All three are built on the kernels of :mod:`netdef.layers.im2col`: a convolution is one
+im2col gather and one GEMM per group over the whole batch (in chunks of samples when the
+column buffer would be too large), its input gradient a GEMM and one col2im.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .. import backend
+from ..blob import Blob
+from ..errors import ShapeMismatchError
+from ..proto import netdef_pb2 as pb
+from .base import Layer, register_layer
+from .im2col import (
+    COL_CACHE_BYTES,
+    batch_chunks,
+    batch_to_columns,
+    column_axes,
+    columns_to_batch,
+    conv_geometry,
+    conv_output_shape,
+    fold_patches,
+    kernel_extent,
+    matmul_nt,
+    patches,
+    use_batch_last,
+)
+
+
+def _channel_axis(layer: Layer, bottom: Blob, axis: int) -> tuple[int, int]:
+    """Canonical channel axis and number of spatial axes after it (at least one)."""
+    axis = layer.canonical_axis(axis, bottom.num_axes, "convolution_param.axis")
+    num_spatial = bottom.num_axes - axis - 1
+    if num_spatial < 1:
+        raise layer.error(
+            f"needs at least one spatial axis after the channel axis {axis}. Received: bottom shape {bottom.shape}"
+        )
+    return axis, num_spatial
+
+
+def _store(whole, part, sl: slice):
+    """Put one chunk's result into the batch result; with a single chunk the chunk's array is the result."""
+    if whole is None:
+        return part
+    whole[sl] = part
+    return whole
+
+
+# --- convolution family -----------------------------------------------------------------------
+class _ConvolutionBase(Layer):
+    """Shared set-up of Convolution and Deconvolution (Caffe's BaseConvolutionLayer)."""
+
+    min_num_bottom = 1
+    min_num_top = 1
+    equal_num_bottom_top = True
+    #: True for Deconvolution: weights are C_in x C_out/group x k and the GEMMs swap roles
+    transposed = False
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        cp = self.param.convolution_param
+        x = bottom[0]
+        self.axis, self.num_spatial = _channel_axis(self, x, cp.axis)
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, self.num_spatial)
+        self.channels = x.shape[self.axis]
+        self.num_output = int(cp.num_output)
+        if self.num_output <= 0:
+            raise self.error(f"num_output must be positive. Received: {cp.num_output}")
+        self.group = int(cp.group)
+        if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
+            raise self.error(
+                f"group must divide both the input channels and num_output. Received: group={cp.group}, "
+                f"channels={self.channels}, num_output={self.num_output}"
+            )
+        if self.transposed:
+            weight_shape = (self.channels, self.num_output // self.group, *self.kernel)
+        else:
+            weight_shape = (self.num_output, self.channels // self.group, *self.kernel)
+        self.bias_term = bool(cp.bias_term)
+        self.blobs = [self.filled_blob(weight_shape, cp.weight_filler)]
+        if self.bias_term:
+            self.blobs.append(self.filled_blob((self.num_output,), cp.bias_filler))
+        self.param_propagate_down = [True] * len(self.blobs)
+        self._cols: dict[int, object] = {}
+
+    def output_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0]
+        if x.num_axes != self.axis + 1 + self.num_spatial:
+            raise self.error(
+                f"the bottom's number of axes may not change after set-up. Received: shape {x.shape}, "
+                f"set up with {self.axis + 1 + self.num_spatial} axes",
+                ShapeMismatchError,
+            )
+        if x.shape[self.axis] != self.channels:
+            raise self.error(
+                f"input channels changed after set-up. Received: {x.shape[self.axis]}. Valid: {self.channels}",
+                ShapeMismatchError,
+            )
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != x.shape:
+                raise self.error(
+                    f"all bottoms need the same shape. Received: bottom 0 {x.shape}, bottom {i} {b.shape}",
+                    ShapeMismatchError,
+                )
+        self.in_spatial = tuple(x.shape[self.axis + 1 :])
+        self.out_spatial = self.output_spatial(self.in_spatial)
+        self.num = x.count_range(0, self.axis)
+        for t in top:
+            t.reshape((*x.shape[: self.axis], self.num_output, *self.out_spatial))
+
+    def _col_bytes(self, itemsize: int) -> int:
+        raise NotImplementedError
+
+    def _chunks(self, itemsize: int, column_spatial: Sequence[int]) -> list[tuple[slice, int, bool]]:
+        """``(samples, count, sample-last order)`` per chunk of the batch, columns over ``column_spatial``."""
+        out = []
+        for sl in batch_chunks(self.num, self._col_bytes(itemsize)):
+            n = sl.stop - sl.start
+            out.append((sl, n, use_batch_last(n, column_spatial)))
+        return out
+
+    def _patches(self, x, out_shape: Sequence[int], batch_last: bool):
+        return patches(x, self.kernel, self.stride, self.pad, self.dilation, out_shape, batch_last)
+
+    def _fold(self, col, spatial: Sequence[int], out_shape: Sequence[int], batch_last: bool):
+        return fold_patches(col, spatial, self.kernel, self.stride, self.pad, self.dilation, out_shape, batch_last)
+
+    def _param_grads_wanted(self) -> tuple[bool, bool]:
+        want_w = bool(self.param_propagate_down[0])
+        want_b = self.bias_term and bool(self.param_propagate_down[1])
+        return want_w, want_b
+
+    def _add_param_grads(self, dw, db) -> None:
+        if dw is not None:
+            self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
+        if db is not None:
+            self.blobs[1].diff += db
+
+
+@register_layer("Convolution")
+class ConvolutionLayer(_ConvolutionBase):
+    """Caffe type ``Convolution``: N-D grouped, strided, padded, dilated cross-correlation.
+
+    ``y[n, o, p] = b[o] + sum_{c in group(o), k} W[o, c, k] * x_pad[n, c, p*stride + k*dilation]``,
+    output size ``(in + 2*pad - dilation*(k-1) - 1) // stride + 1`` per spatial axis.
+    Several bottoms are convolved with the same weights (bottom i -> top i).
+
+    Blobs: ``W`` of shape ``(C_out, C_in/group, *kernel)``, optional bias ``(C_out,)``.
+
+    Bottom: ``(*lead, C_in, *spatial)`` with ``C_in`` at ``convolution_param.axis`` (default 1).
+    Top: ``(*lead, C_out, *out_spatial)``.
+    """
+
+    def output_spatial(self, spatial):
+        return conv_output_shape(self, spatial, self.kernel, self.pad, self.stride, self.dilation)
+
+    def _columns(self, x, batch_last: bool):
+        """Column matrix ``(group, C_in/group * K, columns)`` of samples ``x`` of shape ``(n, C_in, *S)``."""
+        col = self._patches(x, self.out_spatial, batch_last)
+        return col.reshape(self.group, self.channels // self.group * math.prod(self.kernel), -1)
+
+    def _col_bytes(self, itemsize: int) -> int:
+        return self.channels * math.prod(self.kernel) * math.prod(self.out_spatial) * itemsize
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        xp = backend.array_module(bottom[0].data)
+        g, o = self.group, self.num_output
+        w = self.blobs[0].data.reshape(g, o // g, -1)
+        bias = self.blobs[1].data if self.bias_term else None
+        for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
+            x = b.data.reshape(self.num, self.channels, *self.in_spatial)
+            chunks = self._chunks(x.itemsize, self.out_spatial)
+            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
+            self._cols[i] = None
+            for sl, n, batch_last in chunks:
+                col = self._columns(x[sl], batch_last)
+                part = columns_to_batch(xp.matmul(w, col).reshape(o, -1), n, self.out_spatial, batch_last, bias)
+                y = _store(y, part, sl)
+                if len(chunks) == 1 and col.nbytes <= COL_CACHE_BYTES and self.phase == pb.TRAIN:
+                    self._cols[i] = col
+            t.data = y.reshape(t.shape)
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        xp = backend.array_module(top[0].diff)
+        g, o = self.group, self.num_output
+        w = self.blobs[0].data.reshape(g, o // g, -1)
+        want_w, want_b = self._param_grads_wanted()
+        dw = db = None
+        for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
+            if not (want_w or want_b or propagate_down[i]):
+                continue
+            dy = t.diff.reshape(self.num, o, *self.out_spatial)
+            x = b.data.reshape(self.num, self.channels, *self.in_spatial)
+            chunks = self._chunks(x.itemsize, self.out_spatial)
+            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
+            for sl, n, batch_last in chunks:
+                dyc = batch_to_columns(dy[sl], batch_last)
+                if want_b:
+                    part = dyc.sum(axis=1)
+                    db = part if db is None else db + part
+                dyc = dyc.reshape(g, o // g, -1)
+                if want_w:
+                    col = self._cols.get(i) if len(chunks) == 1 else None
+                    if col is None:
+                        col = self._columns(x[sl], batch_last)
+                    part = matmul_nt(dyc, col)
+                    dw = part if dw is None else dw + part
+                if propagate_down[i]:
+                    cols = column_axes(n, self.out_spatial, batch_last)
+                    dcol = xp.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
+                    dx = _store(dx, self._fold(dcol, self.in_spatial, self.out_spatial, batch_last), sl)
+            if propagate_down[i]:
+                b.diff = dx.reshape(b.shape)
+        self._cols = {}
+        self._add_param_grads(dw, db)
+
+
+@register_layer("Deconvolution")
+class DeconvolutionLayer(_ConvolutionBase):
+    """Caffe type ``Deconvolution``: the transposed convolution (gradient of Convolution w.r.t. its input).
+
+    Each input pixel scatters ``x[n, c, p] * W[c, o, k]`` to output position ``p*stride + k*dilation - pad``;
+    output size ``stride*(in - 1) + dilation*(k - 1) + 1 - 2*pad`` per spatial axis.
+
+    Blobs: ``W`` of shape ``(C_in, C_out/group, *kernel)``, optional bias ``(C_out,)``.
+
+    Bottom: ``(*lead, C_in, *spatial)``. Top: ``(*lead, C_out, *out_spatial)``.
+    """
+
+    transposed = True
+
+    def output_spatial(self, spatial):
+        out = tuple(
+            st * (s - 1) + kernel_extent(k, d) - 2 * p
+            for s, k, p, st, d in zip(spatial, self.kernel, self.pad, self.stride, self.dilation, strict=True)
+        )
+        if any(v <= 0 for v in out):
+            raise self.error(
+                f"the padding removes the whole output. Received: input spatial shape {tuple(spatial)}, "
+                f"pad {list(self.pad)}, output {out}",
+                ShapeMismatchError,
+            )
+        return out
+
+    def _col_bytes(self, itemsize: int) -> int:
+        return self.num_output * math.prod(self.kernel) * math.prod(self.in_spatial) * itemsize
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        xp = backend.array_module(bottom[0].data)
+        g, o = self.group, self.num_output
+        w = self.blobs[0].data.reshape(g, self.channels // g, -1)
+        bias = self.blobs[1].data.reshape((1, o) + (1,) * self.num_spatial) if self.bias_term else None
+        for b, t in zip(bottom, top, strict=True):
+            x = b.data.reshape(self.num, self.channels, *self.in_spatial)
+            chunks = self._chunks(x.itemsize, self.in_spatial)
+            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
+            for sl, n, batch_last in chunks:
+                xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
+                cols = column_axes(n, self.in_spatial, batch_last)
+                col = xp.matmul(w.transpose(0, 2, 1), xc).reshape(o, *self.kernel, *cols)
+                part = self._fold(col, self.out_spatial, self.in_spatial, batch_last)
+                if bias is not None:
+                    part += bias
+                y = _store(y, part, sl)
+            t.data = y.reshape(t.shape)
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        xp = backend.array_module(top[0].diff)
+        g, o = self.group, self.num_output
+        w = self.blobs[0].data.reshape(g, self.channels // g, -1)
+        want_w, want_b = self._param_grads_wanted()
+        dw = db = None
+        for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
+            if want_b:
+                part = t.diff.reshape(self.num, o, math.prod(self.out_spatial)).sum(axis=(0, 2))
+                db = part if db is None else db + part
+            if not (want_w or propagate_down[i]):
+                continue
+            dy = t.diff.reshape(self.num, o, *self.out_spatial)
+            x = b.data.reshape(self.num, self.channels, *self.in_spatial)
+            chunks = self._chunks(x.itemsize, self.in_spatial)
+            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
+            for sl, n, batch_last in chunks:
+                col = self._patches(dy[sl], self.in_spatial, batch_last).reshape(g, o // g * math.prod(self.kernel), -1)
+                if want_w:
+                    xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
+                    part = matmul_nt(xc, col)
+                    dw = part if dw is None else dw + part
+                if propagate_down[i]:
+                    dxc = xp.matmul(w, col).reshape(self.channels, -1)
+                    dx = _store(dx, columns_to_batch(dxc, n, self.in_spatial, batch_last), sl)
+            if propagate_down[i]:
+                b.diff = dx.reshape(b.shape)
+        self._add_param_grads(dw, db)
+
+
+@register_layer("Im2col")
+class Im2colLayer(Layer):
+    """Caffe type ``Im2col``: every kernel-sized patch as a column (the first step of Convolution).
+
+    ``top[n, (c, k...), o...] = x_pad[n, c, o*stride + k*dilation]`` with rows ordered channel-major
+    then kernel offsets, as in Caffe's column buffer. Geometry comes from ``convolution_param``.
+
+    Bottom: ``(*lead, C, *spatial)``. Top: ``(*lead, C * prod(kernel), *out_spatial)``.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        cp = self.param.convolution_param
+        self.axis, self.num_spatial = _channel_axis(self, bottom[0], cp.axis)
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, self.num_spatial)
+
+    def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        x = bottom[0]
+        if x.num_axes != self.axis + 1 + self.num_spatial:
+            raise self.error(
+                f"the bottom's number of axes may not change after set-up. Received: shape {x.shape}",
+                ShapeMismatchError,
+            )
+        self.channels = x.shape[self.axis]
+        self.in_spatial = tuple(x.shape[self.axis + 1 :])
+        self.out_spatial = conv_output_shape(self, self.in_spatial, self.kernel, self.pad, self.stride, self.dilation)
+        self.num = x.count_range(0, self.axis)
+        top[0].reshape((*x.shape[: self.axis], self.channels * math.prod(self.kernel), *self.out_spatial))
+
+    def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        if self.num == 0:
+            top[0].data = backend.array_module(bottom[0].data).zeros(top[0].shape, dtype=bottom[0].dtype)
+            return
+        x = bottom[0].data.reshape(self.num, self.channels, *self.in_spatial)
+        batch_last = use_batch_last(self.num, self.out_spatial)
+        col = patches(x, self.kernel, self.stride, self.pad, self.dilation, self.out_spatial, batch_last)
+        rows = self.channels * math.prod(self.kernel)
+        top[0].data = columns_to_batch(col.reshape(rows, -1), self.num, self.out_spatial, batch_last).reshape(
+            top[0].shape
+        )
+
+    def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        n = self.num
+        if n == 0:
+            bottom[0].diff = backend.array_module(top[0].diff).zeros(bottom[0].shape, dtype=bottom[0].dtype)
+            return
+        batch_last = use_batch_last(n, self.out_spatial)
+        dy = top[0].diff.reshape(n, -1, *self.out_spatial)
+        cols = column_axes(n, self.out_spatial, batch_last)
+        dcol = batch_to_columns(dy, batch_last).reshape(self.channels, *self.kernel, *cols)
+        dx = fold_patches(dcol, self.in_spatial, self.kernel, self.stride, self.pad, self.dilation, self.out_spatial,
+                          batch_last)
+        bottom[0].diff = dx.reshape(bottom[0].shape)
+
+
