@@ -349,6 +349,7 @@ def test_unknown_layer_type_names_file_line_layer_fork_and_the_python_layer_way(
     assert message.startswith(f'{path}:4: Layer "ann" (type AnnotatedData): unknown layer type.')
     assert "SSD fork (weiliu89/caffe)" in message
     assert 'type: "Python" python_param' in message
-    path.write_text(path.read_text().replace('  type: "AnnotatedData"\n', '  type: "Input" input_param { shape { dim: 1 } }\n'))
+    fixed = path.read_text().replace('  type: "AnnotatedData"\n', '  type: "Input" input_param { shape { dim: 1 } }\n')
+    path.write_text(fixed)
     with pytest.raises(UnknownLayerTypeError, match=r':8: Layer "c" \(type Convolutoin\).*Did you mean "Convolution"'):
         netdef.Net(str(path), netdef.TEST)

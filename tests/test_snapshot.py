@@ -3,18 +3,25 @@ import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
 
-from netdef.errors import WeightsFileError
+from netdef.errors import SolverError, WeightsFileError
 from netdef.io import solverstate
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import to_text
-from netdef.solvers import get_solver
-from netdef.testing.parity import parity_root
-from tests.test_solvers import mlp_text, params_of, record_losses, solver_param, write_problem
+from netdef.solvers import get_solver, snapshot
+from tests.solver_helpers import (
+    caffe_solvers_root,
+    mlp_text,
+    params_of,
+    record_losses,
+    solver_param,
+    write_problem,
+)
 
 
 def make_param(tmp_path, text: str = "", **net_kw):
@@ -150,15 +157,21 @@ def _contents(folder) -> dict:
     return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
 
 
-def test_failure_while_writing_the_state_keeps_the_previous_snapshot(tmp_path, monkeypatch):
+def snapshotted(tmp_path, iters: int):
+    """A solver that wrote a snapshot at ``iters`` into snap/, then trained on and was set back to ``iters``:
+    its next snapshot replaces the same files with other weights and history. Also the files' contents."""
     solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/snap/x"'))
     (tmp_path / "snap").mkdir()
-    solver.step(2)
+    solver.step(iters)
     solver.snapshot()
     before = _contents(tmp_path / "snap")
-    solver.iter = 2  # the same file names again, with changed weights and history
     solver.step(1)
-    solver.iter = 2
+    solver.iter = iters
+    return solver, before
+
+
+def test_failure_while_writing_the_state_keeps_the_previous_snapshot(tmp_path, monkeypatch):
+    solver, before = snapshotted(tmp_path, 2)
 
     class HalfWrite:
         """A file whose write stops half way with a full disk."""
@@ -185,12 +198,7 @@ def test_failure_while_writing_the_state_keeps_the_previous_snapshot(tmp_path, m
 def test_failure_while_writing_the_weights_keeps_the_previous_snapshot(tmp_path, monkeypatch):
     from netdef.io import caffemodel
 
-    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/snap/x"'))
-    (tmp_path / "snap").mkdir()
-    solver.step(1)
-    solver.snapshot()
-    before = _contents(tmp_path / "snap")
-    solver.iter = 1
+    solver, before = snapshotted(tmp_path, 1)
 
     def crash(net, path, write_diff=False, atomic=True):
         with open(path, "wb") as f:
@@ -291,15 +299,8 @@ def test_missing_and_corrupt_state_files(tmp_path):
 
 
 # --- states Caffe wrote -----------------------------------------------------------------------------------------
-def caffe_states():
-    root = parity_root()
-    if root is None:
-        pytest.skip("shared/parity not available")
-    return root / "solvers"
-
-
 def test_read_caffe_solverstate():
-    folder = caffe_states() / "resume_sgd_step"
+    folder = caffe_solvers_root() / "resume_sgd_step"
     state = solverstate.read_solverstate(str(folder / "snap_iter_20.solverstate"))
     assert (state.iter, state.current_step, state.learned_net) == (20, 1, "resume_sgd_step/snap_iter_20.caffemodel")
     assert [h.shape for h in state.history] == [(16, 20), (16,), (4, 16), (4,)]
@@ -312,7 +313,7 @@ def test_read_caffe_solverstate():
 def test_restore_caffe_solverstate_from_elsewhere(tmp_path, monkeypatch):
     from netdef.proto import load_solver
 
-    root = caffe_states()
+    root = caffe_solvers_root()
     param = load_solver(str(root / "resume_sgd_step" / "solver.prototxt"))
     param.snapshot = 0
     monkeypatch.chdir(root)  # the net reads data_list.txt relative to this folder
@@ -326,3 +327,76 @@ def test_restore_caffe_solverstate_from_elsewhere(tmp_path, monkeypatch):
     np.testing.assert_array_equal(solver.net.params["ip2"][0].data.ravel(), np.array(ip2.blobs[0].data, np.float32))
     state = solverstate.read_solverstate(str(root / "resume_sgd_step" / "snap_iter_20.solverstate"))
     np.testing.assert_array_equal(solver.history[0], state.history[0])
+
+
+# --- the snapshot module on its own ---------------------------------------------------------------------------
+def test_snapshot_filename_and_prefix_check(tmp_path):
+    assert snapshot.snapshot_filename("out/lenet", 7, ".caffemodel") == "out/lenet_iter_7.caffemodel"
+    snapshot.check_prefix(pb.SolverParameter(snapshot=0))  # nothing to check without snapshots
+    with pytest.raises(SolverError, match=r"^snapshot is set \(every 5 iterations\) but snapshot_prefix is not$"):
+        snapshot.check_prefix(pb.SolverParameter(snapshot=5))
+    snapshot.check_prefix(pb.SolverParameter(snapshot=5, snapshot_prefix=str(tmp_path / "ok")))
+    assert os.listdir(tmp_path) == []  # the probe file is removed again
+    with pytest.raises(SolverError, match="Cannot write to snapshot prefix '.*/no/such/x'"):
+        snapshot.check_prefix(pb.SolverParameter(snapshot=5, snapshot_prefix=str(tmp_path / "no" / "such" / "x")))
+
+
+def test_fingerprint_covers_iteration_step_and_history_values():
+    history = [np.array([1.0, 2.0], np.float32), np.zeros((2, 2), np.float32)]
+    digest = snapshot.fingerprint(4, 1, history)
+    assert len(digest) == 32 and int(digest, 16) >= 0
+    assert snapshot.fingerprint(4, 1, [h.copy() for h in history]) == digest
+    assert snapshot.fingerprint(4, 1, [h.astype(">f4") for h in history]) == digest  # byte order does not matter
+    assert snapshot.fingerprint(5, 1, history) != digest
+    assert snapshot.fingerprint(4, 2, history) != digest
+    changed = [history[0], np.array([[0.0, 0.0], [0.0, 1e-7]], np.float32)]
+    assert snapshot.fingerprint(4, 1, changed) != digest
+
+
+def test_resolve_learned_net_lookup_order(tmp_path, monkeypatch):
+    (tmp_path / "snaps").mkdir()
+    (tmp_path / "work" / "snaps").mkdir(parents=True)
+    state = str(tmp_path / "snaps" / "x_iter_3.solverstate")
+    monkeypatch.chdir(tmp_path / "work")
+    # 3. by file name alone, beside the state file
+    (tmp_path / "snaps" / "x_iter_3.caffemodel").write_bytes(b"")
+    assert snapshot.resolve_learned_net("old/place/x_iter_3.caffemodel", state) == str(
+        tmp_path / "snaps" / "x_iter_3.caffemodel")
+    # 2. the recorded relative path, taken from the state file's folder
+    (tmp_path / "snaps" / "snaps").mkdir()
+    (tmp_path / "snaps" / "snaps" / "x_iter_3.caffemodel").write_bytes(b"")
+    assert snapshot.resolve_learned_net("snaps/x_iter_3.caffemodel", state) == str(
+        tmp_path / "snaps" / "snaps" / "x_iter_3.caffemodel")
+    # 1. the recorded path as it stands, relative to the working directory (as Caffe opens it)
+    (tmp_path / "work" / "snaps" / "x_iter_3.caffemodel").write_bytes(b"")
+    assert snapshot.resolve_learned_net("snaps/x_iter_3.caffemodel", state) == "snaps/x_iter_3.caffemodel"
+
+
+def test_resolve_learned_net_names_every_place_looked_at(tmp_path):
+    state = str(tmp_path / "s_iter_1.solverstate")
+    with pytest.raises(WeightsFileError) as err:
+        snapshot.resolve_learned_net("gone/s_iter_1.caffemodel", state)
+    assert str(err.value) == (
+        f"{state}: the weights file it names (learned_net) was not found: gone/s_iter_1.caffemodel "
+        f"(looked for: gone/s_iter_1.caffemodel, {tmp_path}/gone/s_iter_1.caffemodel, {tmp_path}/s_iter_1.caffemodel)"
+    )
+
+
+def test_data_states_round_trip_through_layers_that_have_them():
+    class Reader:
+        def __init__(self, name, position):
+            self.name, self.position = name, position
+
+        def get_state(self):
+            return {"position": self.position}
+
+        def set_state(self, state):
+            self.position = state["position"]
+
+    class Plain:
+        name = "ip"
+
+    net = SimpleNamespace(layers=[Reader("train_data", 5), Plain(), Reader("extra", 2)])
+    assert snapshot.data_states(net) == {"train_data": {"position": 5}, "extra": {"position": 2}}
+    snapshot.apply_data_states(net, {"train_data": {"position": 9}, "ip": {"position": 1}})
+    assert [getattr(layer, "position", None) for layer in net.layers] == [9, None, 2]

@@ -5,15 +5,9 @@ import pytest
 from netdef.proto import load_solver
 from netdef.solvers import get_solver
 from netdef.testing.parity import parity_root, read_tsv
+from tests.solver_helpers import caffe_solvers_root
 
 RTOL = 1e-3
-
-
-def solvers_root():
-    root = parity_root()
-    if root is None:
-        pytest.skip("shared/parity not available")
-    return root / "solvers"
 
 
 def cases():
@@ -60,7 +54,7 @@ def run_trace(solver, trace, params_trace, first: int = 0):
 
 @pytest.mark.parametrize("case", cases())
 def test_trace_matches_caffe(case, monkeypatch):
-    root = solvers_root()
+    root = caffe_solvers_root()
     solver = build(root, monkeypatch, f"{case}/solver.prototxt")
     params_trace = np.load(root / case / "params_trace.npz")
     check_params(solver, params_trace, 0)
@@ -69,7 +63,7 @@ def test_trace_matches_caffe(case, monkeypatch):
 
 
 def test_resume_from_caffe_solverstate(monkeypatch):
-    root = solvers_root()
+    root = caffe_solvers_root()
     solver = build(root, monkeypatch, "resume_sgd_step/solver_resumed.prototxt")
     solver.restore("resume_sgd_step/snap_iter_20.solverstate")
     assert (solver.iter, solver.current_step) == (20, 1)
@@ -82,7 +76,7 @@ def test_resume_from_caffe_solverstate(monkeypatch):
 
 
 def test_resume_from_own_snapshot_needs_no_realignment(tmp_path, monkeypatch):
-    root = solvers_root()
+    root = caffe_solvers_root()
     first = build(root, monkeypatch, "resume_sgd_step/solver.prototxt")
     first.param.snapshot_prefix = str(tmp_path / "own")
     first.step(20)

@@ -3,9 +3,7 @@ import logging
 import os
 import re
 import signal
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -22,27 +20,21 @@ from netdef.solvers import (
     SGDSolver,
     get_solver,
     handle_signals,
+    load_solver_parameter,
+)
+from tests.solver_helpers import (
+    SCORED_NET,
+    TINY_NET,
+    mlp_text,
+    params_of,
+    record_losses,
+    solver_param,
+    write_problem,
 )
 
-# Two learnable vectors and nothing else: the tests put gradients into the diffs themselves
-# (on_gradients_ready), so each update rule is checked on known inputs.
-TINY_NET = """
-name: "tiny"
-layer { name: "w" type: "Parameter" top: "w" parameter_param { shape { dim: 3 } } }
-layer { name: "b" type: "Parameter" top: "b" param { lr_mult: 2 decay_mult: 0.5 }
-        parameter_param { shape { dim: 3 } } }
-"""
 W0 = np.array([1.0, -2.0, 0.5], np.float32)
 G1 = np.array([0.1, 0.2, -0.4], np.float32)
 G2 = np.array([0.3, -0.1, 0.2], np.float32)
-
-
-def solver_param(text: str, net_text: str = TINY_NET) -> pb.SolverParameter:
-    param = parse_text('lr_policy: "fixed" max_iter: 100 display: 0 snapshot_after_train: false ' + text,
-                       pb.SolverParameter())
-    if not (param.HasField("net") or param.HasField("train_net")):
-        param.net_param.CopyFrom(net_from_text(net_text))
-    return param
 
 
 def tiny_solver(text: str, w=W0, b=None, grads=(G1, G2)):
@@ -113,22 +105,18 @@ def test_lr_mult_scales_the_step():
     np.testing.assert_allclose(weights(solver, "b"), -0.2 * G1, rtol=1e-6)  # lr_mult 2
 
 
-def test_l2_weight_decay_with_decay_mult():
-    b0 = np.array([2.0, -1.0, 0.0], np.float32)
-    solver = tiny_solver('type: "SGD" base_lr: 0.1 weight_decay: 0.1', b=b0)
-    solver.step(1)
-    # w: g + 0.1*1*w = [0.2, 0.0, -0.35]; b: g + 0.1*0.5*b = [0.2, 0.15, -0.4], lr 0.2
-    np.testing.assert_allclose(weights(solver), [0.98, -2.0, 0.535], rtol=1e-6)
-    np.testing.assert_allclose(weights(solver, "b"), [1.96, -1.03, 0.08], rtol=1e-6)
-
-
-def test_l1_weight_decay_with_decay_mult():
-    b0 = np.array([2.0, -1.0, 0.0], np.float32)
-    solver = tiny_solver('type: "SGD" base_lr: 0.1 weight_decay: 0.1 regularization_type: "L1"', b=b0)
-    solver.step(1)
+@pytest.mark.parametrize(("kind", "w_after", "b_after"), [
+    # w: g + 0.1*w = [0.2, 0.0, -0.35]; b: g + 0.1*0.5*b = [0.2, 0.15, -0.4], lr 0.2
+    ("L2", [0.98, -2.0, 0.535], [1.96, -1.03, 0.08]),
     # w: g + 0.1*sign(w) = [0.2, 0.1, -0.3]; b: g + 0.05*sign(b) = [0.15, 0.15, -0.4] (sign(0) = 0), lr 0.2
-    np.testing.assert_allclose(weights(solver), [0.98, -2.01, 0.53], rtol=1e-6)
-    np.testing.assert_allclose(weights(solver, "b"), [1.97, -1.03, 0.08], rtol=1e-6)
+    ("L1", [0.98, -2.01, 0.53], [1.97, -1.03, 0.08]),
+])
+def test_weight_decay_with_decay_mult(kind, w_after, b_after):
+    b0 = np.array([2.0, -1.0, 0.0], np.float32)
+    solver = tiny_solver(f'type: "SGD" base_lr: 0.1 weight_decay: 0.1 regularization_type: "{kind}"', b=b0)
+    solver.step(1)
+    np.testing.assert_allclose(weights(solver), w_after, rtol=1e-6)
+    np.testing.assert_allclose(weights(solver, "b"), b_after, rtol=1e-6)
 
 
 def test_clip_gradients_scales_by_global_norm(caplog):
@@ -235,54 +223,11 @@ def test_classes_built_directly_ignore_type(tmp_path):
 
 
 # --- the loop on real data -----------------------------------------------------------------------------
-def write_problem(folder: Path, n: int = 64, dim: int = 6, classes: int = 3, seed: int = 0) -> Path:
-    """A small classification set in HDF5 and the list file HDF5Data reads."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, dim)).astype(np.float32)
-    y = rng.integers(0, classes, n).astype(np.float32)
-    with h5py.File(folder / "data.h5", "w") as f:
-        f["data"] = x
-        f["label"] = y
-    listing = folder / "list.txt"
-    listing.write_text(str(folder / "data.h5") + "\n")
-    return listing
-
-
-def mlp_text(source, batch: int = 16, shuffle: bool = False, dropout: bool = False, test_batch: int = 16) -> str:
-    drop = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.3 } }'
-    return f"""
-name: "mlp"
-layer {{ name: "data" type: "HDF5Data" top: "data" top: "label" include {{ phase: TRAIN }}
-        hdf5_data_param {{ source: "{source}" batch_size: {batch} shuffle: {str(shuffle).lower()} }} }}
-layer {{ name: "data" type: "HDF5Data" top: "data" top: "label" include {{ phase: TEST }}
-        hdf5_data_param {{ source: "{source}" batch_size: {test_batch} }} }}
-layer {{ name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
-        inner_product_param {{ num_output: 8 weight_filler {{ type: "xavier" }}
-                               bias_filler {{ type: "constant" value: 0.1 }} }} }}
-layer {{ name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }}
-{drop if dropout else ""}
-layer {{ name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
-        inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
-layer {{ name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
-layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }}
-"""
-
-
 def mlp_solver(tmp_path, text: str = "", **net_kw):
     listing = write_problem(tmp_path)
     param = solver_param('type: "SGD" base_lr: 0.1 momentum: 0.9 random_seed: 3 ' + text,
                          net_text=mlp_text(listing, **net_kw))
     return get_solver(param)
-
-
-def record_losses(solver) -> list:
-    losses = []
-    solver.add_callback(on_gradients_ready=lambda: losses.append(solver.loss))
-    return losses
-
-
-def params_of(solver) -> dict:
-    return {f"{k}_{i}": np.array(b.data) for k, blobs in solver.net.params.items() for i, b in enumerate(blobs)}
 
 
 def test_iter_size_matches_a_bigger_batch(tmp_path):
@@ -470,3 +415,62 @@ def test_signal_handler_polling_and_second_sigint():
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):
                 pass
+
+
+# --- building from a prepared definition, fine-tuning, output lines ------------------------------------------
+def test_get_solver_from_a_prepared_param_and_its_source(tmp_path, monkeypatch, caplog):
+    listing = write_problem(tmp_path)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mlp.prototxt").write_text(mlp_text(listing))
+    solver_file = tmp_path / "conf" / "solver.prototxt"
+    solver_file.write_text('type: "Nesterov" net: "mlp.prototxt" base_lr: 0.1 momentum: 0.9 lr_policy: "fixed"')
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        param, source = load_solver_parameter(str(solver_file))
+        assert (source, param.snapshot_prefix) == (str(solver_file), str(tmp_path / "conf" / "solver"))
+        param.max_iter = 3  # a caller may adjust the prepared definition
+        solver = get_solver(param, source=source)
+    assert type(solver) is NesterovSolver
+    assert solver.source == str(solver_file) and solver.param.max_iter == 3
+    assert solver.net.name == "mlp"  # "mlp.prototxt" found beside the solver file, not in the working directory
+    assert solver.param is not param  # the solver keeps its own copy
+    prefix_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("snapshot_prefix")]
+    assert prefix_lines == [f"snapshot_prefix was not specified and is set to {tmp_path}/conf/solver"]
+
+
+def test_a_param_without_source_is_not_looked_up_beside_anything(tmp_path, monkeypatch):
+    listing = write_problem(tmp_path)
+    (tmp_path / "mlp.prototxt").write_text(mlp_text(listing))
+    monkeypatch.chdir("/")
+    param = solver_param('base_lr: 0.1 net: "mlp.prototxt"')
+    with pytest.raises(netdef.NetdefError, match="mlp.prototxt"):
+        get_solver(param)
+    assert get_solver(param, source=str(tmp_path / "solver.prototxt")).net.name == "mlp"
+
+
+def test_load_weights_fine_tunes_train_and_test_nets(tmp_path, caplog):
+    listing = write_problem(tmp_path)
+    trained = get_solver(solver_param('base_lr: 0.1 random_seed: 1', net_text=mlp_text(listing)))
+    trained.net.save(str(tmp_path / "a.caffemodel"))
+    solver = get_solver(solver_param('base_lr: 0.1 random_seed: 2 test_iter: 1 test_interval: 10',
+                                     net_text=mlp_text(listing)))
+    assert not np.array_equal(solver.net.params["ip1"][0].data, trained.net.params["ip1"][0].data)
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        caplog.clear()  # only what the call below logs
+        solver.load_weights(f" {tmp_path}/a.caffemodel ,")
+        solver.load_weights([f"{tmp_path}/a.caffemodel", f"{tmp_path}/a.caffemodel"])
+    for net in (solver.net, solver.test_nets[0]):
+        np.testing.assert_array_equal(net.params["ip1"][0].data, trained.net.params["ip1"][0].data)
+        np.testing.assert_array_equal(net.params["ip2"][0].data, trained.net.params["ip2"][0].data)
+    assert [r.getMessage() for r in caplog.records] == [f"Finetuning from {tmp_path}/a.caffemodel"] * 3
+
+
+def test_test_output_lines_with_loss_weights(caplog):
+    # EuclideanLoss of 3s against 0s: 6 * 9 / (2 * 2) = 13.5, weighted by 2
+    solver = get_solver(solver_param("base_lr: 0.1 test_iter: 2 test_interval: 1", net_text=SCORED_NET))
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        means = solver.test(0)
+    lines = [r.getMessage() for r in caplog.records if "net output" in r.getMessage()]
+    assert lines == [f"    Test net output #{k}: half = 0.5" for k in range(6)] + [
+        "    Test net output #6: loss = 13.5 (* 2 = 27 loss)"]
+    assert means["loss"] == 13.5 and means["half"].tolist() == [[0.5] * 3] * 2

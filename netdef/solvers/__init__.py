@@ -1,4 +1,4 @@
-"""Solvers: lr policies, the update rules, snapshot/restore, and ``get_solver``.
+"""Solvers: lr policies, the update rules, the training loop, snapshot/restore, and ``get_solver``.
 
 ``get_solver(path)`` builds the solver a definition's ``type:`` names, like
 pycaffe's ``caffe.get_solver``; the classes can also be built directly
@@ -34,15 +34,18 @@ def solver_class(type_name: str) -> type[Solver]:
     raise SolverError(f'Unknown solver type "{type_name}".{hint} Known types: {", ".join(known)}')
 
 
-def get_solver(solver, net: str | os.PathLike | None = None) -> Solver:
+def get_solver(solver, net: str | os.PathLike | None = None, *, source: str | None = None) -> Solver:
     """Build the solver a definition names with ``type:`` (pycaffe's ``caffe.get_solver``).
 
     Args:
         solver: a solver definition file path, or a SolverParameter.
         net: optional net definition path that replaces the definition's train net
             (and its generic test nets), as the CLI's ``--net`` does.
+        source: with a SolverParameter that ``load_solver_parameter`` already read
+            from a file, that file (net paths are also looked up beside it); the
+            definition is then used as it is, not read or prepared again.
     """
-    param, source = load_solver_parameter(solver, net)
+    param, source = load_solver_parameter(solver, net, source=source)
     return solver_class(param.type)(param, source=source)
 
 

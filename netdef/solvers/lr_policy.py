@@ -11,7 +11,7 @@ import math
 
 import numpy
 
-from ..errors import SolverError
+from ..errors import SolverError, did_you_mean
 
 _f32 = numpy.float32
 
@@ -100,8 +100,6 @@ def _pow_double(base: float, exponent: int) -> float:
 
 
 def _suggest(policy: str) -> str:
-    from ..errors import did_you_mean
-
     lowered = policy.strip().lower()
     if lowered in LR_POLICIES and lowered != policy:
         return f' Did you mean "{lowered}"?'

@@ -17,8 +17,9 @@ import logging
 import math
 
 from ..errors import SolverError
+from ..logs import format_g
 from .lr_policy import learning_rate
-from .solver import Solver, _g
+from .solver import Solver
 
 log = logging.getLogger("netdef")
 
@@ -45,7 +46,7 @@ class SGDSolver(Solver):
             log.info("MultiStep Status: Iteration %d, step = %d", self.iter, self.current_step)
         self.last_lr = rate
         if p.display and self.iter % p.display == 0:
-            log.info("Iteration %d, lr = %s", self.iter, _g(rate))
+            log.info("Iteration %d, lr = %s", self.iter, format_g(rate))
         self.clip_gradients()
         for i in range(len(self.net.param_specs)):
             self.normalize(i)
@@ -68,8 +69,8 @@ class SGDSolver(Solver):
         norm = math.sqrt(sumsq)
         if norm > clip:
             scale = clip / norm
-            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s", _g(norm),
-                     _g(clip), _g(scale))
+            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
+                     format_g(norm), format_g(clip), format_g(scale))
             for blob in self.net.learnable_params:
                 blob.diff *= blob.diff.dtype.type(scale)
 

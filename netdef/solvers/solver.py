@@ -1,27 +1,31 @@
-"""The solver loop: nets, iterations, testing, display, snapshots and restore.
+"""The solver loop: nets, iterations, testing and display.
 
 This is Caffe's ``Solver`` (solver.cpp) in Python: it builds the train net and the
 test nets from a SolverParameter, runs ``iter_size`` forward/backward passes per
 iteration, smooths the loss over ``average_loss`` iterations, tests every
-``test_interval`` iterations, snapshots every ``snapshot`` iterations, and leaves
-the update rule (``apply_update``) to its subclasses in :mod:`.sgd_solvers`.
-Log lines use Caffe's wording on the ``netdef`` logger.
+``test_interval`` iterations, snapshots every ``snapshot`` iterations (the files
+are :mod:`.snapshot`'s business), and leaves the update rule (``apply_update``) to
+its subclasses in :mod:`.sgd_solvers`. Log lines use Caffe's wording on the
+``netdef`` logger.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy
 
 from .. import backend
-from ..errors import SolverError, WeightsFileError
+from ..errors import SolverError
+from ..io.paths import resolve_path
+from ..logs import format_g, output_line
 from ..net import TEST, TRAIN, Net
+from ..proto import load_net, load_solver, to_text
 from ..proto import netdef_pb2 as pb
+from . import snapshot as _snapshot
 from .lr_policy import learning_rate
 from .signals import SolverAction, parse_action
 
@@ -30,25 +34,20 @@ log = logging.getLogger("netdef")
 _TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
-def _g(value) -> str:
-    """A number as C++ streams print it by default (6 significant digits)."""
-    return f"{float(value):.6g}"
-
-
-def load_solver_parameter(solver, net: str | None = None) -> tuple[pb.SolverParameter, str | None]:
+def load_solver_parameter(solver, net: str | None = None, *,
+                          source: str | None = None) -> tuple[pb.SolverParameter, str | None]:
     """The SolverParameter to run, and the file it came from (None for a message).
 
     A file is read and upgraded (legacy ``solver_type``); as Caffe does for solver
     files, an unset ``snapshot_prefix`` becomes the file's path without extension,
     and a prefix naming an existing folder becomes ``<folder>/<file stem>``.
+    A SolverParameter is copied as it is; with ``source`` it counts as already
+    prepared from that file (by an earlier call), and ``source`` is returned with it.
     ``net`` replaces whatever train net the definition names (the CLI's ``--net``).
     """
-    from ..proto import load_solver
-
     if isinstance(solver, pb.SolverParameter):
         param = pb.SolverParameter()
         param.CopyFrom(solver)
-        source = None
     elif isinstance(solver, (str, os.PathLike)):
         source = os.fspath(solver)
         param = load_solver(source)
@@ -68,6 +67,22 @@ def load_solver_parameter(solver, net: str | None = None) -> tuple[pb.SolverPara
             param.ClearField(name)
         param.net = os.fspath(net)
     return param, source
+
+
+def _copy_net(net_param: pb.NetParameter) -> pb.NetParameter:
+    copy = pb.NetParameter()
+    copy.CopyFrom(net_param)
+    return copy
+
+
+def _set_state(net_param: pb.NetParameter, phase: int, override: pb.NetState | None) -> None:
+    """The net's state as Caffe sets it: the phase, then the net file's own state, then the solver's."""
+    state = pb.NetState()
+    state.phase = phase
+    state.MergeFrom(net_param.state)
+    if override is not None:
+        state.MergeFrom(override)
+    net_param.state.CopyFrom(state)
 
 
 class Solver:
@@ -94,28 +109,22 @@ class Solver:
     history_sets = 1
 
     def __init__(self, solver, net: str | None = None, *, source: str | None = None):
-        if isinstance(solver, pb.SolverParameter) and source is not None:
-            param = pb.SolverParameter()
-            param.CopyFrom(solver)
-            if net is not None:
-                param = load_solver_parameter(param, net)[0]
-        else:
-            param, source = load_solver_parameter(solver, net)
+        param, source = load_solver_parameter(solver, net, source=source)
         self.param = param
         self.source = source
         if param.HasField("type") and self.type_name and param.type != self.type_name:
             log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type,
                         self.type_name)
         if log.isEnabledFor(logging.INFO):
-            log.info("Initializing solver from parameters:\n%s", _text(param))
+            log.info("Initializing solver from parameters:\n%s", to_text(param))
         self._check_common()
         self.check_param()
-        self._check_snapshot_prefix()
+        _snapshot.check_prefix(param)
         # One set of random streams for the solver's nets: random_seed seeds it, else the default.
         self.rng = backend.RandomStreams(param.random_seed) if param.random_seed >= 0 else backend.new_streams()
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
-        self._load_weights_field()
+        self.load_weights(param.weights)
         log.info("Solver scaffolding done.")
         self.iter = 0
         self.current_step = 0
@@ -148,35 +157,10 @@ class Solver:
     def check_param(self) -> None:
         """Solver-type specific checks (Caffe's constructor sanity checks); raise SolverError."""
 
-    def _check_snapshot_prefix(self) -> None:
-        p = self.param
-        if not p.snapshot:
-            return
-        if not p.HasField("snapshot_prefix"):
-            raise SolverError(f"snapshot is set (every {p.snapshot} iterations) but snapshot_prefix is not")
-        probe = self.snapshot_filename(".tempfile", iteration=0)
-        try:
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
-        except OSError:
-            raise SolverError(
-                f"Cannot write to snapshot prefix '{p.snapshot_prefix}'. Make sure that the directory exists and "
-                "is writable."
-            ) from None
-
     # --- nets -----------------------------------------------------------------------------
-    def _net_file(self, path: str) -> str:
-        """A net file path as Caffe opens it (relative to the working directory), else next to the solver file."""
-        if os.path.isabs(path) or os.path.exists(path) or not self.source:
-            return path
-        beside = os.path.join(os.path.dirname(os.path.abspath(self.source)), path)
-        return beside if os.path.exists(beside) else path
-
     def _read_net(self, path: str) -> pb.NetParameter:
-        from ..proto import load_net
-
-        return load_net(self._net_file(path))
+        # As Caffe opens it (relative to the working directory), else next to the solver file.
+        return load_net(resolve_path(path, self.source))
 
     def _init_train_net(self) -> Net:
         p = self.param
@@ -192,20 +176,16 @@ class Solver:
             )
         which = given[0]
         if which in ("net_param", "train_net_param"):
-            net_param = pb.NetParameter()
-            net_param.CopyFrom(getattr(p, which))
+            net_param = _copy_net(getattr(p, which))
             log.info("Creating training net specified in %s.", which)
         else:
             log.info("Creating training net from %s file: %s", which, getattr(p, which))
             net_param = self._read_net(getattr(p, which))
-        state = pb.NetState()
-        state.phase = TRAIN
-        state.MergeFrom(net_param.state)
-        state.MergeFrom(p.train_state)
-        net_param.state.CopyFrom(state)
+        _set_state(net_param, TRAIN, p.train_state)
         return Net(net_param, rng=self.rng)
 
-    def _init_test_nets(self) -> list[Net]:
+    def _count_test_nets(self) -> int:
+        """How many test nets the definition asks for (Caffe's InitTestNets checks)."""
         p = self.param
         generic = int(p.HasField("net_param")) + int(p.HasField("net"))
         if generic > 1:
@@ -230,37 +210,41 @@ class Solver:
             )
         if count and p.test_interval <= 0:
             raise SolverError(f"test_interval must be positive when there are test nets. Received: {p.test_interval}")
-        sources: list[tuple[str, pb.NetParameter]] = []
-        for net_param in p.test_net_param:
-            copy = pb.NetParameter()
-            copy.CopyFrom(net_param)
-            sources.append(("test_net_param", copy))
-        for path in p.test_net:
-            sources.append((f"test_net file: {path}", self._read_net(path)))
+        return count
+
+    def _test_net_definitions(self, count: int) -> list[tuple[str, pb.NetParameter]]:
+        """(where it was specified, definition) for each test net: the test_net* fields, then the generic net."""
+        p = self.param
+        sources = [("test_net_param", _copy_net(net_param)) for net_param in p.test_net_param]
+        sources += [(f"test_net file: {path}", self._read_net(path)) for path in p.test_net]
         for _ in range(count - len(sources)):
             if p.HasField("net_param"):
-                copy = pb.NetParameter()
-                copy.CopyFrom(p.net_param)
-                sources.append(("net_param", copy))
+                sources.append(("net_param", _copy_net(p.net_param)))
             else:
                 sources.append((f"net file: {p.net}", self._read_net(p.net)))
+        return sources
+
+    def _init_test_nets(self) -> list[Net]:
+        p = self.param
         nets = []
-        for i, (where, net_param) in enumerate(sources):
-            state = pb.NetState()
-            state.phase = TEST
-            state.MergeFrom(net_param.state)
-            if p.test_state:
-                state.MergeFrom(p.test_state[i])
-            net_param.state.CopyFrom(state)
+        for i, (where, net_param) in enumerate(self._test_net_definitions(self._count_test_nets())):
+            _set_state(net_param, TEST, p.test_state[i] if p.test_state else None)
             log.info("Creating test net (#%d) specified by %s", i, where)
             test_net = Net(net_param, rng=self.rng)
             test_net.share_with(self.net)
             nets.append(test_net)
         return nets
 
-    def _load_weights_field(self) -> None:
-        for entry in self.param.weights:
-            for path in (s.strip() for s in entry.split(",")):
+    def load_weights(self, weights: str | os.PathLike | Iterable[str]) -> None:
+        """Fine-tune: copy trained weights into the train and test nets, layer by layer, by layer name.
+
+        ``weights`` is a ``.caffemodel`` / ``.caffemodel.h5`` path, a comma-separated
+        list of them, or several such strings (the solver's ``weights:`` entries);
+        later files overwrite earlier ones. Each file is logged as "Finetuning from".
+        """
+        entries = [weights] if isinstance(weights, (str, os.PathLike)) else weights
+        for entry in entries:
+            for path in (s.strip() for s in os.fspath(entry).split(",")):
                 if not path:
                     continue
                 log.info("Finetuning from %s", path)
@@ -338,11 +322,12 @@ class Solver:
                 now = time.perf_counter()
                 lapse = now - timer
                 per_s = (self.iter - iterations_last) / (lapse if lapse else 1)
-                log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _g(per_s), _g(lapse),
-                         p.display, _g(self.smoothed_loss))
+                log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, format_g(per_s),
+                         format_g(lapse), p.display, format_g(self.smoothed_loss))
                 timer = now
                 iterations_last = self.iter
-                self._log_outputs(self.net, "Train")
+                outputs = ((name, backend.to_numpy(self.net.blobs[name].data)) for name in self.net.outputs)
+                self._log_outputs("Train", outputs, self.net.loss_weights())
             for _, on_ready in self._callbacks:
                 if on_ready is not None:
                     on_ready()
@@ -374,7 +359,7 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_from_to()
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
-            log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
+            log.info("Iteration %d, loss = %s", self.iter, format_g(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
@@ -389,14 +374,13 @@ class Solver:
             self.smoothed_loss += (loss - self._losses[idx]) / average_loss
             self._losses[idx] = loss
 
-    def _log_outputs(self, net: Net, kind: str) -> None:
-        weights = net.loss_weights()
+    @staticmethod
+    def _log_outputs(kind: str, outputs: Iterable[tuple[str, numpy.ndarray]], weights: Mapping[str, float]) -> None:
+        """Caffe's "    Train net output #0: loss = 0.5 (* 1 = 0.5 loss)" lines, numbered across all values."""
         index = 0
-        for name in net.outputs:
-            w = weights.get(name, 0.0)
-            for v in backend.to_numpy(net.blobs[name].data).ravel():
-                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
-                log.info("    %s net output #%d: %s = %s%s", kind, index, name, _g(v), extra)
+        for name, value in outputs:
+            for v in value.ravel():
+                log.info("    %s net output #%d: %s", kind, index, output_line(name, v, weights.get(name, 0.0)))
                 index += 1
 
     # --- testing ---------------------------------------------------------------------------------
@@ -418,52 +402,51 @@ class Solver:
         net = self.test_nets[test_net_id]
         net.share_with(self.net)
         iterations = p.test_iter[test_net_id]
-        sums: OrderedDict[str, numpy.ndarray] = OrderedDict()
-        loss = 0.0
-        for _ in range(iterations):
-            request = self.get_requested_action()
-            while request is not SolverAction.NONE:
-                if request is SolverAction.SNAPSHOT:
-                    self.snapshot()
-                elif request is SolverAction.STOP:
-                    self.requested_early_exit = True
-                request = self.get_requested_action()
-            if self.requested_early_exit:
-                break
-            iter_loss = net.forward_from_to()
-            if p.test_compute_loss:
-                loss += iter_loss
-            for name in net.outputs:
-                value = backend.to_numpy(net.blobs[name].data).astype(numpy.float64)
-                sums[name] = sums[name] + value if name in sums else value.copy()
+        sums, loss = self._run_test_net(net, iterations)
         if self.requested_early_exit:
             log.info("Test interrupted.")
             return None
         if p.test_compute_loss and iterations:
-            log.info("Test loss: %s", _g(loss / iterations))
-        weights = net.loss_weights()
-        means: OrderedDict[str, object] = OrderedDict()
-        index = 0
-        for name, total in sums.items():
-            mean = total / iterations
-            w = weights.get(name, 0.0)
-            for v in mean.ravel():
-                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
-                log.info("    Test net output #%d: %s = %s%s", index, name, _g(v), extra)
-                index += 1
-            means[name] = float(mean) if mean.size == 1 else mean
-        return means
+            log.info("Test loss: %s", format_g(loss / iterations))
+        means = OrderedDict((name, total / iterations) for name, total in sums.items())
+        self._log_outputs("Test", means.items(), net.loss_weights())
+        return OrderedDict((name, float(mean) if mean.size == 1 else mean) for name, mean in means.items())
+
+    def _run_test_net(self, net: Net, iterations: int) -> tuple[OrderedDict[str, numpy.ndarray], float]:
+        """Forward ``net`` ``iterations`` times (acting on requests between passes); output sums and loss sum."""
+        sums: OrderedDict[str, numpy.ndarray] = OrderedDict()
+        loss = 0.0
+        for _ in range(iterations):
+            self._handle_requests_while_testing()
+            if self.requested_early_exit:
+                break
+            iter_loss = net.forward_from_to()
+            if self.param.test_compute_loss:
+                loss += iter_loss
+            for name in net.outputs:
+                value = backend.to_numpy(net.blobs[name].data).astype(numpy.float64)
+                sums[name] = sums[name] + value if name in sums else value.copy()
+        return sums, loss
+
+    def _handle_requests_while_testing(self) -> None:
+        request = self.get_requested_action()
+        while request is not SolverAction.NONE:
+            if request is SolverAction.SNAPSHOT:
+                self.snapshot()
+            elif request is SolverAction.STOP:
+                self.requested_early_exit = True
+            request = self.get_requested_action()
 
     # --- updates (subclasses) ------------------------------------------------------------------
     def apply_update(self) -> None:
         """Turn the accumulated gradients into a parameter update and advance ``iter``."""
         raise NotImplementedError
 
-    # --- snapshots --------------------------------------------------------------------------------
+    # --- snapshots (see .snapshot) ---------------------------------------------------------------
     def snapshot_filename(self, extension: str, iteration: int | None = None) -> str:
-        """``<snapshot_prefix>_iter_<N><extension>`` (Caffe's SnapshotFilename)."""
-        it = self.iter if iteration is None else iteration
-        return f"{self.param.snapshot_prefix}_iter_{it}{extension}"
+        """``<snapshot_prefix>_iter_<N><extension>`` (Caffe's SnapshotFilename); N is ``iter`` unless given."""
+        return _snapshot.snapshot_filename(self.param.snapshot_prefix, self.iter if iteration is None else iteration,
+                                           extension)
 
     def snapshot(self) -> str | None:
         """Write the weights and the solver state for the current iteration; returns the state file's path.
@@ -474,78 +457,7 @@ class Solver:
         files already exists and is read-only, nothing is written (a warning says so)
         and None is returned.
         """
-        from ..io import caffemodel, solverstate
-
-        p = self.param
-        if not p.HasField("snapshot_prefix"):
-            log.warning("snapshot_prefix is not set; snapshot files are named _iter_<N>.* in the working directory")
-        hdf5 = p.snapshot_format == pb.SolverParameter.HDF5
-        model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
-        state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        # Renaming over a file ignores its own permissions; keep the protection a plain open() would give.
-        protected = [f for f in (model, state_path, solverstate.sidecar_path(state_path)) if _read_only(f)]
-        if protected:
-            log.warning("Snapshot at iteration %d skipped: %s is read-only and netdef does not replace "
-                        "read-only files", self.iter, protected[0])
-            return None
-        kind = "HDF5" if hdf5 else "binary proto"
-        history = [backend.to_numpy(h) for h in self.history]
-        state = solverstate.SolverStateData(self.iter, model, history, self.current_step)
-        # All three files are written to temporary names first and renamed only when all are complete,
-        # so a failure part way leaves the previous files of this name untouched.
-        with solverstate.staged_files() as stage:
-            log.info("Snapshotting to %s file %s", kind, model)
-            caffemodel.save_weights(self.net, stage(model), write_diff=p.snapshot_diff, atomic=False)
-            log.info("Snapshotting solver state to %s file %s", kind, state_path)
-            solverstate.write_solverstate_any(stage(state_path), state, atomic=False)
-            solverstate.write_sidecar(state_path, self._resume_extras(history),
-                                      path=stage(solverstate.sidecar_path(state_path)))
-        return state_path
-
-    def _fingerprint(self, iteration: int, current_step: int, history) -> str:
-        digest = hashlib.blake2b(f"{iteration}:{current_step}:{len(history)}".encode(), digest_size=16)
-        for h in history:
-            h = numpy.asarray(h)
-            digest.update(numpy.ascontiguousarray(h, dtype=h.dtype.newbyteorder("<")).tobytes())
-        return digest.hexdigest()
-
-    @staticmethod
-    def _data_states(net: Net) -> dict:
-        states = {}
-        for layer in net.layers:
-            get_state = getattr(layer, "get_state", None)
-            if callable(get_state):
-                states[layer.name] = get_state()
-        return states
-
-    def _resume_extras(self, history) -> dict:
-        return {
-            "iter": self.iter,
-            "current_step": self.current_step,
-            "solver_type": self.type_name,
-            "fingerprint": self._fingerprint(self.iter, self.current_step, history),
-            "rng": self.rng.checkpoint(),
-            "train_net": self._data_states(self.net),
-            "test_nets": [self._data_states(n) for n in self.test_nets],
-        }
-
-    # --- restore ------------------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_learned_net(name: str, state_path: str) -> str:
-        # As Caffe: the recorded path as it stands (relative to the working directory); then, for
-        # snapshots moved or opened from elsewhere, relative to the state file and beside it.
-        folder = os.path.dirname(os.path.abspath(state_path))
-        candidates = [name]
-        if not os.path.isabs(name):
-            candidates.append(os.path.join(folder, name))
-        candidates.append(os.path.join(folder, os.path.basename(name)))
-        for c in candidates:
-            if os.path.exists(c):
-                return c
-        raise WeightsFileError(
-            f"{state_path}: the weights file it names (learned_net) was not found: {name} "
-            f"(looked for: {', '.join(dict.fromkeys(candidates))})"
-        )
+        return _snapshot.save(self)
 
     def restore(self, state_file: str) -> None:
         """Restore iteration, lr step, weights and history from a ``.solverstate`` / ``.solverstate.h5``.
@@ -554,56 +466,8 @@ class Solver:
         restores the data layers' read positions and the random generator, so the run
         continues exactly as if it had not stopped.
         """
-        from ..io import solverstate
-
-        state_file = os.fspath(state_file)
-        state = solverstate.read_solverstate(state_file)
-        shapes = [blob.shape for blob in self.net.learnable_params] * self.history_sets
-        history = solverstate.check_history(state.history, shapes, state_file, self.type_name)
-        if state.learned_net:
-            self.net.copy_from(self._resolve_learned_net(state.learned_net, state_file))
-        self.iter = int(state.iter)
-        self.current_step = int(state.current_step)
-        log.info("%sSolver: restoring history", self.type_name)
-        for h, arr in zip(self.history, history, strict=True):
-            h[...] = backend.asarray(arr, backend.array_module(h), h.dtype)
-        for net in self.test_nets:
-            net.share_with(self.net)
-        extras = solverstate.read_sidecar(state_file)
-        if extras is None:
-            log.info("%s has no netdef resume sidecar (a Caffe snapshot?): data layers start from their "
-                     "beginning", state_file)
-            return
-        if extras.get("fingerprint") != self._fingerprint(state.iter, state.current_step, state.history):
-            log.warning("Ignoring %s: it does not belong to this solver state (written by another snapshot)",
-                        solverstate.sidecar_path(state_file))
-            return
-        if extras.get("rng") is not None:
-            self.rng.restore(extras["rng"])
-        self._apply_data_states(self.net, extras.get("train_net", {}))
-        for net, states in zip(self.test_nets, extras.get("test_nets", []), strict=False):
-            self._apply_data_states(net, states)
-
-    @staticmethod
-    def _apply_data_states(net: Net, states: dict) -> None:
-        for layer in net.layers:
-            set_state = getattr(layer, "set_state", None)
-            if callable(set_state) and layer.name in states:
-                set_state(states[layer.name])
+        _snapshot.restore(self, state_file)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} iter={self.iter} net={self.net.name!r}>"
 
-
-def _read_only(path: str) -> bool:
-    """True for an existing file without any write permission bit (whoever runs us, root included)."""
-    try:
-        return not os.stat(path).st_mode & 0o222
-    except OSError:
-        return False
-
-
-def _text(param) -> str:
-    from ..proto import to_text
-
-    return to_text(param)

@@ -4,7 +4,7 @@ The shape of Caffe's ``classification`` example and pycaffe's ``classify.py``:
 each image is resized to the net input's height and width, laid out as
 C x H x W, channel-swapped (RGB -> BGR by default, for 3-channel inputs),
 scaled to [0, 255] (``--raw-scale``), has the mean subtracted (``--mean``) and is
-multiplied by ``--input-scale``; see :class:`netdef.io.transformer.Transformer`.
+multiplied by ``--input-scale``; see :class:`netdef.io.preprocessing.Transformer`.
 For each image it prints::
 
     ---------- Prediction for cat.png ----------
@@ -18,7 +18,12 @@ import os
 
 import numpy
 
+from .. import backend
 from ..errors import NetdefError, ShapeMismatchError
+from ..io.blobproto import read_binaryproto
+from ..io.preprocessing import Transformer, load_image
+from ..net import TEST, Net
+from .common import add_gpu_argument, select_device
 
 log = logging.getLogger("netdef")
 
@@ -35,8 +40,6 @@ def load_mean(spec: str) -> numpy.ndarray:
     if os.path.exists(spec):
         if spec.lower().endswith(".npy"):
             return numpy.load(spec, allow_pickle=False).astype(numpy.float32)
-        from ..io.blobproto import read_binaryproto
-
         return read_binaryproto(spec).astype(numpy.float32)
     try:
         return numpy.array([float(v) for v in spec.split(",")], dtype=numpy.float32)
@@ -77,31 +80,32 @@ def _output_blob(net, requested: str | None) -> str:
     )
 
 
-def make_transformer(shape, name: str, args):
-    """The Transformer the command-line options describe, for input ``name`` of ``shape``."""
-    from ..io.transformer import Transformer
+def make_transformer(shape, name: str, *, channel_swap: str | None = None, raw_scale: float | None = None,
+                     mean: str | None = None, input_scale: float | None = None) -> Transformer:
+    """The Transformer the command-line options describe, for input ``name`` of ``shape``.
 
+    ``channel_swap`` is a comma-separated order such as ``"2,1,0"``, or ``"none"`` to
+    keep RGB (None: BGR for 3-channel inputs); ``mean`` is as :func:`load_mean` reads it.
+    """
     t = Transformer({name: shape})
     t.set_transpose(name, (2, 0, 1))
     channels = shape[1]
-    if args.channel_swap is None:
+    if channel_swap is None:
         if channels == 3:
             t.set_channel_swap(name, (2, 1, 0))
-    elif args.channel_swap.lower() != "none":
-        t.set_channel_swap(name, _int_list(args.channel_swap, "--channel-swap"))
-    if args.raw_scale is not None:
-        t.set_raw_scale(name, args.raw_scale)
-    if args.mean:
-        t.set_mean(name, load_mean(args.mean))
-    if args.input_scale is not None:
-        t.set_input_scale(name, args.input_scale)
+    elif channel_swap.lower() != "none":
+        t.set_channel_swap(name, _int_list(channel_swap, "--channel-swap"))
+    if raw_scale is not None:
+        t.set_raw_scale(name, raw_scale)
+    if mean:
+        t.set_mean(name, load_mean(mean))
+    if input_scale is not None:
+        t.set_input_scale(name, input_scale)
     return t
 
 
 def classify(net, images: list[numpy.ndarray], transformer, input_name: str, output: str) -> numpy.ndarray:
     """Class scores (one row per image) from ``output`` for H x W x C ``images``, in batches of the input's size."""
-    from .. import backend
-
     shape = net.blobs[input_name].shape
     batch = max(1, shape[0])
     rows = []
@@ -124,20 +128,13 @@ def top_k(scores: numpy.ndarray, k: int) -> numpy.ndarray:
     return order[: min(k, scores.size)]
 
 
-def cmd_classify(args) -> int:
-    from ..cli import _select_device
-    from ..io.transformer import load_image
-    from ..net import TEST, Net
-
-    if args.top_k < 1:
-        raise NetdefError(f"--top-k must be at least 1. Received: {args.top_k}")
-    _select_device(args.gpu)
-    net = Net(args.model, TEST, weights=args.weights)
+def _image_input(net: Net, model: str, requested: str | None) -> str:
+    """The input blob images go into: ``requested``, else the net's first input; it must be N x C x H x W."""
     if not net.inputs:
         raise NetdefError(
-            f"{args.model} has no Input layer (or input: fields) to feed images into; classify needs a deploy net"
+            f"{model} has no Input layer (or input: fields) to feed images into; classify needs a deploy net"
         )
-    input_name = args.input or net.inputs[0]
+    input_name = requested or net.inputs[0]
     if input_name not in net.inputs:
         raise NetdefError(f'--input "{input_name}" is not an input of the net. Inputs: {", ".join(net.inputs)}')
     shape = net.blobs[input_name].shape
@@ -145,19 +142,56 @@ def cmd_classify(args) -> int:
         raise ShapeMismatchError(
             f'classify needs a 4-D image input (N, C, H, W); input "{input_name}" has shape {shape}'
         )
-    transformer = make_transformer(shape, input_name, args)
-    output = _output_blob(net, args.output)
-    log.info("Classifying %d image(s) with input %s %s and output %s", len(args.images), input_name, shape, output)
+    return input_name
+
+
+def classify_files(model: str, weights: str, images: list[str], *, labels: str | None = None, top: int = 5,
+                   mean: str | None = None, channel_swap: str | None = None, raw_scale: float | None = 255.0,
+                   input_scale: float | None = None, input_name: str | None = None, output: str | None = None,
+                   gpu: str | None = None) -> list[list[tuple[float, str]]]:
+    """The ``top`` most likely classes of each image file, as (score, label) pairs, most likely first.
+
+    Args:
+        model: a deploy net definition (with an Input layer).
+        weights: its trained weights.
+        images: image files (PNG/JPEG via Pillow, or H x W x C ``.npy`` arrays in [0, 1]).
+        labels: a file with one class name per line (default: the class numbers).
+        top: how many classes per image.
+        mean, channel_swap, raw_scale, input_scale: preprocessing, see :func:`make_transformer`.
+        input_name: the input blob (default: the net's first input).
+        output: the blob with the class scores (default: the only output, or ``prob``).
+        gpu: the ``--gpu`` value (None: the CPU).
+    """
+    if top < 1:
+        raise NetdefError(f"--top-k must be at least 1. Received: {top}")
+    select_device(gpu)
+    net = Net(model, TEST, weights=weights)
+    input_name = _image_input(net, model, input_name)
+    shape = net.blobs[input_name].shape
+    transformer = make_transformer(shape, input_name, channel_swap=channel_swap, raw_scale=raw_scale, mean=mean,
+                                   input_scale=input_scale)
+    output = _output_blob(net, output)
+    log.info("Classifying %d image(s) with input %s %s and output %s", len(images), input_name, shape, output)
     log.info("Preprocessing: resize to %dx%d, channel swap %s, raw scale %s, mean %s, input scale %s", shape[2],
              shape[3], transformer.channel_swap.get(input_name, "none"), transformer.raw_scale.get(input_name, 1),
-             args.mean or "none", transformer.input_scale.get(input_name, 1))
-    images = [load_image(path, color=shape[1] != 1) for path in args.images]
-    scores = classify(net, images, transformer, input_name, output)
-    labels = load_labels(args.labels, scores.shape[1]) if args.labels else [str(i) for i in range(scores.shape[1])]
-    for path, row in zip(args.images, scores, strict=True):
+             mean or "none", transformer.input_scale.get(input_name, 1))
+    arrays = [load_image(path, color=shape[1] != 1) for path in images]
+    scores = classify(net, arrays, transformer, input_name, output)
+    names = load_labels(labels, scores.shape[1]) if labels else [str(i) for i in range(scores.shape[1])]
+    return [[(float(row[i]), names[i]) for i in top_k(row, top)] for row in scores]
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Run ``netdef classify`` from parsed arguments; prints each image's top classes."""
+    predictions = classify_files(
+        args.model, args.weights, args.images, labels=args.labels, top=args.top_k, mean=args.mean,
+        channel_swap=args.channel_swap, raw_scale=args.raw_scale, input_scale=args.input_scale,
+        input_name=args.input, output=args.output, gpu=args.gpu,
+    )
+    for path, classes in zip(args.images, predictions, strict=True):
         print(f"---------- Prediction for {path} ----------")
-        for i in top_k(row, args.top_k):
-            print(f'{row[i]:.4f} - "{labels[i]}"')
+        for score, label in classes:
+            print(f'{score:.4f} - "{label}"')
     return 0
 
 
@@ -190,9 +224,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="multiply by this after subtracting the mean")
     p.add_argument("--input", help="input blob to feed (default: the net's first input)")
     p.add_argument("--output", help="blob holding the class scores (default: the net's only output, or 'prob')")
-    p.add_argument("--gpu", "-gpu", help="GPU device id to use (CPU when omitted)")
+    add_gpu_argument(p)
     p.set_defaults(func=cmd_classify)
     return p
 
 
-__all__ = ["add_parser", "classify", "cmd_classify", "load_labels", "load_mean", "make_transformer", "top_k"]
+__all__ = [
+    "add_parser", "classify", "classify_files", "cmd_classify", "load_labels", "load_mean", "make_transformer",
+    "top_k",
+]

@@ -74,23 +74,34 @@ def _write(message, path: str, binary: bool) -> None:
     atomic_write_bytes(path, message.SerializeToString() if binary else to_text(message).encode("utf-8"))
 
 
-def cmd_upgrade(args) -> int:
-    if args.kind == "net":
-        param = read_message(args.input, pb.NetParameter())
-        done, problems = upgrade_net_report(param, args.input)
+def upgrade_file(kind: str, source: str, target: str, binary: bool = False) -> tuple[list[str], list[str]]:
+    """Upgrade the ``kind`` (``"net"`` or ``"solver"``) definition in ``source`` and write it to ``target``.
+
+    The output is text, or binary when ``binary`` is set or ``target`` ends in
+    ``.caffemodel``/``.binaryproto``/``.pb``. Returns (what was upgraded, settings
+    that could not be carried over); the file is written either way.
+    """
+    if kind == "net":
+        param = read_message(source, pb.NetParameter())
+        done, problems = upgrade_net_report(param, source)
     else:
-        param = read_message(args.input, pb.SolverParameter())
-        done, problems = upgrade_solver_report(param, args.input)
-    binary = args.binary or args.output.lower().endswith(BINARY_SUFFIXES)
-    _write(param, args.output, binary)
-    what = "NetParameter" if args.kind == "net" else "SolverParameter"
+        param = read_message(source, pb.SolverParameter())
+        done, problems = upgrade_solver_report(param, source)
+    _write(param, target, binary or target.lower().endswith(BINARY_SUFFIXES))
+    what = "NetParameter" if kind == "net" else "SolverParameter"
+    log.info("Wrote %s %s to %s", "upgraded" if done else "unchanged", what, target)
+    return done, problems
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Run ``netdef upgrade`` from parsed arguments; prints what changed, exits 1 when settings were dropped."""
+    done, problems = upgrade_file(args.kind, args.input, args.output, args.binary)
     if done:
         print(f"Upgraded {args.input} -> {args.output}:")
         for line in done:
             print(f"  - {line}")
     else:
         print(f"{args.input} is already in the current format; wrote it unchanged to {args.output}")
-    log.info("Wrote %s %s to %s", "upgraded" if done else "unchanged", what, args.output)
     if problems:
         print(f"{len(problems)} setting(s) could not be carried over:")
         for problem in problems:
@@ -120,4 +131,4 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["add_parser", "cmd_upgrade", "upgrade_net_report", "upgrade_solver_report"]
+__all__ = ["add_parser", "cmd_upgrade", "upgrade_file", "upgrade_net_report", "upgrade_solver_report"]
