@@ -90,7 +90,11 @@ def test_text_roundtrip():
     assert again == msg
 
 
-def test_ceil_mode_from_a_caffe_fork_is_refused():
-    with pytest.raises(UnknownFieldError, match="ceil_mode"):
-        parse_text('layer { name: "p" type: "Pooling" pooling_param { ceil_mode: false } }',
+def test_ceil_mode_from_a_caffe_fork_is_accepted():
+    # Fork fields are part of the schema (see tests/test_proto_forks.py); unknown ones are still refused.
+    net = parse_text('layer { name: "p" type: "Pooling" pooling_param { ceil_mode: false } }',
+                     netdef_pb2.NetParameter(), "densenet.prototxt")
+    assert net.layer[0].pooling_param.ceil_mode is False
+    with pytest.raises(UnknownFieldError, match="floor_mode"):
+        parse_text('layer { name: "p" type: "Pooling" pooling_param { floor_mode: true } }',
                    netdef_pb2.NetParameter(), "densenet.prototxt")

@@ -2,16 +2,22 @@
 
 The literal numbers and defaults below are taken from BVLC Caffe's
 caffe.proto; if one of these fails, the schema has drifted from Caffe.
+netdef also accepts fields and messages of Caffe forks (see
+tests/test_proto_forks.py); ``test_every_bvlc_field_matches`` compares the
+whole schema with BVLC's caffe.proto from ``shared/parity/schema`` and allows
+such additions only where they leave every BVLC definition intact.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
-from google.protobuf import descriptor, text_format
+from google.protobuf import descriptor, descriptor_pb2, text_format
 
 from netdef.proto import netdef_pb2 as pb
 
@@ -42,7 +48,7 @@ def test_generated_module_is_up_to_date(tmp_path):
 
     fresh_ver = _VERSION_LINE.search(fresh)
     committed_ver = _VERSION_LINE.search(committed)
-    same_protoc = (fresh_ver and committed_ver and fresh_ver.group(0) == committed_ver.group(0))
+    same_protoc = fresh_ver and committed_ver and fresh_ver.group(0) == committed_ver.group(0)
     if same_protoc:
         assert fresh == committed, hint
     else:
@@ -140,11 +146,146 @@ def test_layer_parameter_defaults():
     assert pb.DropoutParameter().dropout_ratio == pytest.approx(0.5)
 
 
-def test_no_fields_caffe_lacks():
-    # BVLC Caffe has no `ceil_mode`; accepting it would diverge from Caffe.
-    assert "ceil_mode" not in pb.PoolingParameter.DESCRIPTOR.fields_by_name
+def test_fork_fields_do_not_touch_bvlc_numbers():
+    # ceil_mode (BVLC pull request #3057) is 13 in the forks that carry it,
+    # but 13 is BVLC's round_mode, so the fork field lives elsewhere.
+    assert _field(pb.PoolingParameter, "round_mode").number == 13
+    assert _field(pb.PoolingParameter, "ceil_mode").number != 13
+    pool = text_format.Parse("ceil_mode: false round_mode: FLOOR", pb.PoolingParameter())
+    assert pool.round_mode == pb.PoolingParameter.FLOOR and pool.ceil_mode is False
     with pytest.raises(text_format.ParseError):
-        text_format.Parse("ceil_mode: false", pb.PoolingParameter())
+        text_format.Parse("floor_mode: true", pb.PoolingParameter())
+
+
+# --------------------------------------------------------------------------
+# Whole-schema comparison with BVLC's caffe.proto
+# --------------------------------------------------------------------------
+
+
+def _bvlc_proto_path() -> Path | None:
+    env = os.environ.get("NETDEF_PARITY_DIR")
+    roots = [Path(env)] if env else []
+    roots.append(Path(__file__).resolve().parents[1].parent / "shared" / "parity")
+    for root in roots:
+        path = root / "schema" / "caffe.proto"
+        if path.exists():
+            return path
+    return None
+
+
+def _compile_descriptor(proto: Path, out: Path) -> descriptor_pb2.FileDescriptorProto:
+    from grpc_tools import protoc
+
+    target = out / (proto.stem + ".pb")
+    rc = protoc.main(["grpc_tools.protoc", f"-I{proto.parent}", f"--descriptor_set_out={target}", str(proto)])
+    assert rc == 0, f"protoc could not compile {proto}"
+    files = descriptor_pb2.FileDescriptorSet.FromString(target.read_bytes())
+    return files.file[0]
+
+
+def _messages(file_proto) -> dict:
+    """Every message (nested ones as Outer.Inner) by name."""
+    found = {}
+
+    def walk(msgs, prefix):
+        for m in msgs:
+            name = prefix + m.name
+            found[name] = m
+            walk(m.nested_type, name + ".")
+
+    walk(file_proto.message_type, "")
+    return found
+
+
+def _enums(file_proto) -> dict:
+    found = {e.name: e for e in file_proto.enum_type}
+    for name, m in _messages(file_proto).items():
+        for e in m.enum_type:
+            found[f"{name}.{e.name}"] = e
+    return found
+
+
+_FLOAT_TYPES = (descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE)
+
+
+def _field_signature(f, package: str) -> tuple:
+    type_name = f.type_name.replace(f".{package}.", ".")
+    default = f.default_value
+    if default and f.type in _FLOAT_TYPES:
+        # protoc and the runtime print the same float default differently
+        # ("1e-08" vs "9.99999994e-09"); compare the stored float32 value.
+        default = struct.pack("<f", float(default))
+    return (f.number, f.label, f.type, type_name, default, f.options.packed)
+
+
+@pytest.fixture(scope="module")
+def schemas(tmp_path_factory):
+    caffe_proto = _bvlc_proto_path()
+    if caffe_proto is None:
+        pytest.skip("shared/parity/schema/caffe.proto not found (set NETDEF_PARITY_DIR)")
+    if importlib.util.find_spec("grpc_tools") is None:
+        pytest.skip("grpc_tools (grpcio-tools) is not installed; cannot compile caffe.proto")
+    out = tmp_path_factory.mktemp("schemas")
+    bvlc = _compile_descriptor(caffe_proto, out)
+    ours = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(ours)
+    return bvlc, ours
+
+
+def test_every_bvlc_field_matches(schemas):
+    bvlc, ours = schemas
+    our_messages = _messages(ours)
+    problems = []
+    for name, message in _messages(bvlc).items():
+        if name not in our_messages:
+            problems.append(f"message {name} is missing")
+            continue
+        theirs = {f.name: f for f in our_messages[name].field}
+        for f in message.field:
+            if f.name not in theirs:
+                problems.append(f"{name}.{f.name} is missing")
+            elif _field_signature(f, bvlc.package) != _field_signature(theirs[f.name], ours.package):
+                problems.append(
+                    f"{name}.{f.name}: BVLC {_field_signature(f, bvlc.package)} "
+                    f"!= netdef {_field_signature(theirs[f.name], ours.package)}"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_fork_additions_keep_clear_of_bvlc_numbers(schemas):
+    bvlc, ours = schemas
+    our_messages = _messages(ours)
+    problems = []
+    for name, message in _messages(bvlc).items():
+        bvlc_names = {f.name for f in message.field}
+        bvlc_numbers = {f.number for f in message.field}
+        for r in message.reserved_range:
+            bvlc_numbers.update(range(r.start, r.end))
+        for f in our_messages[name].field:
+            if f.name not in bvlc_names and f.number in bvlc_numbers:
+                problems.append(f"fork field {name}.{f.name} reuses BVLC number {f.number}")
+    our_enums = _enums(ours)
+    for name, enum in _enums(bvlc).items():
+        values = {v.name: v.number for v in enum.value}
+        assert name in our_enums, f"enum {name} is missing"
+        ours_values = {v.name: v.number for v in our_enums[name].value}
+        for value, number in values.items():
+            if ours_values.get(value) != number:
+                problems.append(f"{name}.{value}: BVLC {number} != netdef {ours_values.get(value)}")
+        for value, number in ours_values.items():
+            if value not in values and number in values.values():
+                problems.append(f"fork value {name}.{value} reuses BVLC number {number}")
+    assert not problems, "\n".join(problems)
+
+
+def test_messages_only_forks_define_are_marked(schemas):
+    # Every message netdef adds to BVLC's set must be one of the documented fork messages.
+    bvlc, ours = schemas
+    added = set(_messages(ours)) - set(_messages(bvlc))
+    text = (Path(__file__).resolve().parents[1] / "proto" / "netdef.proto").read_text(encoding="utf-8")
+    fork_section = text[text.index("// Fork additions\n// =====") :]
+    for name in added:
+        assert f"message {name.split('.')[-1]} {{" in fork_section, f"{name} is not in the fork section"
 
 
 def test_blob_data_is_packed():
@@ -209,7 +350,7 @@ def test_parse_modern_prototxt():
 def test_parse_v1_prototxt():
     net = text_format.Parse(
         'name: "old" layers { name: "c" type: CONVOLUTION blobs_lr: 1 blobs_lr: 2 '
-        'convolution_param { num_output: 2 kernel_size: 1 } }',
+        "convolution_param { num_output: 2 kernel_size: 1 } }",
         pb.NetParameter(),
     )
     v1 = net.layers[0]

@@ -6,6 +6,7 @@ are upgraded on load, with a log line, by :mod:`netdef.proto.upgrade`.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -24,6 +25,39 @@ def _field_names(message: Message) -> list[str]:
     return [f.name for f in message.DESCRIPTOR.fields]
 
 
+_PARAM_SUFFIX = "_param"
+# Ratio that the distinctive part of a ``*_param`` name must reach against a
+# candidate's: every layer parameter block ends in "_param", so comparing whole
+# names would rate unrelated blocks as close (``bn_param`` vs ``mvn_param``).
+_PARAM_STEM_CUTOFF = 0.8
+
+
+def _param_stem(name: str) -> str | None:
+    """The part of a parameter-block name before its "_param"-like tail, or None."""
+    if name.endswith(_PARAM_SUFFIX):
+        return name[: -len(_PARAM_SUFFIX)]
+    stem, sep, tail = name.rpartition("_")
+    if sep and stem and (tail.startswith("param") or difflib.SequenceMatcher(None, tail, "param").ratio() >= 0.7):
+        return stem
+    return None
+
+
+def suggest_field(name: str, candidates: list[str]) -> str:
+    """Return ' Did you mean "x"?' for a misspelt field name, or "" when nothing is really close.
+
+    Names of parameter blocks (``*_param``, or a misspelt tail such as ``_parm``) are
+    compared by what precedes the suffix, and only with other ``*_param`` fields, so
+    ``convolution_parm`` suggests ``convolution_param`` while ``foo_param`` suggests
+    nothing. Other names use :func:`netdef.errors.did_you_mean`.
+    """
+    stem = _param_stem(name)
+    if stem is None:
+        return did_you_mean(name, candidates)
+    blocks = {c[: -len(_PARAM_SUFFIX)]: c for c in candidates if c.endswith(_PARAM_SUFFIX)}
+    best = difflib.get_close_matches(stem, list(blocks), n=1, cutoff=_PARAM_STEM_CUTOFF)
+    return f' Did you mean "{blocks[best[0]]}"?' if best else ""
+
+
 def _explain_parse_error(err: text_format.ParseError, message: Message, text: str, source: str) -> NetdefError:
     msg = str(err)
     line, col = err.GetLine(), err.GetColumn()
@@ -38,7 +72,7 @@ def _explain_parse_error(err: text_format.ParseError, message: Message, text: st
                     desc = top.nested_types_by_name[type_name]
         names = [f.name for f in desc.fields]
         return UnknownFieldError(
-            f'{where}: unknown field "{field}" in {desc.name}.{did_you_mean(field, names)} '
+            f'{where}: unknown field "{field}" in {desc.name}.{suggest_field(field, names)} '
             f"Valid fields of {desc.name}: {', '.join(names)}"
         )
     m = re.search(r'Enum type "([A-Za-z0-9_.]+)" has no value named ([A-Za-z0-9_]+)', msg)
@@ -74,7 +108,7 @@ def _check_dict_fields(data, message: Message, source: str, path: str = "") -> N
         if field is None:
             names = list(fields)
             raise UnknownFieldError(
-                f'{source}: unknown field "{key}" in {message.DESCRIPTOR.name}{path}.{did_you_mean(key, names)} '
+                f'{source}: unknown field "{key}" in {message.DESCRIPTOR.name}{path}.{suggest_field(key, names)} '
                 f"Valid fields: {', '.join(names)}"
             )
         if field.message_type is not None:
