@@ -11,7 +11,7 @@ from . import backend, io, params
 from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .blob import Blob
 from .errors import NetdefError
-from .layers import Layer, forks, layer_type_list, register_layer  # noqa: F401 (forks registers its types)
+from .layers import Layer, layer_type_list, register_layer
 from .net import TEST, TRAIN, Net
 from .netspec import NetSpec
 

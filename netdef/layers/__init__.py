@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     common,
     conv,
     data,
+    forks,
     hdf5,
     input,
     loss,

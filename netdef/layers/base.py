@@ -47,9 +47,10 @@ def layer_class(type_name: str) -> type[Layer]:
         ) from None
 
 
-def layer_type_list() -> list[str]:
-    """Every registered layer type, sorted."""
-    return sorted(_REGISTRY)
+def layer_type_list(forks: bool = False) -> list[str]:
+    """Every registered layer type, sorted: BVLC's and any registered from Python; the types from
+    Caffe's forks only with ``forks=True`` (see :func:`netdef.layers.forks.fork_layer_types`)."""
+    return sorted(name for name, cls in _REGISTRY.items() if forks or not cls.forks)
 
 
 class Layer:
@@ -62,6 +63,8 @@ class Layer:
     """
 
     type_name = ""
+    #: the Caffe forks that defined this type (empty for BVLC's types)
+    forks: tuple[str, ...] = ()
     exact_num_bottom: int | None = None
     min_num_bottom: int | None = None
     max_num_bottom: int | None = None

@@ -3,8 +3,6 @@ Faster R-CNN / R-FCN). They live apart from BVLC's types: ``layer_type_list()`` 
 ``fork_layer_types()`` these, each with the fork(s) that defined it."""
 from __future__ import annotations
 
-import importlib
-
 from ..base import register_layer
 
 #: type name -> the forks that define it (as users know them, e.g. ("SSD",))
@@ -18,6 +16,7 @@ def register_fork_layer(type_name: str, *forks: str):
 
     def wrap(cls):
         cls = register_layer(type_name)(cls)
+        cls.forks = tuple(forks)
         FORK_ORIGIN[type_name] = tuple(forks)
         return cls
 
@@ -47,10 +46,5 @@ def fork_layer_types() -> dict[str, tuple[str, ...]]:
     return dict(sorted(FORK_ORIGIN.items()))
 
 
-# Modules still being written are skipped until they exist; every module named here registers on import.
-for _name in ("ssd", "detection", "bn", "segnet", "pspnet", "mobile", "rcnn", "smooth_l1"):
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{_name}":
-            raise
+# Each module registers its types on import (after the names above, which they use).
+from . import bn, detection, mobile, pspnet, rcnn, segnet, smooth_l1, ssd  # noqa: E402, F401
