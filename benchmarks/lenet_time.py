@@ -8,6 +8,7 @@ Input layer in place of the data layer. Usage:
 
 PyTorch is optional (pip install torch); without it only netdef is timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,14 @@ def torch_step(x, y):
     from torch import nn
 
     model = nn.Sequential(
-        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2), nn.Flatten(),
-        nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10),
+        nn.Conv2d(1, 20, 5),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(20, 50, 5),
+        nn.MaxPool2d(2, 2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
     )
     loss_fn = nn.CrossEntropyLoss()
     xt = torch.from_numpy(x)

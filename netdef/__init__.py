@@ -5,6 +5,7 @@ The Python API follows pycaffe: ``netdef.Net(model, netdef.TRAIN)``,
 ``netdef.get_solver(path)``, ``netdef.NetSpec`` with ``from netdef import layers as L,
 params as P``, and ``netdef.io`` for files and input preprocessing.
 """
+
 from __future__ import annotations
 
 from . import backend, io, params
@@ -27,8 +28,15 @@ def get_solver(path, **kwargs):
 
 def __getattr__(name):
     # Solver classes are imported on first use so that `import netdef` stays light.
-    if name in {"Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
-                "AdamSolver"}:
+    if name in {
+        "Solver",
+        "SGDSolver",
+        "NesterovSolver",
+        "AdaGradSolver",
+        "RMSPropSolver",
+        "AdaDeltaSolver",
+        "AdamSolver",
+    }:
         from . import solvers
 
         return getattr(solvers, name)
@@ -36,6 +44,21 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Blob", "Layer", "Net", "NetSpec", "NetdefError", "TEST", "TRAIN", "backend", "get_solver", "io",
-    "layer_type_list", "params", "register_layer", "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed",
+    "Blob",
+    "Layer",
+    "Net",
+    "NetSpec",
+    "NetdefError",
+    "TEST",
+    "TRAIN",
+    "backend",
+    "get_solver",
+    "io",
+    "layer_type_list",
+    "params",
+    "register_layer",
+    "set_device",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_random_seed",
 ]

@@ -3,6 +3,7 @@
 Layers never import cupy themselves; they ask for ``array_module(x)`` of the
 arrays they get, so one body serves both devices.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -110,8 +111,9 @@ class RandomStreams:
     def device(self):
         """CuPy's generator for this object (created on first use)."""
         if self._device is None:
-            seq = numpy.random.SeedSequence(self._seq.entropy, spawn_key=(*self._seq.spawn_key, 1 << 30,
-                                                                           self._device_epoch))
+            seq = numpy.random.SeedSequence(
+                self._seq.entropy, spawn_key=(*self._seq.spawn_key, 1 << 30, self._device_epoch)
+            )
             self._device = cupy.random.RandomState(int(seq.generate_state(1, numpy.uint64)[0]))
         return self._device
 

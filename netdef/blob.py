@@ -1,4 +1,5 @@
 """Blob: the n-d array a layer reads or writes, with its gradient."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

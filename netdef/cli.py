@@ -4,6 +4,7 @@ Each command lives in its own module under :mod:`netdef.tools`, which registers
 its sub-parser and calls a public library function; this module only puts them
 together, sets up logging, and turns a NetdefError into one line and exit status 1.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Messages name where the problem is (file, line, layer name and type), what was
 received, and what would be valid, so the CLI can print them without a traceback.
 """
+
 from __future__ import annotations
 
 import difflib

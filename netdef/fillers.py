@@ -1,4 +1,5 @@
 """Weight fillers with Caffe's semantics (FillerParameter.type)."""
+
 from __future__ import annotations
 
 import numpy

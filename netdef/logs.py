@@ -4,6 +4,7 @@ Everything netdef logs goes to the ``netdef`` logger. Tools that read Caffe logs
 (plot scripts, log parsers) match on the wording and on numbers printed as a C++
 stream prints a float; the helpers here keep both in one place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,10 @@ class GlogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         t = time.localtime(record.created)
         micro = int((record.created % 1) * 1e6)
-        prefix = f"{record.levelname[0]}{time.strftime('%m%d %H:%M:%S', t)}.{micro:06d} {record.process} " \
-                 f"{record.module}.py:{record.lineno}]"
+        prefix = (
+            f"{record.levelname[0]}{time.strftime('%m%d %H:%M:%S', t)}.{micro:06d} {record.process} "
+            f"{record.module}.py:{record.lineno}]"
+        )
         return f"{prefix} {record.getMessage()}"
 
 

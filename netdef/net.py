@@ -6,6 +6,7 @@ consumers, build and set up each layer in order, share parameters by ParamSpec
 name, then decide which layers need a backward pass (walking the layers in
 reverse from the losses). Forward is a walk in order, backward the reverse walk.
 """
+
 from __future__ import annotations
 
 import logging
@@ -209,9 +210,17 @@ class Net:
             one set to all its nets.
     """
 
-    def __init__(self, model, phase: int | None = None, weights: str | None = None, level: int = 0,
-                 stages: Sequence[str] = (), dtype=numpy.float32, xp=None,
-                 rng: backend.RandomStreams | None = None):
+    def __init__(
+        self,
+        model,
+        phase: int | None = None,
+        weights: str | None = None,
+        level: int = 0,
+        stages: Sequence[str] = (),
+        dtype=numpy.float32,
+        xp=None,
+        rng: backend.RandomStreams | None = None,
+    ):
         from .proto import load_net
 
         param = load_net(model) if not isinstance(model, pb.NetParameter) else model
@@ -255,8 +264,9 @@ class Net:
             if layer_param.name in seen_layers and layer_param.name:
                 log.warning('Layer name "%s" appears more than once; parameters are saved by name', layer_param.name)
             seen_layers.add(layer_param.name)
-            layer = self._layer_class(layer_param)(layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp,
-                                                    rng=self.rng)
+            layer = self._layer_class(layer_param)(
+                layer_param, phase=self.phase, dtype=self.dtype, xp=self.xp, rng=self.rng
+            )
             rec = self._bind_bottoms(layer, layer_param)
             self._bind_tops(rec, layer_param)
             if layer_param.type == "Input":
@@ -396,8 +406,9 @@ class Net:
         if force_backward:
             for rec in self.records:
                 rec.need_backward = True
-                rec.propagate_down = [need or rec.layer.allow_force_backward(j)
-                                      for j, need in enumerate(rec.propagate_down)]
+                rec.propagate_down = [
+                    need or rec.layer.allow_force_backward(j) for j, need in enumerate(rec.propagate_down)
+                ]
                 rec.layer.param_propagate_down = [True] * len(rec.layer.blobs)
 
     @property
@@ -430,7 +441,7 @@ class Net:
     def forward_from_to(self, start: int = 0, end: int | None = None) -> float:
         """Run layers ``start..end`` (inclusive) forward; return the summed weighted loss."""
         end = len(self.layers) - 1 if end is None else end
-        return sum((rec.forward() for rec in self.records[start:end + 1]), 0.0)
+        return sum((rec.forward() for rec in self.records[start : end + 1]), 0.0)
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Run layers ``start..end`` (inclusive, start >= end) backward."""
@@ -438,8 +449,9 @@ class Net:
         for i in range(start, end - 1, -1):
             self.records[i].backward()
 
-    def forward(self, blobs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
-                **inputs) -> dict:
+    def forward(
+        self, blobs: Iterable[str] | None = None, start: str | None = None, end: str | None = None, **inputs
+    ) -> dict:
         """Forward pass (pycaffe's ``net.forward``).
 
         Keyword arguments set input blobs first; returns ``{output name: array}``
@@ -490,7 +502,7 @@ class Net:
             take = min(batch, total - start)
             feed = {}
             for k, v in arrays.items():
-                chunk = v[start: start + take]
+                chunk = v[start : start + take]
                 if take < batch:
                     chunk = numpy.concatenate([chunk, numpy.zeros((batch - take,) + chunk.shape[1:], chunk.dtype)])
                 feed[k] = chunk
@@ -499,8 +511,9 @@ class Net:
                 pieces[n].append(backend.to_numpy(out[n])[:take].copy())
         return {n: numpy.concatenate(p) for n, p in pieces.items()}
 
-    def backward(self, diffs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
-                 **top_diffs) -> dict:
+    def backward(
+        self, diffs: Iterable[str] | None = None, start: str | None = None, end: str | None = None, **top_diffs
+    ) -> dict:
         """Backward pass; returns ``{input name: diff}`` (pycaffe's ``net.backward``)."""
         for name, value in top_diffs.items():
             self.blobs[name].diff[...] = backend.asarray(value, self.xp, self.dtype)

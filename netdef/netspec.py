@@ -26,6 +26,7 @@ assigned to.
 Layer types are not checked here, so nets for types netdef does not run (or a
 Caffe fork's) can be written out; :class:`netdef.Net` reports unknown types.
 """
+
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
@@ -144,8 +145,13 @@ def _fill_message(target: Message, value: Any, where: str) -> None:
 
 
 def _bad_value(where: str, field, value, err: Exception) -> InvalidParameterError:
-    kinds = {field.TYPE_STRING: "string", field.TYPE_BOOL: "bool", field.TYPE_FLOAT: "float",
-             field.TYPE_DOUBLE: "float", field.TYPE_ENUM: "enum"}
+    kinds = {
+        field.TYPE_STRING: "string",
+        field.TYPE_BOOL: "bool",
+        field.TYPE_FLOAT: "float",
+        field.TYPE_DOUBLE: "float",
+        field.TYPE_ENUM: "enum",
+    }
     kind = kinds.get(field.type, "integer")
     return InvalidParameterError(f"{where} needs a value of type {kind} ({err}). Received: {value!r}")
 
@@ -345,8 +351,9 @@ def layer_factory(type_name: str):
 
     make_layer.__name__ = type_name
     make_layer.__qualname__ = f"layers.{type_name}"
-    make_layer.__doc__ = f'Describe a "{type_name}" layer for a NetSpec: L.{type_name}(*bottoms, ntop=1, ' \
-                         f"in_place=False, **fields)."
+    make_layer.__doc__ = (
+        f'Describe a "{type_name}" layer for a NetSpec: L.{type_name}(*bottoms, ntop=1, in_place=False, **fields).'
+    )
     return make_layer
 
 

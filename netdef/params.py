@@ -4,6 +4,7 @@
 ``<Name>Parameter`` message: ``P.Pooling.MAX == 0``, ``P.Pooling.AVE == 1``,
 ``P.Eltwise.SUM == 1``, ``P.Loss.VALID == 1``, ``P.Convolution.CAFFE == 1``.
 """
+
 from __future__ import annotations
 
 from .errors import did_you_mean

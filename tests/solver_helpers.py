@@ -1,4 +1,5 @@
 """Building blocks the solver, snapshot and CLI tests share: tiny nets, a small data set, run recorders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,9 @@ layer { name: "half" type: "Power" bottom: "data" top: "half" power_param { scal
 
 def solver_param(text: str, net_text: str = TINY_NET) -> pb.SolverParameter:
     """A SolverParameter from ``text`` (fixed lr, 100 iterations, no display or final snapshot by default)."""
-    param = parse_text('lr_policy: "fixed" max_iter: 100 display: 0 snapshot_after_train: false ' + text,
-                       pb.SolverParameter())
+    param = parse_text(
+        'lr_policy: "fixed" max_iter: 100 display: 0 snapshot_after_train: false ' + text, pb.SolverParameter()
+    )
     if not (param.HasField("net") or param.HasField("train_net")):
         param.net_param.CopyFrom(net_from_text(net_text))
     return param

@@ -1,4 +1,5 @@
 """Random streams and the defaults that new objects take from netdef's module-level setters."""
+
 import numpy
 import pytest
 

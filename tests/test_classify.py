@@ -1,4 +1,5 @@
 """`netdef classify`: a tiny deploy net with saved weights, images as .npy (and PNG with Pillow)."""
+
 import sys
 
 import numpy
@@ -39,8 +40,17 @@ def solid(h, w, rgb):
 
 
 def run(model, *extra):
-    return main(["-q", "classify", "--model", str(model / "deploy.prototxt"),
-                 "--weights", str(model / "colors.caffemodel"), *extra])
+    return main(
+        [
+            "-q",
+            "classify",
+            "--model",
+            str(model / "deploy.prototxt"),
+            "--weights",
+            str(model / "colors.caffemodel"),
+            *extra,
+        ]
+    )
 
 
 def test_top_k_lines_for_a_npy_image(model, capsys):
@@ -81,8 +91,9 @@ def test_mean_and_scales_change_the_input(model, capsys):
     assert capsys.readouterr().out.splitlines()[1:] == ['0.3333 - "0"', '0.3333 - "1"', '0.3333 - "2"']
     numpy.save(model / "mean.npy", numpy.full((3, 8, 8), 127.5, dtype=numpy.float32))
     # 16 pixels of (255 - 127.5) * 2 / 4080: logit 1 for R, -1 for B and G
-    assert run(model, "--mean", str(model / "mean.npy"), "--input-scale", "2", "--top-k", "1",
-               str(model / "red.npy")) == 0
+    assert (
+        run(model, "--mean", str(model / "mean.npy"), "--input-scale", "2", "--top-k", "1", str(model / "red.npy")) == 0
+    )
     p = numpy.exp(1) / (numpy.exp(1) + 2 * numpy.exp(-1))
     assert capsys.readouterr().out.splitlines()[1:] == [f'{p:.4f} - "2"']
     # no channel swap: the red channel is read as class 0 ("blue"); raw scale 255 -> 510 doubles the logit
@@ -102,16 +113,32 @@ def test_binaryproto_mean(model, capsys):
 
 def test_greyscale_net(tmp_path, capsys):
     deploy = tmp_path / "grey.prototxt"
-    deploy.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 2 '
-                      'dim: 2 } } }\nlayer { name: "fc" type: "InnerProduct" bottom: "data" top: "prob" '
-                      "inner_product_param { num_output: 2 } }\n")
+    deploy.write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 2 '
+        'dim: 2 } } }\nlayer { name: "fc" type: "InnerProduct" bottom: "data" top: "prob" '
+        "inner_product_param { num_output: 2 } }\n"
+    )
     net = netdef.Net(str(deploy), netdef.TEST)
     net.params["fc"][0].data[...] = [[1, 1, 1, 1], [-1, -1, -1, -1]]
     net.params["fc"][1].data[...] = [0, 100]
     net.save(str(tmp_path / "grey.caffemodel"))
     numpy.save(tmp_path / "img.npy", numpy.array([[0.0, 0.2], [0.4, 0.2]]))
-    assert main(["-q", "classify", "--model", str(deploy), "--weights", str(tmp_path / "grey.caffemodel"),
-                 "--top-k", "5", str(tmp_path / "img.npy")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "classify",
+                "--model",
+                str(deploy),
+                "--weights",
+                str(tmp_path / "grey.caffemodel"),
+                "--top-k",
+                "5",
+                str(tmp_path / "img.npy"),
+            ]
+        )
+        == 0
+    )
     # scores are printed as the net gives them: 0.8 * 255 = 204 and 100 - 204
     assert capsys.readouterr().out.splitlines()[1:] == ['204.0000 - "0"', '-104.0000 - "1"']
 
@@ -144,9 +171,11 @@ def test_png_without_pillow_explains(model, capsys, monkeypatch):
 
 def test_net_with_several_outputs_needs_output(tmp_path, capsys):
     deploy = tmp_path / "two.prototxt"
-    deploy.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 2 '
-                      'dim: 2 } } }\nlayer { name: "a" type: "ReLU" bottom: "data" top: "a" }\n'
-                      'layer { name: "b" type: "TanH" bottom: "data" top: "b" }\n')
+    deploy.write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 2 '
+        'dim: 2 } } }\nlayer { name: "a" type: "ReLU" bottom: "data" top: "a" }\n'
+        'layer { name: "b" type: "TanH" bottom: "data" top: "b" }\n'
+    )
     netdef.Net(str(deploy), netdef.TEST).save(str(tmp_path / "w.caffemodel"))
     numpy.save(tmp_path / "img.npy", solid(2, 2, [0, 0, 1]))
     args = ["-q", "classify", "--model", str(deploy), "--weights", str(tmp_path / "w.caffemodel")]

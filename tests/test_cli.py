@@ -1,4 +1,5 @@
 """End-to-end command line: train, test, time, fine-tune, errors."""
+
 import os
 import re
 import shutil
@@ -53,8 +54,7 @@ def test_train_solver_spellings_and_test_command(digits, capsys):
     assert main(["train", "--solver", solver]) == 0
     weights = "models/digits/digits_iter_40.caffemodel"
     capsys.readouterr()
-    assert main(["test", "--model", "models/digits/train_val.prototxt", "--weights", weights,
-                 "--iterations", "3"]) == 0
+    assert main(["test", "--model", "models/digits/train_val.prototxt", "--weights", weights, "--iterations", "3"]) == 0
     out = capsys.readouterr().out
     acc = float(next(line for line in out.splitlines() if line.startswith("accuracy")).split("=")[1])
     assert 0.5 < acc <= 1.0
@@ -98,8 +98,13 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys):
 
 
 def test_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "netdef", "--help"], capture_output=True, text=True,
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-m", "netdef", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0
     for cmd in ("train", "test", "time"):
         assert cmd in out.stdout
@@ -121,7 +126,10 @@ def _train_until(digits, effect):
     solver = short_solver(digits, max_iter=100000).replace(str(digits) + os.sep, "")
     proc = subprocess.Popen(
         [sys.executable, "-m", "netdef", "train", solver, "--sigint_effect", effect],
-        cwd=digits, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=digits,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     for line in proc.stderr:
         if "Iteration 20 (" in line:
@@ -155,8 +163,20 @@ def test_ctrl_c_with_snapshot_effect_snapshots_and_continues(digits):
         proc.communicate()
 
 
-SMALL_MODELS = ["lenet", "cifar10_quick", "cifar10_full", "mnist_autoencoder", "mnist_siamese", "mlp_sigmoid",
-                "mlp_tanh", "mlp_deep", "cifar10_bn_dropout", "inception_mini", "resnet_mini", "digits"]
+SMALL_MODELS = [
+    "lenet",
+    "cifar10_quick",
+    "cifar10_full",
+    "mnist_autoencoder",
+    "mnist_siamese",
+    "mlp_sigmoid",
+    "mlp_tanh",
+    "mlp_deep",
+    "cifar10_bn_dropout",
+    "inception_mini",
+    "resnet_mini",
+    "digits",
+]
 
 
 @pytest.mark.parametrize("model", SMALL_MODELS)

@@ -1,4 +1,5 @@
 """Fillers: Caffe's seven types, their statistics and their literal special cases."""
+
 import numpy
 import pytest
 

@@ -1,4 +1,5 @@
 """Whole-net GPU runs against the CPU (skipped without CuPy and a CUDA device)."""
+
 from pathlib import Path
 
 import numpy

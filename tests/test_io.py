@@ -1,4 +1,5 @@
 """Weights files: netdef's own round trips and files written by real Caffe."""
+
 import numpy
 import pytest
 
@@ -65,8 +66,9 @@ def test_caffemodel_decodes_field_by_field(tmp_path):
     ip = param.layer[1]
     assert ip.type == "InnerProduct" and list(ip.bottom) == ["data"]
     assert [list(b.shape.dim) for b in ip.blobs] == [[4, 3], [4]]
-    numpy.testing.assert_array_equal(numpy.array(ip.blobs[0].data, numpy.float32).reshape(4, 3),
-                                     net.params["ip"][0].data)
+    numpy.testing.assert_array_equal(
+        numpy.array(ip.blobs[0].data, numpy.float32).reshape(4, 3), net.params["ip"][0].data
+    )
 
 
 def test_shape_mismatch_names_layer_and_fix(tmp_path):

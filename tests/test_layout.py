@@ -1,5 +1,6 @@
 """The package keeps its shape: layered imports without cycles, small layer modules,
 tests that mirror the layers, and a tree that ruff accepts."""
+
 from __future__ import annotations
 
 import ast
@@ -17,15 +18,22 @@ PACKAGE = ROOT / "netdef"
 # Lower levels never import higher ones. A module not listed here fails the test, so a
 # new module is placed deliberately.
 LEVELS = [
-    ("netdef.errors", 0), ("netdef.backend", 0), ("netdef.logs", 0),
-    ("netdef.blob", 1), ("netdef.proto", 1), ("netdef.io", 1), ("netdef.fillers", 1), ("netdef.params", 1),
+    ("netdef.errors", 0),
+    ("netdef.backend", 0),
+    ("netdef.logs", 0),
+    ("netdef.blob", 1),
+    ("netdef.proto", 1),
+    ("netdef.io", 1),
+    ("netdef.fillers", 1),
+    ("netdef.params", 1),
     ("netdef.netspec", 1),
     ("netdef.data", 2),
     ("netdef.layers", 3),
     ("netdef.net", 4),
     ("netdef.solvers", 5),
     ("netdef.tools", 6),
-    ("netdef.cli", 7), ("netdef.__main__", 8),
+    ("netdef.cli", 7),
+    ("netdef.__main__", 8),
     ("netdef.testing", 9),  # test support drives the public API, as users do
 ]
 LARGEST_LAYER_MODULE = 700
@@ -123,7 +131,8 @@ def test_import_graph_has_no_cycle_and_no_upward_import():
     assert cycles(graph) == []
     upward = sorted(
         f"{m} (level {level(m)}) imports {t} (level {level(t)})"
-        for m, targets in graph.items() for t in targets
+        for m, targets in graph.items()
+        for t in targets
         if level(t) > level(m)
     )
     assert upward == []
@@ -144,7 +153,7 @@ def test_layer_modules_stay_small_and_tests_mirror_them():
     tests = {p.name for p in (ROOT / "tests" / "layers").glob("test_*.py")}
     missing = [f"test_{p.name}" for p in layer_modules if p.name != "base.py" and f"test_{p.name}" not in tests]
     assert missing == []
-    strays = sorted(t for t in tests if t[len("test_"):] not in sizes)
+    strays = sorted(t for t in tests if t[len("test_") :] not in sizes)
     assert strays == []
 
 
@@ -158,8 +167,9 @@ def _ruff() -> list[str]:
 
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff_accepts_the_tree(args):
-    run = subprocess.run([*_ruff(), *args, "netdef", "tests", "benchmarks"], cwd=ROOT, capture_output=True,
-                         text=True, check=False)
+    run = subprocess.run(
+        [*_ruff(), *args, "netdef", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 

@@ -1,4 +1,5 @@
 """Caffe-shaped logging: C++ number format, net output lines, glog's prefix."""
+
 import logging
 import re
 
@@ -8,10 +9,17 @@ import pytest
 from netdef.logs import GlogFormatter, format_g, output_line, setup_logging
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (0.9805555555, "0.980556"), (1e-05, "1e-05"), (123456789, "1.23457e+08"), (3.0, "3"), (np.float32(0.1), "0.1"),
-    (-0.0, "-0"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.9805555555, "0.980556"),
+        (1e-05, "1e-05"),
+        (123456789, "1.23457e+08"),
+        (3.0, "3"),
+        (np.float32(0.1), "0.1"),
+        (-0.0, "-0"),
+    ],
+)
 def test_format_g_prints_as_cpp_streams(value, text):
     assert format_g(value) == text
 

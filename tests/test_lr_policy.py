@@ -1,4 +1,5 @@
 """Learning-rate policies: Caffe's SGDSolver::GetLearningRate formulas, with literal values."""
+
 import pytest
 
 from netdef.errors import SolverError
@@ -91,15 +92,18 @@ def test_all_seven_policies_listed():
     assert LR_POLICIES == ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ('lr_policy: "Step" base_lr: 0.1 stepsize: 1', 'Did you mean "step"?'),
-    ('lr_policy: "cosine" base_lr: 0.1', "Valid: fixed, step, exp, inv, multistep, poly, sigmoid"),
-    ("base_lr: 0.1", "(not set)"),
-    ('lr_policy: "step" base_lr: 0.1 gamma: 0.5', "stepsize must be positive. Received: 0"),
-    ('lr_policy: "sigmoid" base_lr: 0.1 gamma: 0.5', "stepsize must be positive"),
-    ('lr_policy: "exp" base_lr: 0.1 gamma: -0.5', "gamma must be >= 0. Received: -0.5"),
-    ('lr_policy: "poly" base_lr: 0.1 power: 1', "max_iter must be positive"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('lr_policy: "Step" base_lr: 0.1 stepsize: 1', 'Did you mean "step"?'),
+        ('lr_policy: "cosine" base_lr: 0.1', "Valid: fixed, step, exp, inv, multistep, poly, sigmoid"),
+        ("base_lr: 0.1", "(not set)"),
+        ('lr_policy: "step" base_lr: 0.1 gamma: 0.5', "stepsize must be positive. Received: 0"),
+        ('lr_policy: "sigmoid" base_lr: 0.1 gamma: 0.5', "stepsize must be positive"),
+        ('lr_policy: "exp" base_lr: 0.1 gamma: -0.5', "gamma must be >= 0. Received: -0.5"),
+        ('lr_policy: "poly" base_lr: 0.1 power: 1', "max_iter must be positive"),
+    ],
+)
 def test_errors(text, fragment):
     with pytest.raises(SolverError) as err:
         rate(text, 3)

@@ -5,6 +5,7 @@ shared/parity/shapes (every blob, every parameter blob, the outputs; skipped whe
 absent) and against literal parameter totals that hold without it. Nets with no Caffe reference
 are checked against literal tables of every blob and parameter shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -225,8 +226,16 @@ def _vgg_tables():
     return blobs, params
 
 
-AE_SIZES = [("encode1", 784, 1000), ("encode2", 1000, 500), ("encode3", 500, 250), ("encode4", 250, 30),
-            ("decode4", 30, 250), ("decode3", 250, 500), ("decode2", 500, 1000), ("decode1", 1000, 784)]
+AE_SIZES = [
+    ("encode1", 784, 1000),
+    ("encode2", 1000, 500),
+    ("encode3", 500, 250),
+    ("encode4", 250, 30),
+    ("decode4", 30, 250),
+    ("decode3", 250, 500),
+    ("decode2", 500, 1000),
+    ("decode1", 1000, 784),
+]
 
 
 def _autoencoder_tables():
@@ -246,8 +255,14 @@ def _inception_tables():
     for m, cin, sizes in (("a", 64, (32, 48, 64, 8, 16, 16)), ("b", 128, (64, 64, 96, 16, 48, 32))):
         n1, n3r, n3, n5r, n5, npp = sizes
         pre = f"inception_{m}"
-        for name, n, k, c in (("1x1", n1, 1, cin), ("3x3_reduce", n3r, 1, cin), ("3x3", n3, 3, n3r),
-                              ("5x5_reduce", n5r, 1, cin), ("5x5", n5, 5, n5r), ("pool_proj", npp, 1, cin)):
+        for name, n, k, c in (
+            ("1x1", n1, 1, cin),
+            ("3x3_reduce", n3r, 1, cin),
+            ("3x3", n3, 3, n3r),
+            ("5x5_reduce", n5r, 1, cin),
+            ("5x5", n5, 5, n5r),
+            ("pool_proj", npp, 1, cin),
+        ):
             b[f"{pre}/{name}"] = (1, n, 16, 16)
             p[f"{pre}/{name}"] = [(n, c, k, k), (n,)]
         b[f"{pre}/pool"] = (1, cin, 16, 16)
@@ -262,8 +277,12 @@ def _resnet_mini_tables():
     b = {"data": (1, 3, 32, 32), "conv1": (1, 16, 32, 32)}
     b.update({f"conv1_conv1_relu_0_split_{k}": (1, 16, 32, 32) for k in range(2)})
     p = {"conv1": [(16, 3, 3, 3)], "bn_conv1": _bn(16), "scale_conv1": _scale(16)}
-    for name, cin, c, hw, project in (("2a", 16, 16, 32, False), ("2b", 16, 16, 32, False),
-                                      ("3a", 16, 32, 16, True), ("4a", 32, 64, 8, True)):
+    for name, cin, c, hw, project in (
+        ("2a", 16, 16, 32, False),
+        ("2b", 16, 16, 32, False),
+        ("3a", 16, 32, 16, True),
+        ("4a", 32, 64, 8, True),
+    ):
         branches = [("branch1", cin, 1)] if project else []
         branches += [("branch2a", cin, 3), ("branch2b", c, 3)]
         for br, ci, k in branches:
@@ -287,13 +306,31 @@ LITERAL = {
         {"ip1": [(100, 784), (100,)], "ip2": [(100, 100), (100,)], "ip3": [(10, 100), (10,)]},
     ),
     "cifar10_bn_dropout": (
-        {"data": (1, 3, 32, 32), "conv1": (1, 32, 32, 32), "pool1": (1, 32, 16, 16), "conv2": (1, 32, 16, 16),
-         "pool2": (1, 32, 8, 8), "conv3": (1, 64, 8, 8), "pool3": (1, 64, 4, 4), "ip1": (1, 64), "ip2": (1, 10),
-         "prob": (1, 10)},
-        {"conv1": [(32, 3, 5, 5)], "bn1": _bn(32), "scale1": _scale(32),
-         "conv2": [(32, 32, 5, 5)], "bn2": _bn(32), "scale2": _scale(32),
-         "conv3": [(64, 32, 5, 5)], "bn3": _bn(64), "scale3": _scale(64),
-         "ip1": [(64, 1024), (64,)], "ip2": [(10, 64), (10,)]},
+        {
+            "data": (1, 3, 32, 32),
+            "conv1": (1, 32, 32, 32),
+            "pool1": (1, 32, 16, 16),
+            "conv2": (1, 32, 16, 16),
+            "pool2": (1, 32, 8, 8),
+            "conv3": (1, 64, 8, 8),
+            "pool3": (1, 64, 4, 4),
+            "ip1": (1, 64),
+            "ip2": (1, 10),
+            "prob": (1, 10),
+        },
+        {
+            "conv1": [(32, 3, 5, 5)],
+            "bn1": _bn(32),
+            "scale1": _scale(32),
+            "conv2": [(32, 32, 5, 5)],
+            "bn2": _bn(32),
+            "scale2": _scale(32),
+            "conv3": [(64, 32, 5, 5)],
+            "bn3": _bn(64),
+            "scale3": _scale(64),
+            "ip1": [(64, 1024), (64,)],
+            "ip2": [(10, 64), (10,)],
+        },
     ),
     "vgg16": _vgg_tables(),
     "mnist_autoencoder": _autoencoder_tables(),

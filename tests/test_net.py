@@ -1,4 +1,5 @@
 """Net engine: DAG construction, splits, in-place, sharing, phases/stages, pruning, loss weights."""
+
 import numpy
 import pytest
 
@@ -91,7 +92,7 @@ def test_split_sums_gradients():
     pytest.importorskip("netdef.layers.common")
     if "Eltwise" not in netdef.layer_type_list():
         pytest.skip("Eltwise not registered")
-    net = make_net(SPLIT.replace("layer { name: \"data\"", "force_backward: true\nlayer { name: \"data\""))
+    net = make_net(SPLIT.replace('layer { name: "data"', 'force_backward: true\nlayer { name: "data"'))
     net.blobs["data"].data[...] = 1.0
     net.forward()
     net.blobs["sum"].diff[...] = 1.0
@@ -178,10 +179,10 @@ def test_parameter_sharing_by_name_accumulates_gradients():
 
 
 def test_sharing_shape_mismatch_is_named():
-    text = SHARED.replace('bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }\n'
-                          '        inner_product_param { num_output: 4',
-                          'bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }\n'
-                          '        inner_product_param { num_output: 5')
+    text = SHARED.replace(
+        'bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }\n        inner_product_param { num_output: 4',
+        'bottom: "b" top: "yb" param { name: "w" } param { name: "bias" }\n        inner_product_param { num_output: 5',
+    )
     with pytest.raises(ShapeMismatchError, match='"ip_b".*"w"'):
         make_net(text)
 
@@ -233,21 +234,28 @@ def test_propagate_down_false_and_force_backward():
 
 def test_errors_name_layer_and_blob():
     with pytest.raises(UnknownBottomBlobError, match='"ip".*"nothere"'):
-        make_net('layer { name: "ip" type: "InnerProduct" bottom: "nothere" top: "y" '
-                 'inner_product_param { num_output: 2 } }')
+        make_net(
+            'layer { name: "ip" type: "InnerProduct" bottom: "nothere" top: "y" inner_product_param { num_output: 2 } }'
+        )
     with pytest.raises(DuplicateTopBlobError, match='"b".*"x"'):
-        make_net('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
-                 'layer { name: "b" type: "Input" top: "x" input_param { shape { dim: 1 } } }')
+        make_net(
+            'layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+            'layer { name: "b" type: "Input" top: "x" input_param { shape { dim: 1 } } }'
+        )
     with pytest.raises(UnknownLayerTypeError, match='Did you mean "InnerProduct"'):
         make_net('layer { name: "c" type: "InnerProdcut" }')
     with pytest.raises(BlobCountError, match='"relu".*bottom'):
-        make_net('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
-                 'layer { name: "relu" type: "ReLU" bottom: "x" bottom: "x" top: "y" }')
+        make_net(
+            'layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+            'layer { name: "relu" type: "ReLU" bottom: "x" bottom: "x" top: "y" }'
+        )
 
 
 def test_legacy_input_fields_become_an_input_layer():
-    net = make_net('input: "data" input_dim: 2 input_dim: 3 input_dim: 4 input_dim: 5\n'
-                   'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
+    net = make_net(
+        'input: "data" input_dim: 2 input_dim: 3 input_dim: 4 input_dim: 5\n'
+        'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }'
+    )
     assert net.layer_names[0] == "input"
     assert net.blobs["data"].shape == (2, 3, 4, 5)
     assert net.inputs == ["data"]
@@ -340,9 +348,11 @@ def test_loss_layer_without_a_top_gets_an_automatic_one():
 
 def test_unknown_layer_type_names_file_line_layer_fork_and_the_python_layer_way(tmp_path):
     path = tmp_path / "net.prototxt"
-    path.write_text('name: "x"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } } }\n'
-                    'layer {\n  name: "ann"\n  type: "AnnotatedData"\n  top: "y"\n}\n'
-                    'layer { name: "c" type: "Convolutoin" bottom: "data" top: "c" }\n')
+    path.write_text(
+        'name: "x"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } } }\n'
+        'layer {\n  name: "ann"\n  type: "AnnotatedData"\n  top: "y"\n}\n'
+        'layer { name: "c" type: "Convolutoin" bottom: "data" top: "c" }\n'
+    )
     with pytest.raises(UnknownLayerTypeError) as info:
         netdef.Net(str(path), netdef.TEST)
     message = str(info.value)

@@ -1,4 +1,5 @@
 """NetSpec, ``netdef.layers as L`` and ``netdef.params as P`` (pycaffe's caffe.net_spec)."""
+
 import re
 from pathlib import Path
 
@@ -136,7 +137,9 @@ def test_module_to_proto_names_everything_automatically():
     top = L.ReLU(L.ReLU(data))
     proto = to_proto(top)
     assert [(la.name, list(la.top)) for la in proto.layer] == [
-        ("Input1", ["Input1"]), ("ReLU1", ["ReLU1"]), ("ReLU2", ["ReLU2"])
+        ("Input1", ["Input1"]),
+        ("ReLU1", ["ReLU1"]),
+        ("ReLU2", ["ReLU2"]),
     ]
     assert top.to_proto() == proto
 
@@ -156,8 +159,10 @@ def test_ntop_returns_a_tuple_and_ntop_zero_the_layer():
         ("quiet", ["a", "b"], []),
     ]
     unnamed = L.Silence(n.c, ntop=0)
-    assert [(la.name, list(la.top)) for la in to_proto(unnamed).layer] == [("Input1", ["Input1", "Input2", "Input3"]),
-                                                                            ("Silence1", [])]
+    assert [(la.name, list(la.top)) for la in to_proto(unnamed).layer] == [
+        ("Input1", ["Input1", "Input2", "Input3"]),
+        ("Silence1", []),
+    ]
 
 
 def test_only_the_second_top_named_gives_an_auto_name_to_the_first():
@@ -173,10 +178,17 @@ def test_keyword_mapping_to_layer_and_type_parameter_fields():
     n = netdef.NetSpec()
     n.data = L.Input(input_param=dict(shape=dict(dim=[1, 3, 8, 8])))
     n.conv = L.Convolution(
-        n.data, kernel_size=[3, 3], pad=1, num_output=4, bias_term=False, engine="CAFFE",
+        n.data,
+        kernel_size=[3, 3],
+        pad=1,
+        num_output=4,
+        bias_term=False,
+        engine="CAFFE",
         weight_filler=netdef_pb2.FillerParameter(type="gaussian", std=0.5),
-        param=dict(lr_mult=0.5, decay_mult=0), exclude=[dict(phase="TRAIN"), dict(stage="deploy")],
-        propagate_down=[False], name="my_conv",
+        param=dict(lr_mult=0.5, decay_mult=0),
+        exclude=[dict(phase="TRAIN"), dict(stage="deploy")],
+        propagate_down=[False],
+        name="my_conv",
     )
     n.loss = L.EuclideanLoss(n.conv, n.conv, loss_weight=[0.5], normalization=P.Loss.BATCH_SIZE)
     n.d = L.Deconvolution(n.conv, num_output=2, kernel_size=2)
@@ -198,8 +210,9 @@ def test_keyword_mapping_to_layer_and_type_parameter_fields():
 
 def test_types_netdef_does_not_run_can_still_be_written():
     n = netdef.NetSpec()
-    n.data, n.label = L.Data(source="train_lmdb", backend=P.Data.LMDB, batch_size=64, ntop=2,
-                             transform_param=dict(scale=1.0 / 256))
+    n.data, n.label = L.Data(
+        source="train_lmdb", backend=P.Data.LMDB, batch_size=64, ntop=2, transform_param=dict(scale=1.0 / 256)
+    )
     layer = n.to_proto().layer[0]
     assert layer.type == "Data" and layer.data_param.backend == 1 and layer.data_param.batch_size == 64
     assert layer.transform_param.scale == pytest.approx(0.00390625)
@@ -219,8 +232,9 @@ def test_params_give_enum_numbers():
 
 
 def test_keyword_errors_name_the_layer_and_the_valid_fields():
-    with pytest.raises(UnknownFieldError, match='L.Convolution: unknown argument "kernel_sise". Did you mean '
-                                                '"kernel_size"'):
+    with pytest.raises(
+        UnknownFieldError, match='L.Convolution: unknown argument "kernel_sise". Did you mean "kernel_size"'
+    ):
         L.Convolution(kernel_sise=3)
     with pytest.raises(UnknownFieldError, match="fields of relu_param: negative_slope"):
         L.ReLU(slope=0.1)

@@ -1,4 +1,5 @@
 """netdef.io.preprocessing: Transformer (pycaffe's caffe.io.Transformer), resize_image, load_image."""
+
 import sys
 
 import numpy
@@ -19,8 +20,7 @@ def imagenet_style(shape=(1, 3, 2, 2)):
 
 
 IMAGE = numpy.array(
-    [[[0.0, 0.5, 1.0], [0.2, 0.4, 0.6]],
-     [[1.0, 1.0, 1.0], [0.1, 0.2, 0.3]]], dtype=numpy.float32
+    [[[0.0, 0.5, 1.0], [0.2, 0.4, 0.6]], [[1.0, 1.0, 1.0], [0.1, 0.2, 0.3]]], dtype=numpy.float32
 )  # H=2, W=2, RGB
 
 
@@ -28,8 +28,9 @@ def test_preprocess_literal_values():
     out = imagenet_style().preprocess("data", IMAGE)
     assert out.shape == (3, 2, 2) and out.dtype == numpy.float32
     # channel 0 is B: (255 * b - 10) * 0.5
-    numpy.testing.assert_allclose(out[0], [[(255 - 10) * 0.5, (153 - 10) * 0.5], [(255 - 10) * 0.5, (76.5 - 10) * 0.5]],
-                                  rtol=1e-6)
+    numpy.testing.assert_allclose(
+        out[0], [[(255 - 10) * 0.5, (153 - 10) * 0.5], [(255 - 10) * 0.5, (76.5 - 10) * 0.5]], rtol=1e-6
+    )
     # channel 1 is G: (255 * g - 20) * 0.5
     numpy.testing.assert_allclose(out[1], [[53.75, 41.0], [117.5, 15.5]], rtol=1e-6)
     # channel 2 is R: (255 * r - 30) * 0.5

@@ -1,4 +1,5 @@
 """Loading definitions: prototxt, YAML, JSON, binary; errors that say where and what."""
+
 import json
 
 import pytest
@@ -47,8 +48,12 @@ def test_prototxt_yaml_json_give_the_same_message(tmp_path):
 
 def test_typo_in_field_names_file_line_and_suggestion(tmp_path):
     bad = tmp_path / "bad.prototxt"
-    bad.write_text(NET.replace('input_param { shape { dim: 2 dim: 3 } }',
-                               'input_param { shape { dim: 2 dim: 3 } }\n  convolution_param { kernal_size: 3 }'))
+    bad.write_text(
+        NET.replace(
+            "input_param { shape { dim: 2 dim: 3 } }",
+            "input_param { shape { dim: 2 dim: 3 } }\n  convolution_param { kernal_size: 3 }",
+        )
+    )
     with pytest.raises(UnknownFieldError) as info:
         load_net(str(bad))
     msg = str(info.value)
@@ -92,9 +97,15 @@ def test_text_roundtrip():
 
 def test_ceil_mode_from_a_caffe_fork_is_accepted():
     # Fork fields are part of the schema (see tests/test_proto_forks.py); unknown ones are still refused.
-    net = parse_text('layer { name: "p" type: "Pooling" pooling_param { ceil_mode: false } }',
-                     netdef_pb2.NetParameter(), "densenet.prototxt")
+    net = parse_text(
+        'layer { name: "p" type: "Pooling" pooling_param { ceil_mode: false } }',
+        netdef_pb2.NetParameter(),
+        "densenet.prototxt",
+    )
     assert net.layer[0].pooling_param.ceil_mode is False
     with pytest.raises(UnknownFieldError, match="floor_mode"):
-        parse_text('layer { name: "p" type: "Pooling" pooling_param { floor_mode: true } }',
-                   netdef_pb2.NetParameter(), "densenet.prototxt")
+        parse_text(
+            'layer { name: "p" type: "Pooling" pooling_param { floor_mode: true } }',
+            netdef_pb2.NetParameter(),
+            "densenet.prototxt",
+        )

@@ -1,4 +1,5 @@
 """`netdef test` (netdef.tools.score): means of every output, logged and printed in Caffe's words."""
+
 import logging
 
 import pytest

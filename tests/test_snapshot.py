@@ -1,4 +1,5 @@
 """Snapshots and restore: file names, Caffe's layouts, atomic writes, exact resume, Caffe-written states."""
+
 import json
 import logging
 import os
@@ -26,8 +27,10 @@ from tests.solver_helpers import (
 
 def make_param(tmp_path, text: str = "", **net_kw):
     listing = write_problem(tmp_path)
-    return solver_param('type: "SGD" base_lr: 0.1 momentum: 0.9 lr_policy: "step" gamma: 0.5 stepsize: 7 '
-                        'random_seed: 11 ' + text, net_text=mlp_text(listing, **net_kw))
+    return solver_param(
+        'type: "SGD" base_lr: 0.1 momentum: 0.9 lr_policy: "step" gamma: 0.5 stepsize: 7 random_seed: 11 ' + text,
+        net_text=mlp_text(listing, **net_kw),
+    )
 
 
 def snapshot_files(folder) -> list:
@@ -37,8 +40,9 @@ def snapshot_files(folder) -> list:
 # --- names -----------------------------------------------------------------------------------------------
 def test_binaryproto_names_and_schedule(tmp_path):
     (tmp_path / "a").mkdir()
-    solver = get_solver(make_param(tmp_path, f'snapshot: 3 snapshot_prefix: "{tmp_path}/a/net" max_iter: 7 '
-                                             "snapshot_after_train: true"))
+    solver = get_solver(
+        make_param(tmp_path, f'snapshot: 3 snapshot_prefix: "{tmp_path}/a/net" max_iter: 7 snapshot_after_train: true')
+    )
     solver.solve()
     assert snapshot_files(tmp_path / "a") == sorted(
         f"net_iter_{n}{ext}" for n in (3, 6, 7) for ext in (".caffemodel", ".solverstate", ".solverstate.netdef.json")
@@ -46,11 +50,14 @@ def test_binaryproto_names_and_schedule(tmp_path):
 
 
 def test_no_extra_snapshot_when_max_iter_is_a_multiple(tmp_path):
-    solver = get_solver(make_param(tmp_path, f'snapshot: 2 snapshot_prefix: "{tmp_path}/s" max_iter: 4 '
-                                             "snapshot_after_train: true"))
+    solver = get_solver(
+        make_param(tmp_path, f'snapshot: 2 snapshot_prefix: "{tmp_path}/s" max_iter: 4 snapshot_after_train: true')
+    )
     solver.solve()
-    assert [f for f in snapshot_files(tmp_path) if f.endswith(".caffemodel")] == ["s_iter_2.caffemodel",
-                                                                               "s_iter_4.caffemodel"]
+    assert [f for f in snapshot_files(tmp_path) if f.endswith(".caffemodel")] == [
+        "s_iter_2.caffemodel",
+        "s_iter_4.caffemodel",
+    ]
 
 
 def test_hdf5_names(tmp_path):
@@ -58,8 +65,11 @@ def test_hdf5_names(tmp_path):
     solver.step(2)
     path = solver.snapshot()
     assert path == f"{tmp_path}/h_iter_2.solverstate.h5"
-    assert snapshot_files(tmp_path) == ["h_iter_2.caffemodel.h5", "h_iter_2.solverstate.h5",
-                                        "h_iter_2.solverstate.h5.netdef.json"]
+    assert snapshot_files(tmp_path) == [
+        "h_iter_2.caffemodel.h5",
+        "h_iter_2.solverstate.h5",
+        "h_iter_2.solverstate.h5.netdef.json",
+    ]
 
 
 def test_prefix_defaults_to_the_solver_file_without_extension(tmp_path):
@@ -108,8 +118,9 @@ def test_binary_state_is_a_caffe_solverstate(tmp_path):
 
 
 def test_encoder_matches_protobuf_for_edge_cases():
-    state = solverstate.SolverStateData(-3, "x.caffemodel", [np.zeros((0, 2), np.float32), np.float32(2.5),
-                                                             np.arange(3, dtype=np.float64)], 0)
+    state = solverstate.SolverStateData(
+        -3, "x.caffemodel", [np.zeros((0, 2), np.float32), np.float32(2.5), np.arange(3, dtype=np.float64)], 0
+    )
     msg = pb.SolverState(iter=-3, learned_net="x.caffemodel", current_step=0)
     msg.history.add().shape.dim.extend([0, 2])
     scalar = msg.history.add()
@@ -120,8 +131,9 @@ def test_encoder_matches_protobuf_for_edge_cases():
 
 
 def test_hdf5_state_layout_and_round_trip(tmp_path):
-    solver = get_solver(make_param(tmp_path, f'type: "Adam" snapshot_prefix: "{tmp_path}/h" snapshot_format: HDF5 '
-                                             "momentum: 0.9"))
+    solver = get_solver(
+        make_param(tmp_path, f'type: "Adam" snapshot_prefix: "{tmp_path}/h" snapshot_format: HDF5 momentum: 0.9')
+    )
     solver.step(5)
     path = solver.snapshot()
     with h5py.File(path, "r") as f:
@@ -284,8 +296,9 @@ def test_history_count_mismatch(tmp_path):
     solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/s"'))
     path = solver.snapshot()
     adam = get_solver(make_param(tmp_path, 'type: "Adam" momentum: 0.9'))
-    with pytest.raises(WeightsFileError, match="incorrect number of history blobs for a Adam solver.*"
-                                               "Received: 4. Expected: 8"):
+    with pytest.raises(
+        WeightsFileError, match="incorrect number of history blobs for a Adam solver.*Received: 4. Expected: 8"
+    ):
         adam.restore(path)
 
 
@@ -361,12 +374,14 @@ def test_resolve_learned_net_lookup_order(tmp_path, monkeypatch):
     # 3. by file name alone, beside the state file
     (tmp_path / "snaps" / "x_iter_3.caffemodel").write_bytes(b"")
     assert snapshot.resolve_learned_net("old/place/x_iter_3.caffemodel", state) == str(
-        tmp_path / "snaps" / "x_iter_3.caffemodel")
+        tmp_path / "snaps" / "x_iter_3.caffemodel"
+    )
     # 2. the recorded relative path, taken from the state file's folder
     (tmp_path / "snaps" / "snaps").mkdir()
     (tmp_path / "snaps" / "snaps" / "x_iter_3.caffemodel").write_bytes(b"")
     assert snapshot.resolve_learned_net("snaps/x_iter_3.caffemodel", state) == str(
-        tmp_path / "snaps" / "snaps" / "x_iter_3.caffemodel")
+        tmp_path / "snaps" / "snaps" / "x_iter_3.caffemodel"
+    )
     # 1. the recorded path as it stands, relative to the working directory (as Caffe opens it)
     (tmp_path / "work" / "snaps" / "x_iter_3.caffemodel").write_bytes(b"")
     assert snapshot.resolve_learned_net("snaps/x_iter_3.caffemodel", state) == "snaps/x_iter_3.caffemodel"

@@ -1,4 +1,5 @@
 """Solver traces against BVLC Caffe (shared/parity/solvers): 40 iterations per case, and Caffe's resume."""
+
 import numpy as np
 import pytest
 
@@ -70,8 +71,11 @@ def test_resume_from_caffe_solverstate(monkeypatch):
     # Caffe's state has no data position: 20 updates x 32 = 640 samples = 128 into the third pass = 4 batches
     for _ in range(4):
         solver.net.forward()
-    run_trace(solver, read_tsv(root / "resume_sgd_step" / "trace_resumed.tsv"),
-              np.load(root / "resume_sgd_step" / "params_trace_resumed.npz"))
+    run_trace(
+        solver,
+        read_tsv(root / "resume_sgd_step" / "trace_resumed.tsv"),
+        np.load(root / "resume_sgd_step" / "params_trace_resumed.npz"),
+    )
     check_params(solver, np.load(root / "resume_sgd_step" / "final_resumed.npz"))
 
 

@@ -1,4 +1,5 @@
 """Solvers: update rules with literal values, ApplyUpdate's order, Caffe's checks, the training loop."""
+
 import logging
 import os
 import re
@@ -67,14 +68,23 @@ UPDATE_CASES = {
     # h += g^2; w -= lr*g/(sqrt(h)+delta): first step is lr*sign(g)
     "AdaGrad": ('type: "AdaGrad" base_lr: 0.1', [0.9, -2.1, 0.6], [0.8051317, -2.055279, 0.5552786]),
     # h = 0.9h + 0.1g^2; w -= lr*g/(sqrt(h)+delta)
-    "RMSProp": ('type: "RMSProp" base_lr: 0.1 rms_decay: 0.9', [0.6837723, -2.316228, 0.8162277],
-                [0.382261, -2.168786, 0.6687858]),
+    "RMSProp": (
+        'type: "RMSProp" base_lr: 0.1 rms_decay: 0.9',
+        [0.6837723, -2.316228, 0.8162277],
+        [0.382261, -2.168786, 0.6687858],
+    ),
     # hg = rho*hg + (1-rho)g^2; u = g*sqrt((hu+d)/(hg+d)); hu = rho*hu + (1-rho)u^2; w -= lr*u
-    "AdaDelta": ('type: "AdaDelta" base_lr: 1.0 momentum: 0.95 delta: 1e-6', [0.9955323, -2.004471, 0.5044719],
-                 [0.9895209, -2.001585, 0.5015853]),
+    "AdaDelta": (
+        'type: "AdaDelta" base_lr: 1.0 momentum: 0.95 delta: 1e-6',
+        [0.9955323, -2.004471, 0.5044719],
+        [0.9895209, -2.001585, 0.5015853],
+    ),
     # m, v moments; w -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps): first step is lr*sign(g)
-    "Adam": ('type: "Adam" base_lr: 0.01 momentum: 0.9 momentum2: 0.999 delta: 1e-8', [0.99, -2.01, 0.51],
-             [0.9808222, -2.012663, 0.5126634]),
+    "Adam": (
+        'type: "Adam" base_lr: 0.01 momentum: 0.9 momentum2: 0.999 delta: 1e-8',
+        [0.99, -2.01, 0.51],
+        [0.9808222, -2.012663, 0.5126634],
+    ),
 }
 
 
@@ -105,12 +115,15 @@ def test_lr_mult_scales_the_step():
     np.testing.assert_allclose(weights(solver, "b"), -0.2 * G1, rtol=1e-6)  # lr_mult 2
 
 
-@pytest.mark.parametrize(("kind", "w_after", "b_after"), [
-    # w: g + 0.1*w = [0.2, 0.0, -0.35]; b: g + 0.1*0.5*b = [0.2, 0.15, -0.4], lr 0.2
-    ("L2", [0.98, -2.0, 0.535], [1.96, -1.03, 0.08]),
-    # w: g + 0.1*sign(w) = [0.2, 0.1, -0.3]; b: g + 0.05*sign(b) = [0.15, 0.15, -0.4] (sign(0) = 0), lr 0.2
-    ("L1", [0.98, -2.01, 0.53], [1.97, -1.03, 0.08]),
-])
+@pytest.mark.parametrize(
+    ("kind", "w_after", "b_after"),
+    [
+        # w: g + 0.1*w = [0.2, 0.0, -0.35]; b: g + 0.1*0.5*b = [0.2, 0.15, -0.4], lr 0.2
+        ("L2", [0.98, -2.0, 0.535], [1.96, -1.03, 0.08]),
+        # w: g + 0.1*sign(w) = [0.2, 0.1, -0.3]; b: g + 0.05*sign(b) = [0.15, 0.15, -0.4] (sign(0) = 0), lr 0.2
+        ("L1", [0.98, -2.01, 0.53], [1.97, -1.03, 0.08]),
+    ],
+)
 def test_weight_decay_with_decay_mult(kind, w_after, b_after):
     b0 = np.array([2.0, -1.0, 0.0], np.float32)
     solver = tiny_solver(f'type: "SGD" base_lr: 0.1 weight_decay: 0.1 regularization_type: "{kind}"', b=b0)
@@ -139,8 +152,7 @@ def test_clip_gradients_leaves_small_gradients():
 
 def test_clipping_happens_before_iter_size_normalisation():
     g = np.array([3.0, 4.0, 0.0], np.float32)
-    solver = tiny_solver('type: "SGD" base_lr: 1 clip_gradients: 3 iter_size: 2', w=np.zeros(3, np.float32),
-                         grads=[g])
+    solver = tiny_solver('type: "SGD" base_lr: 1 clip_gradients: 3 iter_size: 2', w=np.zeros(3, np.float32), grads=[g])
     solver.step(1)
     # accumulated norm 5 > 3: scale 0.6, then / iter_size 2 -> 0.3 g (normalising first would not clip: 2.5 < 3)
     np.testing.assert_allclose(weights(solver), -0.3 * g, rtol=1e-6)
@@ -162,26 +174,31 @@ def test_lr_property_and_last_lr():
 
 
 # --- Caffe's checks -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "fragment"), [
-    ('type: "AdaGrad" base_lr: 0.1 momentum: 0.9', "Momentum cannot be used with AdaGrad. Received: momentum 0.9"),
-    ('type: "RMSProp" base_lr: 0.1 momentum: 0.9', "Momentum cannot be used with RMSProp"),
-    ('type: "RMSProp" base_lr: 0.1 rms_decay: 1.0', "rms_decay should lie in [0, 1). Received: 1"),
-    ('type: "AdaDelta" base_lr: 1 momentum: 1.0', "AdaDelta needs momentum (its decay rate rho) in [0, 1)"),
-    ('type: "AdaDelta" base_lr: 1 momentum: 0.9 delta: 0', "AdaDelta needs a positive delta"),
-    ('type: "Adam" base_lr: 0.1 momentum: 1.5', "Adam needs momentum (beta1) in [0, 1). Received: 1.5"),
-    ('type: "Adam" base_lr: 0.1 momentum2: 1.0', "Adam needs momentum2 (beta2) in [0, 1)"),
-    ('type: "sgd" base_lr: 0.1', 'Unknown solver type "sgd". Did you mean "SGD"?'),
-    ('type: "Adamm" base_lr: 0.1', 'Did you mean "Adam"?'),
-    ('type: "LBFGS" base_lr: 0.1', "Known types: SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam"),
-    ('base_lr: 0.1 average_loss: 0', "average_loss must be at least 1. Received: 0"),
-    ('base_lr: 0.1 iter_size: 0', "iter_size must be at least 1"),
-    ('base_lr: 0.1 regularization_type: "L3"', 'Unknown regularization_type "L3". Valid: L1, L2'),
-    ('base_lr: 0.1 lr_policy: "steps"', 'Unknown lr_policy "steps". Did you mean "step"?'),
-    ('base_lr: 0.1 test_iter: 1', "test_interval must be positive"),
-    ('base_lr: 0.1 snapshot: 10', "snapshot is set (every 10 iterations) but snapshot_prefix is not"),
-    ('base_lr: 0.1 test_iter: 1 test_interval: 5 test_state { stage: "a" } test_state { stage: "b" }',
-     "test_state must be unspecified or specified once per test net (1). Received: 2"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('type: "AdaGrad" base_lr: 0.1 momentum: 0.9', "Momentum cannot be used with AdaGrad. Received: momentum 0.9"),
+        ('type: "RMSProp" base_lr: 0.1 momentum: 0.9', "Momentum cannot be used with RMSProp"),
+        ('type: "RMSProp" base_lr: 0.1 rms_decay: 1.0', "rms_decay should lie in [0, 1). Received: 1"),
+        ('type: "AdaDelta" base_lr: 1 momentum: 1.0', "AdaDelta needs momentum (its decay rate rho) in [0, 1)"),
+        ('type: "AdaDelta" base_lr: 1 momentum: 0.9 delta: 0', "AdaDelta needs a positive delta"),
+        ('type: "Adam" base_lr: 0.1 momentum: 1.5', "Adam needs momentum (beta1) in [0, 1). Received: 1.5"),
+        ('type: "Adam" base_lr: 0.1 momentum2: 1.0', "Adam needs momentum2 (beta2) in [0, 1)"),
+        ('type: "sgd" base_lr: 0.1', 'Unknown solver type "sgd". Did you mean "SGD"?'),
+        ('type: "Adamm" base_lr: 0.1', 'Did you mean "Adam"?'),
+        ('type: "LBFGS" base_lr: 0.1', "Known types: SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam"),
+        ("base_lr: 0.1 average_loss: 0", "average_loss must be at least 1. Received: 0"),
+        ("base_lr: 0.1 iter_size: 0", "iter_size must be at least 1"),
+        ('base_lr: 0.1 regularization_type: "L3"', 'Unknown regularization_type "L3". Valid: L1, L2'),
+        ('base_lr: 0.1 lr_policy: "steps"', 'Unknown lr_policy "steps". Did you mean "step"?'),
+        ("base_lr: 0.1 test_iter: 1", "test_interval must be positive"),
+        ("base_lr: 0.1 snapshot: 10", "snapshot is set (every 10 iterations) but snapshot_prefix is not"),
+        (
+            'base_lr: 0.1 test_iter: 1 test_interval: 5 test_state { stage: "a" } test_state { stage: "b" }',
+            "test_state must be unspecified or specified once per test net (1). Received: 2",
+        ),
+    ],
+)
 def test_parameter_checks(text, fragment):
     with pytest.raises(SolverError) as err:
         get_solver(solver_param(text))
@@ -199,7 +216,7 @@ def test_train_net_must_be_given_exactly_once():
 
 
 def test_test_nets_need_their_test_iter():
-    param = solver_param('base_lr: 0.1 test_interval: 5')
+    param = solver_param("base_lr: 0.1 test_interval: 5")
     param.ClearField("net_param")
     param.train_net_param.CopyFrom(net_from_text(TINY_NET))
     param.test_net_param.add().CopyFrom(net_from_text(TINY_NET))
@@ -225,8 +242,9 @@ def test_classes_built_directly_ignore_type(tmp_path):
 # --- the loop on real data -----------------------------------------------------------------------------
 def mlp_solver(tmp_path, text: str = "", **net_kw):
     listing = write_problem(tmp_path)
-    param = solver_param('type: "SGD" base_lr: 0.1 momentum: 0.9 random_seed: 3 ' + text,
-                         net_text=mlp_text(listing, **net_kw))
+    param = solver_param(
+        'type: "SGD" base_lr: 0.1 momentum: 0.9 random_seed: 3 ' + text, net_text=mlp_text(listing, **net_kw)
+    )
     return get_solver(param)
 
 
@@ -258,7 +276,7 @@ def test_same_seed_gives_bit_identical_runs(tmp_path):
 
 
 def test_smoothed_loss_follows_caffe():
-    solver = tiny_solver('base_lr: 0.1 average_loss: 3')
+    solver = tiny_solver("base_lr: 0.1 average_loss: 3")
     got = []
     for it, loss in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
         solver.iter = it
@@ -326,8 +344,16 @@ def test_callbacks_run_in_order(tmp_path):
 
     solver.add_callback(Hooks())
     solver.step(2)
-    assert events == [("start", 0), ("obj-start", 0), ("ready", 0), ("obj-ready", 0),
-                      ("start", 1), ("obj-start", 1), ("ready", 1), ("obj-ready", 1)]
+    assert events == [
+        ("start", 0),
+        ("obj-start", 0),
+        ("ready", 0),
+        ("obj-ready", 0),
+        ("start", 1),
+        ("obj-start", 1),
+        ("ready", 1),
+        ("obj-ready", 1),
+    ]
 
 
 def test_stop_request_finishes_the_iteration(tmp_path):
@@ -344,8 +370,13 @@ def test_snapshot_request_keeps_training(tmp_path):
     solver.add_callback(on_start=lambda: solver.request_action("snapshot") if solver.iter == 1 else None)
     solver.step(3)
     assert solver.iter == 3
-    assert sorted(os.listdir(tmp_path)) == ["data.h5", "list.txt", "req_iter_2.caffemodel", "req_iter_2.solverstate",
-                                            "req_iter_2.solverstate.netdef.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "data.h5",
+        "list.txt",
+        "req_iter_2.caffemodel",
+        "req_iter_2.solverstate",
+        "req_iter_2.solverstate.netdef.json",
+    ]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs POSIX signals")
@@ -381,11 +412,13 @@ def test_invalid_signal_effect():
 def test_weights_field_and_net_override(tmp_path):
     listing = write_problem(tmp_path)
     (tmp_path / "mlp.prototxt").write_text(mlp_text(listing))
-    source = get_solver(solver_param('base_lr: 0.1 random_seed: 1', net_text=mlp_text(listing)))
+    source = get_solver(solver_param("base_lr: 0.1 random_seed: 1", net_text=mlp_text(listing)))
     source.net.save(str(tmp_path / "start.caffemodel"))
     solver_file = tmp_path / "solver.prototxt"
-    solver_file.write_text(f'net: "does-not-exist.prototxt" base_lr: 0.1 lr_policy: "fixed" random_seed: 2 '
-                           f'weights: "{tmp_path}/start.caffemodel"')
+    solver_file.write_text(
+        f'net: "does-not-exist.prototxt" base_lr: 0.1 lr_policy: "fixed" random_seed: 2 '
+        f'weights: "{tmp_path}/start.caffemodel"'
+    )
     solver = get_solver(str(solver_file), net=str(tmp_path / "mlp.prototxt"))
     assert solver.param.net == str(tmp_path / "mlp.prototxt")
     np.testing.assert_array_equal(solver.net.params["ip1"][0].data, source.net.params["ip1"][0].data)
@@ -450,10 +483,11 @@ def test_a_param_without_source_is_not_looked_up_beside_anything(tmp_path, monke
 
 def test_load_weights_fine_tunes_train_and_test_nets(tmp_path, caplog):
     listing = write_problem(tmp_path)
-    trained = get_solver(solver_param('base_lr: 0.1 random_seed: 1', net_text=mlp_text(listing)))
+    trained = get_solver(solver_param("base_lr: 0.1 random_seed: 1", net_text=mlp_text(listing)))
     trained.net.save(str(tmp_path / "a.caffemodel"))
-    solver = get_solver(solver_param('base_lr: 0.1 random_seed: 2 test_iter: 1 test_interval: 10',
-                                     net_text=mlp_text(listing)))
+    solver = get_solver(
+        solver_param("base_lr: 0.1 random_seed: 2 test_iter: 1 test_interval: 10", net_text=mlp_text(listing))
+    )
     assert not np.array_equal(solver.net.params["ip1"][0].data, trained.net.params["ip1"][0].data)
     with caplog.at_level(logging.INFO, logger="netdef"):
         caplog.clear()  # only what the call below logs
@@ -472,5 +506,6 @@ def test_test_output_lines_with_loss_weights(caplog):
         means = solver.test(0)
     lines = [r.getMessage() for r in caplog.records if "net output" in r.getMessage()]
     assert lines == [f"    Test net output #{k}: half = 0.5" for k in range(6)] + [
-        "    Test net output #6: loss = 13.5 (* 2 = 27 loss)"]
+        "    Test net output #6: loss = 13.5 (* 2 = 27 loss)"
+    ]
     assert means["loss"] == 13.5 and means["half"].tolist() == [[0.5] * 3] * 2

@@ -1,4 +1,5 @@
 """The testing helpers themselves: they must be able to fail."""
+
 import numpy
 import pytest
 
@@ -35,9 +36,13 @@ def test_gradient_checker_catches_a_wrong_backward():
 
 
 def test_gradient_checker_passes_a_correct_backward_and_counts():
-    result = check_gradient(make_layer('type: "InnerProduct" inner_product_param { num_output: 2 '
-                                       'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }'),
-                            [numpy.random.default_rng(0).standard_normal((3, 4))])
+    result = check_gradient(
+        make_layer(
+            'type: "InnerProduct" inner_product_param { num_output: 2 '
+            'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }'
+        ),
+        [numpy.random.default_rng(0).standard_normal((3, 4))],
+    )
     assert result["checked"] == 3 * 4 + 2 * 4 + 2
     assert result["max_error"] < 1e-6
 
@@ -50,8 +55,11 @@ def test_kink_band_skips_inputs_near_the_kink():
 
 def test_backend_comparison_runs_both_paths():
     # With NumPy standing in for the GPU module the comparison must pass...
-    check_gpu_matches_cpu('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 }',
-                          [numpy.random.default_rng(1).standard_normal((1, 2, 4, 4))], other_xp=numpy)
+    check_gpu_matches_cpu(
+        'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 }',
+        [numpy.random.default_rng(1).standard_normal((1, 2, 4, 4))],
+        other_xp=numpy,
+    )
     # ...and the layer really ran: its output is what MAX pooling gives.
     layer = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }')
     x = numpy.arange(16.0).reshape(1, 1, 4, 4)

@@ -1,4 +1,5 @@
 """`netdef time` (netdef.tools.timing): per-layer forward/backward times in Caffe's report."""
+
 import logging
 
 import numpy as np
@@ -33,8 +34,13 @@ def test_time_net_times_every_layer(tmp_path, caplog):
     assert report.iterations.shape == (3,) and (report.iterations > 0).all()
     assert (report.forward > 0).all()
     messages = [r.getMessage() for r in caplog.records]
-    assert messages[:5] == ["Use CPU.", "Performing Forward", "Performing Backward", "*** Benchmark begins ***",
-                            "Testing for 3 iterations."]
+    assert messages[:5] == [
+        "Use CPU.",
+        "Performing Forward",
+        "Performing Backward",
+        "*** Benchmark begins ***",
+        "Testing for 3 iterations.",
+    ]
     assert messages[-1] == "*** Benchmark ends ***"
     assert sum(m.startswith("Iteration: ") and m.endswith(" ms.") for m in messages) == 3
 

@@ -1,4 +1,5 @@
 """`netdef train` (netdef.tools.train) as one Python call, and the device choice the commands share."""
+
 import logging
 
 import pytest
@@ -14,8 +15,10 @@ from tests.solver_helpers import mlp_text, params_of, solver_param, write_proble
 def solver_file(tmp_path):
     listing = write_problem(tmp_path)
     (tmp_path / "mlp.prototxt").write_text(mlp_text(listing))
-    param = solver_param(f'net: "mlp.prototxt" base_lr: 0.1 random_seed: 4 max_iter: 5 solver_mode: CPU '
-                         f'snapshot_prefix: "{tmp_path}/run" snapshot_after_train: true')
+    param = solver_param(
+        f'net: "mlp.prototxt" base_lr: 0.1 random_seed: 4 max_iter: 5 solver_mode: CPU '
+        f'snapshot_prefix: "{tmp_path}/run" snapshot_after_train: true'
+    )
     path = tmp_path / "solver.prototxt"
     path.write_text(to_text(param))
     return path
@@ -27,8 +30,12 @@ def test_train_runs_to_max_iter_and_snapshots(solver_file, caplog):
     assert solver.iter == 5
     assert (solver_file.parent / "run_iter_5.caffemodel").exists()
     messages = [r.getMessage() for r in caplog.records]
-    assert messages.index("Use CPU.") < messages.index("Solver scaffolding done.") < messages.index(
-        "Starting Optimization") < messages.index("Optimization Done.")
+    assert (
+        messages.index("Use CPU.")
+        < messages.index("Solver scaffolding done.")
+        < messages.index("Starting Optimization")
+        < messages.index("Optimization Done.")
+    )
 
 
 def test_train_fine_tunes_from_weights(solver_file, caplog):
@@ -50,8 +57,9 @@ def test_select_device(caplog):
         caplog.clear()  # only what the call below logs
         select_device(None)
     assert caplog.messages == ["Use CPU."]
-    with pytest.raises(NetdefError, match="--gpu takes a device number, a comma-separated list or 'all'. "
-                                          "Received: 'first'"):
+    with pytest.raises(
+        NetdefError, match="--gpu takes a device number, a comma-separated list or 'all'. Received: 'first'"
+    ):
         select_device("first")
 
 

@@ -1,4 +1,5 @@
 """DataTransformer: Caffe's transform_param (crop, mirror, mean, scale) on whole batches."""
+
 import numpy
 import pytest
 
@@ -83,8 +84,10 @@ def test_train_random_crop_and_mirror_seeded(tmp_path):
     x = numpy.random.default_rng(0).integers(0, 256, size=(6, 3, 5, 6)).astype(numpy.uint8)
     mean = numpy.random.default_rng(1).uniform(0, 50, size=(3, 5, 6)).astype(numpy.float32)
     write_binaryproto(str(tmp_path / "m.binaryproto"), mean[None])
-    t = DataTransformer(tparam(f'crop_size: 3 mirror: true scale: 0.25 mean_file: "{tmp_path / "m.binaryproto"}"'),
-                        rng=numpy.random.default_rng(1))
+    t = DataTransformer(
+        tparam(f'crop_size: 3 mirror: true scale: 0.25 mean_file: "{tmp_path / "m.binaryproto"}"'),
+        rng=numpy.random.default_rng(1),
+    )
     y = t.transform(x, numpy.float64)
     want, flips, rows, cols = expected_random(x.astype(numpy.float64), 3, True, 1, mean.astype(numpy.float64), 0.25)
     numpy.testing.assert_allclose(y, want, rtol=1e-6)
@@ -104,6 +107,7 @@ def test_mirror_is_random_in_the_test_phase_too():
 
 def test_same_seed_same_batch():
     x = batch(n=4, h=6, w=6)
+
     def transformer():
         return DataTransformer(tparam("crop_size: 3 mirror: true"), rng=numpy.random.default_rng(11))
 

@@ -1,4 +1,5 @@
 """Legacy definitions: V0 nets, V0-era data transformation fields, and `netdef upgrade net|solver`."""
+
 import logging
 
 import numpy
@@ -151,7 +152,13 @@ def test_v0_upgrade_stops_at_v1_layers_as_caffe_does():
     assert upgrade_v0_net(param) == []
     assert not net_needs_v0_upgrade(param)
     assert [netdef_pb2.V1LayerParameter.LayerType.Name(v1.type) for v1 in param.layers] == [
-        "CONVOLUTION", "RELU", "POOLING", "LRN", "DROPOUT", "INNER_PRODUCT", "SOFTMAX"
+        "CONVOLUTION",
+        "RELU",
+        "POOLING",
+        "LRN",
+        "DROPOUT",
+        "INNER_PRODUCT",
+        "SOFTMAX",
     ]
     conv = param.layers[0]
     assert list(conv.bottom) == ["data"] and list(conv.convolution_param.pad) == [2]
@@ -191,19 +198,24 @@ def test_v0_settings_that_do_not_apply_are_dropped_and_reported(caplog):
 
 
 def test_v0_errors():
-    with pytest.raises(NetdefError, match='type "innerprodcut", which is not a V0 layer type. Did you mean '
-                                          '"innerproduct"'):
+    with pytest.raises(
+        NetdefError, match='type "innerprodcut", which is not a V0 layer type. Did you mean "innerproduct"'
+    ):
         net_from_text('input: "x" layers { layer { name: "c" type: "innerprodcut" } bottom: "x" top: "c" }')
     with pytest.raises(NetdefError, match='padding layer "p" feeds layer "r" of type relu'):
-        net_from_text('input: "x" layers { layer { name: "p" type: "padding" pad: 1 } bottom: "x" top: "p" }'
-                      'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }')
+        net_from_text(
+            'input: "x" layers { layer { name: "p" type: "padding" pad: 1 } bottom: "x" top: "p" }'
+            'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }'
+        )
     with pytest.raises(UnknownBottomBlobError, match='reads bottom blob "y".*Available: x'):
         net_from_text('input: "x" layers { layer { name: "r" type: "relu" } bottom: "y" top: "r" }')
     with pytest.raises(NetdefError, match=r"1 input\(s\) but 0 input_shape\(s\)"):
         net_from_text('input: "x" layers { layer { name: "r" type: "relu" } bottom: "x" top: "r" }')
     with pytest.raises(NetdefError, match="mixes V0 layers"):
-        net_from_text('input: "x" layers { layer { name: "r" type: "relu" } bottom: "x" top: "r" }'
-                      'layers { name: "s" type: RELU bottom: "r" top: "s" }')
+        net_from_text(
+            'input: "x" layers { layer { name: "r" type: "relu" } bottom: "x" top: "r" }'
+            'layers { name: "s" type: RELU bottom: "r" top: "s" }'
+        )
 
 
 def test_v0_caffemodel_weights_load(tmp_path):
@@ -221,9 +233,11 @@ def test_v0_caffemodel_weights_load(tmp_path):
     weights = tmp_path / "v0.caffemodel"
     weights.write_bytes(old.SerializeToString())
     deploy = tmp_path / "deploy.prototxt"
-    deploy.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }'
-                      'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
-                      "inner_product_param { num_output: 2 } }")
+    deploy.write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        "inner_product_param { num_output: 2 } }"
+    )
     net = netdef.Net(str(deploy), netdef.TEST, weights=str(weights))
     numpy.testing.assert_array_equal(net.params["fc"][0].data, [[1, 2, 3], [4, 5, 6]])
     net.blobs["data"].data[...] = [[1, 0, -1]]
@@ -264,8 +278,10 @@ def test_cli_upgrades_a_v0_net_and_binary_files(tmp_path, capsys):
 
 def test_cli_reports_dropped_settings_and_exits_1(tmp_path, capsys):
     src, dst = tmp_path / "old.prototxt", tmp_path / "new.prototxt"
-    src.write_text('input: "x" input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1 '
-                   'layers { layer { name: "r" type: "relu" group: 2 } bottom: "x" top: "x" }')
+    src.write_text(
+        'input: "x" input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1 '
+        'layers { layer { name: "r" type: "relu" group: 2 } bottom: "x" top: "x" }'
+    )
     assert main(["upgrade", "net", str(src), str(dst)]) == 1
     assert [layer.type for layer in load_net(str(dst)).layer] == ["Input", "ReLU"]
     out = capsys.readouterr().out
@@ -282,8 +298,10 @@ def test_cli_current_net_is_written_unchanged(tmp_path, capsys):
 
 def test_cli_upgrades_a_solver(tmp_path, capsys):
     src, dst = tmp_path / "solver.prototxt", tmp_path / "solver_new.prototxt"
-    src.write_text('net: "train_val.prototxt"\nbase_lr: 0.01\nmomentum: 0.9\nsolver_type: NESTEROV\n'
-                   "test_net_param { layers { name: \"r\" type: RELU bottom: \"x\" top: \"x\" } }\n")
+    src.write_text(
+        'net: "train_val.prototxt"\nbase_lr: 0.01\nmomentum: 0.9\nsolver_type: NESTEROV\n'
+        'test_net_param { layers { name: "r" type: RELU bottom: "x" top: "x" } }\n'
+    )
     assert main(["upgrade", "solver", str(src), str(dst)]) == 0
     new = read_message(str(dst), netdef_pb2.SolverParameter())
     assert new.type == "Nesterov" and not new.HasField("solver_type")

@@ -5,10 +5,18 @@
 - :mod:`netdef.data.sources`: LMDB / LevelDB readers of ``Datum`` records and
   Datum decoding (raw bytes, float_data, encoded JPEG/PNG).
 """
+
 from .sources import LEVELDB, LMDB, DatabaseReader, LevelDBReader, LMDBReader, decode_datum, open_database
 from .transform import DataTransformer, read_mean_file
 
 __all__ = [
-    "LEVELDB", "LMDB", "DataTransformer", "DatabaseReader", "LMDBReader", "LevelDBReader", "decode_datum",
-    "open_database", "read_mean_file",
+    "LEVELDB",
+    "LMDB",
+    "DataTransformer",
+    "DatabaseReader",
+    "LMDBReader",
+    "LevelDBReader",
+    "decode_datum",
+    "open_database",
+    "read_mean_file",
 ]

@@ -3,6 +3,7 @@
 A data layer passes its ``error`` method, so messages start with the layer's name and
 type; used alone, the helpers raise the plain error classes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -10,6 +10,7 @@ Backends: LMDB (package ``lmdb``: ``pip install "netdef[db]"``) and LevelDB
 (package ``plyvel``, when installed). Both modules are imported only when a
 database of that kind is opened.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,6 +27,7 @@ log = logging.getLogger("netdef")
 
 LEVELDB = pb.DataParameter.LEVELDB
 LMDB = pb.DataParameter.LMDB
+
 
 # --- Datum decoding -----------------------------------------------------------------------------------
 def decode_image_bytes(data: bytes, color: bool | None = None) -> numpy.ndarray:
@@ -199,8 +201,7 @@ class DatabaseReader:
         if record is None:
             record = self._first()
         if record[0] != key:
-            log.warning("%s: record %r of the saved read position is gone; continuing at %r", self.path, key,
-                        record[0])
+            log.warning("%s: record %r of the saved read position is gone; continuing at %r", self.path, key, record[0])
         self.current = record
         self.epoch = int(state.get("epoch", 0))
 
@@ -242,8 +243,13 @@ class LMDBReader(DatabaseReader):
         if not os.path.exists(path):
             raise error(f"LMDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
-            handle = _acquire("lmdb", path, lambda: lmdb.open(
-                path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path), max_readers=126))
+            handle = _acquire(
+                "lmdb",
+                path,
+                lambda: lmdb.open(
+                    path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path), max_readers=126
+                ),
+            )
         except lmdb.Error as err:
             raise error(f"cannot open the LMDB database {path}: {err}", DataSourceError) from None
         self.env = handle.obj
@@ -337,6 +343,12 @@ def open_database(path: str, backend: int = LEVELDB, error: ErrorFactory = plain
 
 
 __all__ = [
-    "LEVELDB", "LMDB", "DatabaseReader", "LMDBReader", "LevelDBReader", "decode_datum", "decode_image_bytes",
+    "LEVELDB",
+    "LMDB",
+    "DatabaseReader",
+    "LMDBReader",
+    "LevelDBReader",
+    "decode_datum",
+    "decode_image_bytes",
     "open_database",
 ]

@@ -19,6 +19,7 @@ float type of the net. Random choices come from the generator the layer passes (
 (seeded by :func:`netdef.set_random_seed`), drawn per batch as arrays: first the
 N mirror flags, then the N row offsets, then the N column offsets.
 """
+
 from __future__ import annotations
 
 import numpy
@@ -31,6 +32,7 @@ from .errors import ErrorFactory, plain_error
 
 TRAIN = 0
 
+
 def read_mean_file(path: str, error: ErrorFactory = plain_error) -> numpy.ndarray:
     """A ``.binaryproto`` mean image as a C x H x W float32 array (a leading axis of 1 is dropped)."""
     try:
@@ -42,8 +44,10 @@ def read_mean_file(path: str, error: ErrorFactory = plain_error) -> numpy.ndarra
     if mean.ndim == 2:
         mean = mean[None]
     if mean.ndim != 3:
-        raise error(f"transform_param.mean_file {path} must hold one C x H x W image. Received: shape {mean.shape}",
-                    ShapeMismatchError)
+        raise error(
+            f"transform_param.mean_file {path} must hold one C x H x W image. Received: shape {mean.shape}",
+            ShapeMismatchError,
+        )
     return numpy.asarray(mean, dtype=numpy.float32)
 
 
@@ -60,8 +64,14 @@ class DataTransformer:
         rng: the generator random crops and mirrors draw from (the layer's stream).
     """
 
-    def __init__(self, param, phase: int = TRAIN, error: ErrorFactory = plain_error, base_dir: str | None = None,
-                 rng: numpy.random.Generator | None = None):
+    def __init__(
+        self,
+        param,
+        phase: int = TRAIN,
+        error: ErrorFactory = plain_error,
+        base_dir: str | None = None,
+        rng: numpy.random.Generator | None = None,
+    ):
         self.error = error
         self.rng = rng if rng is not None else backend.new_streams().numpy
         self.phase = int(phase)
@@ -135,8 +145,9 @@ class DataTransformer:
         """Transform an N x C x H x W batch (any real dtype; uint8 for images) into a ``dtype`` array."""
         x = numpy.asarray(batch)
         if x.ndim != 4:
-            raise self.error(f"the transformer takes an N x C x H x W batch. Received: shape {x.shape}",
-                             ShapeMismatchError)
+            raise self.error(
+                f"the transformer takes an N x C x H x W batch. Received: shape {x.shape}", ShapeMismatchError
+            )
         n, c, h, w = x.shape
         _, _, ch, cw = self.output_shape(x.shape)
         self._check_mean(c, h, w)
@@ -155,8 +166,9 @@ class DataTransformer:
         return y
 
 
-def _cut(a: numpy.ndarray, index: numpy.ndarray, rows: numpy.ndarray, cols: numpy.ndarray, ch: int,
-         cw: int) -> numpy.ndarray:
+def _cut(
+    a: numpy.ndarray, index: numpy.ndarray, rows: numpy.ndarray, cols: numpy.ndarray, ch: int, cw: int
+) -> numpy.ndarray:
     """``a[index[i], :, rows[i]:rows[i] + ch, cols[i]:cols[i] + cw]`` for every i, as one N x C x ch x cw array.
 
     Equal offsets (no crop, or TEST-phase crops) are one slice; per-sample offsets are one gather
@@ -164,7 +176,7 @@ def _cut(a: numpy.ndarray, index: numpy.ndarray, rows: numpy.ndarray, cols: nump
     """
     if (rows == rows[0]).all() and (cols == cols[0]).all():
         r, q = int(rows[0]), int(cols[0])
-        return a[:, :, r:r + ch, q:q + cw]
+        return a[:, :, r : r + ch, q : q + cw]
     windows = numpy.lib.stride_tricks.sliding_window_view(a, (ch, cw), axis=(2, 3))
     return windows[index, :, rows, cols]
 

@@ -1,4 +1,5 @@
 """Atomic file writes: a file is either its old self or the complete new one, never truncated."""
+
 from __future__ import annotations
 
 import contextlib

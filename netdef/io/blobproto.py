@@ -1,4 +1,5 @@
 """BlobProto <-> array conversion and ``.binaryproto`` files (e.g. mean images)."""
+
 from __future__ import annotations
 
 import numpy

@@ -1,4 +1,5 @@
 """Weights files: binary ``.caffemodel`` (a NetParameter with blobs) and HDF5 (``/data/<layer>/<i>``)."""
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,9 @@ def encode_net_chunks(net, write_diff: bool = False) -> Iterator[bytes]:
         lp.CopyFrom(layer.param)
         del lp.blobs[:]
         blobs = b"".join(
-            length_delimited(7, encode_blob(backend.to_numpy(blob.data),
-                                            backend.to_numpy(blob.diff) if write_diff else None))
+            length_delimited(
+                7, encode_blob(backend.to_numpy(blob.data), backend.to_numpy(blob.diff) if write_diff else None)
+            )
             for blob in layer.blobs
         )
         yield length_delimited(100, lp.SerializeToString() + blobs)  # NetParameter.layer = 100
@@ -177,5 +179,13 @@ def load_weights(net, path: str) -> None:
             log.info("Ignoring source layer %s (not in the net)", name)
 
 
-__all__ = ["encode_net", "blob_shape", "is_hdf5", "load_weights", "net_to_proto", "read_weight_blobs", "read_weights",
-           "save_weights"]
+__all__ = [
+    "encode_net",
+    "blob_shape",
+    "is_hdf5",
+    "load_weights",
+    "net_to_proto",
+    "read_weight_blobs",
+    "read_weights",
+    "save_weights",
+]

@@ -1,4 +1,5 @@
 """Where a path named inside a definition file is looked for."""
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ width, transpose, channel swap, raw scale, mean subtraction, input scale.
 This is deploy-time preprocessing of user images; the data layers' ``transform_param``
 (crop, mirror, mean, scale of whole batches) is :mod:`netdef.data.transform`.
 """
+
 from __future__ import annotations
 
 import os

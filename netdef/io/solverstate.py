@@ -15,6 +15,7 @@ Every writer here is atomic: it writes a temporary file in the target's folder
 and renames it over the target only once the file is complete, so an interrupted
 snapshot never leaves a truncated file behind or destroys an older one.
 """
+
 from __future__ import annotations
 
 import json
@@ -208,8 +209,9 @@ def _json_default(value):
     raise TypeError(f"cannot store a {type(value).__name__} in the resume sidecar")
 
 
-def check_history(history: Sequence[numpy.ndarray], shapes: Sequence[tuple[int, ...]], path: str,
-                  solver_type: str) -> list[numpy.ndarray]:
+def check_history(
+    history: Sequence[numpy.ndarray], shapes: Sequence[tuple[int, ...]], path: str, solver_type: str
+) -> list[numpy.ndarray]:
     """Match the history blobs of a state file to the solver's, reshaping where only the layout differs."""
     if len(history) != len(shapes):
         raise WeightsFileError(
@@ -229,7 +231,17 @@ def check_history(history: Sequence[numpy.ndarray], shapes: Sequence[tuple[int, 
 
 
 __all__ = [
-    "SolverStateData", "atomic_target", "staged_files", "atomic_write_bytes", "check_history", "encode_solverstate",
-    "read_sidecar", "read_solverstate", "sidecar_path", "write_sidecar", "write_solverstate",
-    "write_solverstate_any", "write_solverstate_hdf5",
+    "SolverStateData",
+    "atomic_target",
+    "staged_files",
+    "atomic_write_bytes",
+    "check_history",
+    "encode_solverstate",
+    "read_sidecar",
+    "read_solverstate",
+    "sidecar_path",
+    "write_sidecar",
+    "write_solverstate",
+    "write_solverstate_any",
+    "write_solverstate_hdf5",
 ]

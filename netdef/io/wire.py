@@ -7,6 +7,7 @@ view of the mapping; only the small non-blob part of each layer goes through
 protobuf. Anything unusual (V0 nets, unpacked values) makes the caller fall
 back to the plain protobuf reader.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -109,8 +110,9 @@ def _blob(buf, start: int, end: int) -> tuple[numpy.ndarray, bool]:
     else:
         shape, is_legacy = (arr.size,) if arr.size else (), True
     if int(numpy.prod(shape, dtype=numpy.int64)) != arr.size:
-        raise WeightsFileError(f"a blob holds {arr.size} values but its shape {shape} needs "
-                               f"{int(numpy.prod(shape, dtype=numpy.int64))}")
+        raise WeightsFileError(
+            f"a blob holds {arr.size} values but its shape {shape} needs {int(numpy.prod(shape, dtype=numpy.int64))}"
+        )
     return arr.reshape(shape), is_legacy
 
 

@@ -4,6 +4,7 @@ Used as pycaffe's ``caffe.layers`` too: ``from netdef import layers as L`` and
 ``L.Convolution(bottom, kernel_size=3)`` describe a layer for a
 :class:`netdef.NetSpec` (see :mod:`netdef.netspec`).
 """
+
 from ..netspec import layer_factory as _layer_factory
 
 # Each module registers its layer types on import.

@@ -1,4 +1,5 @@
 """The layer contract and the registry of layer types."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,8 +43,7 @@ def layer_class(type_name: str) -> type[Layer]:
     except KeyError:
         known = sorted(_REGISTRY)
         raise UnknownLayerTypeError(
-            f'Unknown layer type "{type_name}".{did_you_mean(type_name, known)} '
-            f"Known types: {', '.join(known)}"
+            f'Unknown layer type "{type_name}".{did_you_mean(type_name, known)} Known types: {", ".join(known)}'
         ) from None
 
 
@@ -75,8 +75,7 @@ class Layer:
     #: loss layers put a default loss weight of 1 on their first top
     is_loss = False
 
-    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None,
-                 rng: backend.RandomStreams | None = None):
+    def __init__(self, param, phase: int = 0, dtype=numpy.float32, xp=None, rng: backend.RandomStreams | None = None):
         self.param = param
         self.name = param.name
         self.phase = phase
@@ -149,9 +148,7 @@ class Layer:
     def set_loss_weights(self, top: Sequence[Blob]) -> None:
         weights = list(self.param.loss_weight)
         if weights and len(weights) != len(top):
-            raise self.error(
-                f"loss_weight must be given once per top ({len(top)}). Received: {len(weights)} values"
-            )
+            raise self.error(f"loss_weight must be given once per top ({len(top)}). Received: {len(weights)} values")
         if not weights:
             weights = [1.0 if (self.is_loss and i == 0) else 0.0 for i in range(len(top))]
         self.loss_weights = weights

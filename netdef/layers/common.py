@@ -2,6 +2,7 @@
 
 The layers that only move, cut, join or reshape blobs are in :mod:`netdef.layers.structure`.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,9 +49,7 @@ class InnerProductLayer(Layer):
             self.blobs.append(self.filled_blob((self.num_output,), p.bias_filler))
 
     def reshape(self, bottom: Blobs, top: Blobs) -> None:
-        axis = self.canonical_axis(
-            self.param.inner_product_param.axis, bottom[0].num_axes, "inner_product_param.axis"
-        )
+        axis = self.canonical_axis(self.param.inner_product_param.axis, bottom[0].num_axes, "inner_product_param.axis")
         k = bottom[0].count_range(axis)
         if k != self.k:
             raise self.error(
@@ -198,8 +197,7 @@ class EltwiseLayer(Layer):
         for i, b in enumerate(bottom[1:], start=1):
             if b.shape != bottom[0].shape:
                 raise self.error(
-                    f"all bottoms must have the same shape. Received: bottom 0 {bottom[0].shape}, "
-                    f"bottom {i} {b.shape}",
+                    f"all bottoms must have the same shape. Received: bottom 0 {bottom[0].shape}, bottom {i} {b.shape}",
                     ShapeMismatchError,
                 )
         top[0].reshape(bottom[0].shape)
@@ -271,10 +269,10 @@ class ReductionLayer(Layer):
         p = self.param.reduction_param
         shape = bottom[0].shape
         self.axis = self.canonical_axis(p.axis, len(shape), "reduction_param.axis")
-        self.num = math.prod(shape[:self.axis])
-        self.dim = math.prod(shape[self.axis:])
+        self.num = math.prod(shape[: self.axis])
+        self.dim = math.prod(shape[self.axis :])
         self.coeff = float(p.coeff) / self.dim if self.op == self.MEAN and self.dim else float(p.coeff)
-        top[0].reshape(shape[:self.axis])
+        top[0].reshape(shape[: self.axis])
 
     def forward(self, bottom: Blobs, top: Blobs) -> None:
         x = bottom[0].data.reshape(self.num, self.dim)

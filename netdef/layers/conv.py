@@ -354,8 +354,7 @@ class Im2colLayer(Layer):
         dy = top[0].diff.reshape(n, -1, *self.out_spatial)
         cols = column_axes(n, self.out_spatial, batch_last)
         dcol = batch_to_columns(dy, batch_last).reshape(self.channels, *self.kernel, *cols)
-        dx = fold_patches(dcol, self.in_spatial, self.kernel, self.stride, self.pad, self.dilation, self.out_spatial,
-                          batch_last)
+        dx = fold_patches(
+            dcol, self.in_spatial, self.kernel, self.stride, self.pad, self.dilation, self.out_spatial, batch_last
+        )
         bottom[0].diff = dx.reshape(bottom[0].shape)
-
-

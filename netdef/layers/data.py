@@ -1,4 +1,5 @@
 """Data layers that read databases, image lists and R-CNN window files: Data, ImageData, WindowData."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,12 @@ def _warn_ignored_fields(layer: Layer, message, field: str, used: tuple[str, ...
     """Caffe's layers read only transform_param; say so when the pre-transform_param fields are set."""
     names = [n for n in _LEGACY_TRANSFORM_FIELDS if n not in used and message.HasField(n)]
     if names:
-        log.warning("%s: %s.{%s} are ignored, as in Caffe; set them in transform_param",
-                    layer.describe(), field, ", ".join(names))
+        log.warning(
+            "%s: %s.{%s} are ignored, as in Caffe; set them in transform_param",
+            layer.describe(),
+            field,
+            ", ".join(names),
+        )
 
 
 def source_and_batch_size(layer: Layer, field: str, source_is: str):
@@ -37,8 +42,9 @@ def source_and_batch_size(layer: Layer, field: str, source_is: str):
     return p
 
 
-def _image_as_pixels(layer: Layer, path: str, color: bool, where: str,
-                     new_size: tuple[int, int] | None = None) -> numpy.ndarray:
+def _image_as_pixels(
+    layer: Layer, path: str, color: bool, where: str, new_size: tuple[int, int] | None = None
+) -> numpy.ndarray:
     """An image file as a K x H x W array of 0..255 pixel values in OpenCV's BGR order (Caffe's view of it).
 
     A ``.npy`` array (H x W x K) is taken as stored: no rescaling, no channel swap.
@@ -68,8 +74,7 @@ def _stack_same_shape(layer: Layer, samples: list, names: list[str]) -> numpy.nd
     for sample, name in zip(samples, names):
         if sample.shape != first:
             raise layer.error(
-                f"all samples of a batch need the shape of its first one {first}. Received: {sample.shape} "
-                f"for {name}",
+                f"all samples of a batch need the shape of its first one {first}. Received: {sample.shape} for {name}",
                 ShapeMismatchError,
             )
     return numpy.stack(samples)
@@ -168,8 +173,10 @@ class ImageDataLayer(Layer):
     def setup(self, bottom, top):
         p = source_and_batch_size(self, "image_data_param", 'a text file of "<image path> <label>" lines')
         if bool(p.new_height) != bool(p.new_width):
-            raise self.error("image_data_param needs new_height and new_width both set or both 0. Received: "
-                             f"new_height {p.new_height}, new_width {p.new_width}")
+            raise self.error(
+                "image_data_param needs new_height and new_width both set or both 0. Received: "
+                f"new_height {p.new_height}, new_width {p.new_width}"
+            )
         _warn_ignored_fields(self, p, "image_data_param")
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
@@ -187,8 +194,10 @@ class ImageDataLayer(Layer):
         if p.rand_skip:
             skip = int(self.rng.numpy.integers(0, p.rand_skip))
             if skip >= len(self.lines):
-                raise self.error(f"rand_skip drew {skip} but {self.source} lists only {len(self.lines)} images. "
-                                 f"Valid: rand_skip <= {len(self.lines)}")
+                raise self.error(
+                    f"rand_skip drew {skip} but {self.source} lists only {len(self.lines)} images. "
+                    f"Valid: rand_skip <= {len(self.lines)}"
+                )
             self.pos = skip
         sample = self._load(int(self.order[self.pos]))
         self.shape = self.transformer.output_shape((self.batch_size,) + sample.shape)
@@ -253,8 +262,10 @@ class ImageDataLayer(Layer):
     def set_state(self, state: dict) -> None:
         order = numpy.asarray(state["order"], dtype=numpy.int64)
         if order.shape != self.order.shape:
-            raise self.error(f"saved read state is for {order.size} images but {self.source} lists "
-                             f"{self.order.size}", DataSourceError)
+            raise self.error(
+                f"saved read state is for {order.size} images but {self.source} lists {self.order.size}",
+                DataSourceError,
+            )
         self.order = order
         self.pos = int(state["pos"])
 
@@ -287,8 +298,9 @@ class _Tokens:
         try:
             return kind(tok), lineno
         except ValueError:
-            raise self.error(f"{self.path} line {lineno}: expected {what}. Received: {tok!r}",
-                             DataSourceError) from None
+            raise self.error(
+                f"{self.path} line {lineno}: expected {what}. Received: {tok!r}", DataSourceError
+            ) from None
 
 
 @register_layer("WindowData")
@@ -343,14 +355,17 @@ class WindowDataLayer(Layer):
         tp = self.param.transform_param
         self.crop_size = int(tp.crop_size)
         if self.crop_size <= 0:
-            raise self.error("WindowData needs transform_param.crop_size > 0 (the warped window size). "
-                             f"Received: {self.crop_size}")
+            raise self.error(
+                f"WindowData needs transform_param.crop_size > 0 (the warped window size). Received: {self.crop_size}"
+            )
         if p.crop_mode not in ("warp", "square"):
             raise self.error(f'window_data_param.crop_mode must be "warp" or "square". Received: "{p.crop_mode}"')
         self.context_pad = int(p.context_pad)
         if 2 * self.context_pad >= self.crop_size:
-            raise self.error(f"window_data_param.context_pad must be less than crop_size / 2 "
-                             f"({self.crop_size / 2:g}). Received: {self.context_pad}")
+            raise self.error(
+                f"window_data_param.context_pad must be less than crop_size / 2 "
+                f"({self.crop_size / 2:g}). Received: {self.context_pad}"
+            )
         if not 0 <= p.fg_fraction <= 1:
             raise self.error(f"window_data_param.fg_fraction must be in [0, 1]. Received: {p.fg_fraction:g}")
         _warn_ignored_fields(self, p, "window_data_param", used=("scale",))
@@ -366,16 +381,23 @@ class WindowDataLayer(Layer):
         self.fg = numpy.asarray(fg, dtype=numpy.float64).reshape(-1, 7)
         self.bg = numpy.asarray(bg, dtype=numpy.float64).reshape(-1, 7)
         self.num_fg = int(numpy.float32(self.batch_size) * numpy.float32(p.fg_fraction))
-        for kind, windows, wanted in (("foreground", self.fg, self.num_fg),
-                                      ("background", self.bg, self.batch_size - self.num_fg)):
+        for kind, windows, wanted in (
+            ("foreground", self.fg, self.num_fg),
+            ("background", self.bg, self.batch_size - self.num_fg),
+        ):
             if wanted and not len(windows):
                 raise self.error(
                     f"{self.source} has no {kind} windows (fg_threshold {p.fg_threshold:g}, bg_threshold "
                     f"{p.bg_threshold:g}) but each batch takes {wanted}",
                     DataSourceError,
                 )
-        log.info("%s: %d images, %d foreground and %d background windows", self.describe(),
-                 len(self.images), len(self.fg), len(self.bg))
+        log.info(
+            "%s: %d images, %d foreground and %d background windows",
+            self.describe(),
+            len(self.images),
+            len(self.fg),
+            len(self.bg),
+        )
         self._setup_mean(tp)
 
     def _setup_mean(self, tp) -> None:
@@ -393,8 +415,9 @@ class WindowDataLayer(Layer):
                     ShapeMismatchError,
                 )
         if t.mean_values is not None and t.mean_values.size not in (1, c):
-            raise self.error(f"transform_param needs 1 mean_value or one per channel ({c}). "
-                             f"Received: {t.mean_values.size}")
+            raise self.error(
+                f"transform_param needs 1 mean_value or one per channel ({c}). Received: {t.mean_values.size}"
+            )
 
     def _read_windows(self, p):
         tokens = _Tokens(self.source, self.error)
@@ -407,19 +430,23 @@ class WindowDataLayer(Layer):
         # Caffe looks windows' images up by the index written in the file
         for image_index, lineno in refs:
             if not 0 <= image_index < len(images):
-                raise self.error(f"{self.source} line {lineno}: the window's image index {image_index} is not one "
-                                 f"of the {len(images)} images (valid: 0 .. {len(images) - 1})", DataSourceError)
+                raise self.error(
+                    f"{self.source} line {lineno}: the window's image index {image_index} is not one "
+                    f"of the {len(images)} images (valid: 0 .. {len(images) - 1})",
+                    DataSourceError,
+                )
         if channels not in (1, 3):
-            raise self.error(f"{self.source}: images must have 1 or 3 channels. Received: {channels}",
-                             DataSourceError)
+            raise self.error(f"{self.source}: images must have 1 or 3 channels. Received: {channels}", DataSourceError)
         return images, windows["fg"], windows["bg"], channels
 
     def _read_image_record(self, tokens: _Tokens, p, images: list, windows: dict, refs: list) -> int:
         """One ``# index path channels height width count`` record and its windows; returns its channels."""
         mark, lineno = tokens.take('"#" (the start of an image record)')
         if mark != "#":
-            raise self.error(f'{self.source} line {lineno}: expected "#" (the start of an image record). '
-                             f"Received: {mark!r}", DataSourceError)
+            raise self.error(
+                f'{self.source} line {lineno}: expected "#" (the start of an image record). Received: {mark!r}',
+                DataSourceError,
+            )
         image_index, _ = tokens.take("an image index", int)
         path, path_line = tokens.take("an image path")
         channels, _ = tokens.take("the image's channels", int)
@@ -427,8 +454,10 @@ class WindowDataLayer(Layer):
         tokens.take("the image's width", int)
         count, count_line = tokens.take("the number of windows", int)
         if count < 0:
-            raise self.error(f"{self.source} line {count_line}: the number of windows must be >= 0. "
-                             f"Received: {count}", DataSourceError)
+            raise self.error(
+                f"{self.source} line {count_line}: the number of windows must be >= 0. Received: {count}",
+                DataSourceError,
+            )
         images.append((resolve_path(p.root_folder + path, self.source), path_line))
         for _ in range(count):
             kind, row, lineno = self._read_window(tokens, p, image_index)
@@ -446,13 +475,18 @@ class WindowDataLayer(Layer):
         x2, _ = tokens.take("a window's x2", int)
         y2, _ = tokens.take("a window's y2", int)
         if x2 < x1 or y2 < y1:
-            raise self.error(f"{self.source} line {lineno}: a window needs x1 <= x2 and y1 <= y2. "
-                             f"Received: {x1} {y1} {x2} {y2}", DataSourceError)
+            raise self.error(
+                f"{self.source} line {lineno}: a window needs x1 <= x2 and y1 <= y2. Received: {x1} {y1} {x2} {y2}",
+                DataSourceError,
+            )
         if overlap >= p.fg_threshold:
             if label <= 0:
-                raise self.error(f"{self.source} line {lineno}: a foreground window (overlap {overlap:g} "
-                                 f">= fg_threshold {p.fg_threshold:g}) needs a class label > 0. "
-                                 f"Received: {label}", DataSourceError)
+                raise self.error(
+                    f"{self.source} line {lineno}: a foreground window (overlap {overlap:g} "
+                    f">= fg_threshold {p.fg_threshold:g}) needs a class label > 0. "
+                    f"Received: {label}",
+                    DataSourceError,
+                )
             return "fg", (image_index, label, overlap, x1, y1, x2, y2), lineno
         if overlap < p.bg_threshold:
             return "bg", (image_index, 0, 0, x1, y1, x2, y2), lineno
@@ -509,8 +543,10 @@ class WindowDataLayer(Layer):
     def forward(self, bottom, top):
         rng = self.rng.numpy
         n_bg = self.batch_size - self.num_fg
-        picks = [self.bg[rng.integers(0, len(self.bg), size=n_bg)] if n_bg else self.bg[:0],
-                 self.fg[rng.integers(0, len(self.fg), size=self.num_fg)] if self.num_fg else self.fg[:0]]
+        picks = [
+            self.bg[rng.integers(0, len(self.bg), size=n_bg)] if n_bg else self.bg[:0],
+            self.fg[rng.integers(0, len(self.fg), size=self.num_fg)] if self.num_fg else self.fg[:0],
+        ]
         windows = numpy.concatenate(picks)
         flips = rng.integers(0, 2, size=self.batch_size).astype(bool) if self.mirror else [False] * self.batch_size
         dtype = top[0].dtype
@@ -523,7 +559,7 @@ class WindowDataLayer(Layer):
             if region is None:
                 path, _ = self.images[int(window[self.IMAGE])]
                 raise self.error(
-                    f"window ({', '.join(str(int(v)) for v in window[self.X1:])}) of image {path} does not fit "
+                    f"window ({', '.join(str(int(v)) for v in window[self.X1 :])}) of image {path} does not fit "
                     f"the image ({img.shape[2]} x {img.shape[1]}); without context_pad or square mode a window "
                     "must lie inside its image",
                     DataSourceError,
@@ -531,17 +567,17 @@ class WindowDataLayer(Layer):
             (y1, y2, x1, x2), (size_h, size_w), (pad_h, pad_w) = region
             if size_h < 1 or size_w < 1:
                 continue  # rounding left no room for the window itself: only padding
-            roi = img[:, y1:y2 + 1, x1:x2 + 1].transpose(1, 2, 0)
+            roi = img[:, y1 : y2 + 1, x1 : x2 + 1].transpose(1, 2, 0)
             patch = numpy.clip(numpy.rint(resize_image(roi, (size_h, size_w))), 0, 255).transpose(2, 0, 1)
             if flip:
                 patch = patch[:, :, ::-1]
             patch = patch.astype(dtype)
             if self.mean_image is not None:
                 r0, c0 = self.mean_off + pad_h, self.mean_off + pad_w
-                patch -= self.mean_image[:, r0:r0 + size_h, c0:c0 + size_w].astype(dtype)
+                patch -= self.mean_image[:, r0 : r0 + size_h, c0 : c0 + size_w].astype(dtype)
             elif self.mean_values is not None:
                 patch -= numpy.broadcast_to(self.mean_values.astype(dtype), (self.channels,))[:, None, None]
-            out[i, :, pad_h:pad_h + size_h, pad_w:pad_w + size_w] = patch * scale
+            out[i, :, pad_h : pad_h + size_h, pad_w : pad_w + size_w] = patch * scale
         top[0].data = backend.asarray(out, top[0].xp, dtype)
         labels = windows[:, self.LABEL].astype(top[1].dtype)
         top[1].data = backend.asarray(labels, top[1].xp, top[1].dtype)
@@ -553,6 +589,12 @@ class WindowDataLayer(Layer):
 
     def set_state(self, state: dict) -> None:
         if (state.get("fg_windows"), state.get("bg_windows")) != (len(self.fg), len(self.bg)):
-            log.warning("%s: the window file %s changed since the snapshot (windows fg/bg %s/%s, now %d/%d)",
-                        self.describe(), self.source, state.get("fg_windows"), state.get("bg_windows"),
-                        len(self.fg), len(self.bg))
+            log.warning(
+                "%s: the window file %s changed since the snapshot (windows fg/bg %s/%s, now %d/%d)",
+                self.describe(),
+                self.source,
+                state.get("fg_windows"),
+                state.get("bg_windows"),
+                len(self.fg),
+                len(self.bg),
+            )

@@ -1,4 +1,5 @@
 """HDF5 data layers: HDF5Data reads batches from HDF5 files, HDF5Output writes its bottoms to one."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ class HDF5DataLayer(Layer):
     def _load(self, file_index: int) -> None:
         path = self.files[file_index]
         if not os.path.exists(path):
-            raise self.error(f"HDF5 file not found: {path} (listed in {self.param.hdf5_data_param.source})",
-                             DataSourceError)
+            raise self.error(
+                f"HDF5 file not found: {path} (listed in {self.param.hdf5_data_param.source})", DataSourceError
+            )
         arrays = []
         try:
             with h5py.File(path, "r") as f:
@@ -104,7 +106,7 @@ class HDF5DataLayer(Layer):
             if self.row >= self.rows:
                 self._next_file()
             take = min(self.batch_size - filled, self.rows - self.row)
-            idx = self.perm[self.row: self.row + take]
+            idx = self.perm[self.row : self.row + take]
             for k, arr in enumerate(self.arrays):
                 pieces[k].append(arr[idx])
             self.row += take
@@ -116,8 +118,11 @@ class HDF5DataLayer(Layer):
     def get_state(self) -> dict:
         """Read position (and permutations), so a resumed run continues exactly."""
         return {
-            "file_order": self.file_order.tolist(), "file_pos": int(self.file_pos), "loaded": int(self.loaded),
-            "row": int(self.row), "perm": self.perm.tolist(),
+            "file_order": self.file_order.tolist(),
+            "file_pos": int(self.file_pos),
+            "loaded": int(self.loaded),
+            "row": int(self.row),
+            "perm": self.perm.tolist(),
         }
 
     def set_state(self, state: dict) -> None:
@@ -148,8 +153,9 @@ class HDF5OutputLayer(Layer):
 
     def reshape(self, bottom, top):
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
-            raise self.error(f"data and label need the same number of rows. Received: {bottom[0].shape} and "
-                             f"{bottom[1].shape}")
+            raise self.error(
+                f"data and label need the same number of rows. Received: {bottom[0].shape} and {bottom[1].shape}"
+            )
 
     def forward(self, bottom, top):
         mode = "a" if self.started else "w"
@@ -161,5 +167,5 @@ class HDF5OutputLayer(Layer):
                 else:
                     ds = f[name]
                     ds.resize(ds.shape[0] + arr.shape[0], axis=0)
-                    ds[-arr.shape[0]:] = arr
+                    ds[-arr.shape[0] :] = arr
         self.started = True

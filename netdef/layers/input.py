@@ -1,4 +1,5 @@
 """Layers whose tops the user or the definition fills: Input, DummyData and MemoryData."""
+
 from __future__ import annotations
 
 import numpy
@@ -94,8 +95,7 @@ class MemoryDataLayer(Layer):
         dims = (p.batch_size, p.channels, p.height, p.width)
         if min(dims) <= 0:
             raise self.error(
-                "memory_data_param needs positive batch_size, channels, height and width. "
-                f"Received: {dims}"
+                f"memory_data_param needs positive batch_size, channels, height and width. Received: {dims}"
             )
         self.shape = dims
         self.data = None
@@ -110,13 +110,15 @@ class MemoryDataLayer(Layer):
         labels = numpy.asarray(backend.to_numpy(labels), dtype=self.dtype).reshape(-1)
         n = self.shape[0]
         if data.shape[1:] != self.shape[1:]:
-            raise self.error(f"data arrays must have shape (N, {', '.join(map(str, self.shape[1:]))}). "
-                             f"Received: {data.shape}")
+            raise self.error(
+                f"data arrays must have shape (N, {', '.join(map(str, self.shape[1:]))}). Received: {data.shape}"
+            )
         if data.shape[0] != labels.shape[0]:
             raise self.error(f"data has {data.shape[0]} rows but labels has {labels.shape[0]}")
         if data.shape[0] == 0 or data.shape[0] % n:
-            raise self.error(f"the number of rows must be a positive multiple of batch_size {n}. "
-                             f"Received: {data.shape[0]}")
+            raise self.error(
+                f"the number of rows must be a positive multiple of batch_size {n}. Received: {data.shape[0]}"
+            )
         self.data, self.labels, self.pos = data, labels, 0
 
     def reshape(self, bottom, top):
@@ -126,7 +128,6 @@ class MemoryDataLayer(Layer):
         if self.data is None:
             raise self.error("no input arrays: call net.set_input_arrays(data, labels) before forward")
         n = self.shape[0]
-        top[0].data = backend.asarray(self.data[self.pos: self.pos + n], top[0].xp, top[0].dtype)
-        top[1].data = backend.asarray(self.labels[self.pos: self.pos + n].reshape(n, 1, 1, 1), top[1].xp,
-                                      top[1].dtype)
+        top[0].data = backend.asarray(self.data[self.pos : self.pos + n], top[0].xp, top[0].dtype)
+        top[1].data = backend.asarray(self.labels[self.pos : self.pos + n].reshape(n, 1, 1, 1), top[1].xp, top[1].dtype)
         self.pos = (self.pos + n) % self.data.shape[0]

@@ -498,5 +498,3 @@ class SPPLayer(Layer):
             dx = part if dx is None else dx + part
             start += size
         bottom[0].diff = dx
-
-

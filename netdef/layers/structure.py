@@ -5,6 +5,7 @@ Shape-only layers (Split, Flatten, Reshape) hand out views of their bottom's arr
 instead of copies, as Caffe shares the underlying memory; they re-take the view at
 every forward/backward because other layers may replace a blob's array.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,7 +121,7 @@ class FlattenLayer(Layer):
                 f"for bottom shape {bottom[0].shape}"
             )
         shape = bottom[0].shape
-        self.top_shape = shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
+        self.top_shape = shape[:start] + (math.prod(shape[start : end + 1]),) + shape[end + 1 :]
         top[0].reshape(self.top_shape)
         top[0].data = bottom[0].data.reshape(self.top_shape)
 
@@ -153,8 +154,7 @@ class ReshapeLayer(Layer):
         bad = [d for d in dims if d < -1]
         if bad or dims.count(-1) > 1:
             raise self.error(
-                f"reshape_param.shape may hold positive sizes, 0 (copy) and at most one -1 (infer). "
-                f"Received: {dims}"
+                f"reshape_param.shape may hold positive sizes, 0 (copy) and at most one -1 (infer). Received: {dims}"
             )
 
     def reshape(self, bottom: Blobs, top: Blobs) -> None:
@@ -261,7 +261,7 @@ class ConcatLayer(Layer):
                     ShapeMismatchError,
                 )
             total += b.shape[axis]
-        top[0].reshape(first[:axis] + (total,) + first[axis + 1:])
+        top[0].reshape(first[:axis] + (total,) + first[axis + 1 :])
         self.bounds = numpy.cumsum([0] + [b.shape[axis] for b in bottom]).tolist()
 
     def forward(self, bottom: Blobs, top: Blobs) -> None:
@@ -305,8 +305,7 @@ class SliceLayer(Layer):
         if points:
             if len(points) != len(top) - 1:
                 raise self.error(
-                    f"needs one slice_point fewer than tops ({len(top) - 1}). Received: {len(points)} points "
-                    f"{points}"
+                    f"needs one slice_point fewer than tops ({len(top) - 1}). Received: {len(points)} points {points}"
                 )
             if any(b <= a for a, b in zip([0] + points, points + [dim], strict=True)):
                 raise self.error(
@@ -324,7 +323,7 @@ class SliceLayer(Layer):
             bounds = [k * step for k in range(len(top) + 1)]
         self.bounds = bounds
         for k, t in enumerate(top):
-            t.reshape(shape[:axis] + (bounds[k + 1] - bounds[k],) + shape[axis + 1:])
+            t.reshape(shape[:axis] + (bounds[k + 1] - bounds[k],) + shape[axis + 1 :])
 
     def forward(self, bottom: Blobs, top: Blobs) -> None:
         x = bottom[0].data
@@ -376,7 +375,7 @@ class TileLayer(Layer):
         self.tiles = int(p.tiles)
         self.outer = math.prod(shape[:axis])
         self.inner = math.prod(shape[axis:])
-        top[0].reshape(shape[:axis] + (shape[axis] * self.tiles,) + shape[axis + 1:])
+        top[0].reshape(shape[:axis] + (shape[axis] * self.tiles,) + shape[axis + 1 :])
 
     def forward(self, bottom: Blobs, top: Blobs) -> None:
         x = bottom[0].data.reshape(self.outer, 1, self.inner)
@@ -541,9 +540,7 @@ class BatchReindexLayer(Layer):
 
     def reshape(self, bottom: Blobs, top: Blobs) -> None:
         if bottom[1].num_axes != 1:
-            raise self.error(
-                f"the index bottom must be 1-D. Received: shape {bottom[1].shape}", ShapeMismatchError
-            )
+            raise self.error(f"the index bottom must be 1-D. Received: shape {bottom[1].shape}", ShapeMismatchError)
         if bottom[0].num_axes < 1:
             raise self.error("the data bottom needs at least one axis. Received: a scalar", ShapeMismatchError)
         top[0].reshape(bottom[1].shape + bottom[0].shape[1:])

@@ -4,6 +4,7 @@ Text errors carry the file, line and column and suggest the closest valid field.
 Legacy definitions (V1 ``layers``, ``input``/``input_dim`` fields, ``solver_type``)
 are upgraded on load, with a log line, by :mod:`netdef.proto.upgrade`.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -7,6 +7,7 @@ V1 nets (``layers { type: CONVOLUTION blobs_lr: 1 ... }``), the net-level
 ``input``/``input_shape``/``input_dim`` fields (become an Input layer) and the
 solver's ``solver_type`` enum (becomes the ``type`` string).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,24 +20,60 @@ log = logging.getLogger("netdef")
 
 # V1 LayerType enum name -> layer type string
 _V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution",
-    "DATA": "Data", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss",
-    "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data",
-    "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
-    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
-    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DECONVOLUTION": "Deconvolution",
+    "DATA": "Data",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
 }
 
 _SOLVER_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 # V1 fields copied verbatim (same name and message type in LayerParameter)
 _V1_SAME = [
-    "bottom", "top", "name", "blobs", "include", "exclude", "loss_weight", "transform_param", "loss_param",
+    "bottom",
+    "top",
+    "name",
+    "blobs",
+    "include",
+    "exclude",
+    "loss_weight",
+    "transform_param",
+    "loss_param",
 ]
 
 
@@ -146,7 +183,7 @@ def upgrade_input_fields(param, where: str) -> None:
                 f"{4 * len(param.input)} values). Received: {len(param.input_dim)} values"
             )
         dims = list(param.input_dim)
-        shapes = [pb.BlobShape(dim=dims[4 * i: 4 * i + 4]) for i in range(len(param.input))]
+        shapes = [pb.BlobShape(dim=dims[4 * i : 4 * i + 4]) for i in range(len(param.input))]
     if len(shapes) != len(param.input):
         raise NetdefError(
             f"{where}: {len(param.input)} input(s) but {len(shapes)} input_shape(s); give one shape per input"
@@ -172,8 +209,12 @@ def upgrade_net(param, where: str = "<net>", hint: bool = True):
     if net_needs_v0_upgrade(param):
         problems = upgrade_v0_net(param, where)
         if problems:
-            log.warning("%s: upgraded V0 layer definitions (layers { layer { ... } }) with %d problem(s) (see "
-                        "above); continuing anyway", where, len(problems))
+            log.warning(
+                "%s: upgraded V0 layer definitions (layers { layer { ... } }) with %d problem(s) (see "
+                "above); continuing anyway",
+                where,
+                len(problems),
+            )
         else:
             log.info("%s: upgraded V0 layer definitions (layers { layer { ... } })", where)
     if net_needs_data_upgrade(param):
@@ -198,10 +239,10 @@ def upgrade_solver(param, where: str = "<solver>"):
         new = _SOLVER_TYPES[param.solver_type]
         if param.HasField("type") and param.type != new:
             raise NetdefError(
-                f'{where}: solver_type {pb.SolverParameter.SolverType.Name(param.solver_type)} conflicts with '
+                f"{where}: solver_type {pb.SolverParameter.SolverType.Name(param.solver_type)} conflicts with "
                 f'type "{param.type}"; keep only type'
             )
         param.type = new
         param.ClearField("solver_type")
-        log.info("%s: upgraded solver_type to type: \"%s\"", where, new)
+        log.info('%s: upgraded solver_type to type: "%s"', where, new)
     return param

@@ -9,6 +9,7 @@ every V0 layer into a V1 layer (``layers { type: CONVOLUTION convolution_param
 current ``layer { type: "Convolution" }`` form. Settings that do not apply to a
 layer's type are dropped and reported, as Caffe does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,22 +21,44 @@ log = logging.getLogger("netdef")
 
 # V0 type string -> V1 LayerType enum name
 V0_TYPES = {
-    "accuracy": "ACCURACY", "bnll": "BNLL", "concat": "CONCAT", "conv": "CONVOLUTION", "data": "DATA",
-    "dropout": "DROPOUT", "euclidean_loss": "EUCLIDEAN_LOSS", "flatten": "FLATTEN", "hdf5_data": "HDF5_DATA",
-    "hdf5_output": "HDF5_OUTPUT", "im2col": "IM2COL", "images": "IMAGE_DATA", "infogain_loss": "INFOGAIN_LOSS",
-    "innerproduct": "INNER_PRODUCT", "lrn": "LRN", "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS",
-    "pool": "POOLING", "relu": "RELU", "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS",
-    "split": "SPLIT", "tanh": "TANH", "window_data": "WINDOW_DATA",
+    "accuracy": "ACCURACY",
+    "bnll": "BNLL",
+    "concat": "CONCAT",
+    "conv": "CONVOLUTION",
+    "data": "DATA",
+    "dropout": "DROPOUT",
+    "euclidean_loss": "EUCLIDEAN_LOSS",
+    "flatten": "FLATTEN",
+    "hdf5_data": "HDF5_DATA",
+    "hdf5_output": "HDF5_OUTPUT",
+    "im2col": "IM2COL",
+    "images": "IMAGE_DATA",
+    "infogain_loss": "INFOGAIN_LOSS",
+    "innerproduct": "INNER_PRODUCT",
+    "lrn": "LRN",
+    "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS",
+    "pool": "POOLING",
+    "relu": "RELU",
+    "sigmoid": "SIGMOID",
+    "softmax": "SOFTMAX",
+    "softmax_loss": "SOFTMAX_LOSS",
+    "split": "SPLIT",
+    "tanh": "TANH",
+    "window_data": "WINDOW_DATA",
 }
 
 # V0 field -> {V0 type: (V1 parameter message field, field inside it)}; the fields a type accepts.
 _FIELD_MAP: dict[str, dict[str, tuple[str, str]]] = {
     "num_output": {"conv": ("convolution_param", "num_output"), "innerproduct": ("inner_product_param", "num_output")},
     "biasterm": {"conv": ("convolution_param", "bias_term"), "innerproduct": ("inner_product_param", "bias_term")},
-    "weight_filler": {"conv": ("convolution_param", "weight_filler"),
-                      "innerproduct": ("inner_product_param", "weight_filler")},
-    "bias_filler": {"conv": ("convolution_param", "bias_filler"),
-                    "innerproduct": ("inner_product_param", "bias_filler")},
+    "weight_filler": {
+        "conv": ("convolution_param", "weight_filler"),
+        "innerproduct": ("inner_product_param", "weight_filler"),
+    },
+    "bias_filler": {
+        "conv": ("convolution_param", "bias_filler"),
+        "innerproduct": ("inner_product_param", "bias_filler"),
+    },
     "pad": {"conv": ("convolution_param", "pad"), "pool": ("pooling_param", "pad")},
     "kernelsize": {"conv": ("convolution_param", "kernel_size"), "pool": ("pooling_param", "kernel_size")},
     "group": {"conv": ("convolution_param", "group")},
@@ -46,11 +69,19 @@ _FIELD_MAP: dict[str, dict[str, tuple[str, str]]] = {
     "alpha": {"lrn": ("lrn_param", "alpha")},
     "beta": {"lrn": ("lrn_param", "beta")},
     "k": {"lrn": ("lrn_param", "k")},
-    "source": {"data": ("data_param", "source"), "hdf5_data": ("hdf5_data_param", "source"),
-               "images": ("image_data_param", "source"), "window_data": ("window_data_param", "source"),
-               "infogain_loss": ("infogain_loss_param", "source")},
-    "batchsize": {"data": ("data_param", "batch_size"), "hdf5_data": ("hdf5_data_param", "batch_size"),
-                  "images": ("image_data_param", "batch_size"), "window_data": ("window_data_param", "batch_size")},
+    "source": {
+        "data": ("data_param", "source"),
+        "hdf5_data": ("hdf5_data_param", "source"),
+        "images": ("image_data_param", "source"),
+        "window_data": ("window_data_param", "source"),
+        "infogain_loss": ("infogain_loss_param", "source"),
+    },
+    "batchsize": {
+        "data": ("data_param", "batch_size"),
+        "hdf5_data": ("hdf5_data_param", "batch_size"),
+        "images": ("image_data_param", "batch_size"),
+        "window_data": ("window_data_param", "batch_size"),
+    },
     "rand_skip": {"data": ("data_param", "rand_skip"), "images": ("image_data_param", "rand_skip")},
     "shuffle_images": {"images": ("image_data_param", "shuffle")},
     "new_height": {"images": ("image_data_param", "new_height")},

@@ -4,6 +4,7 @@
 pycaffe's ``caffe.get_solver``; the classes can also be built directly
 (``netdef.SGDSolver("solver.prototxt")``), which ignores ``type:`` as pycaffe does.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,7 @@ from .solver import Solver, load_solver_parameter
 
 #: solver classes by the ``type:`` string Caffe registers them under
 SOLVER_TYPES: dict[str, type[Solver]] = {
-    cls.type_name: cls
-    for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver)
+    cls.type_name: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver)
 }
 
 
@@ -29,8 +29,11 @@ def solver_class(type_name: str) -> type[Solver]:
         pass
     known = list(SOLVER_TYPES)
     by_case = {k.lower(): k for k in known}
-    hint = f' Did you mean "{by_case[type_name.lower()]}"?' if type_name.lower() in by_case else did_you_mean(
-        type_name, known)
+    hint = (
+        f' Did you mean "{by_case[type_name.lower()]}"?'
+        if type_name.lower() in by_case
+        else did_you_mean(type_name, known)
+    )
     raise SolverError(f'Unknown solver type "{type_name}".{hint} Known types: {", ".join(known)}')
 
 
@@ -50,7 +53,20 @@ def get_solver(solver, net: str | os.PathLike | None = None, *, source: str | No
 
 
 __all__ = [
-    "LR_POLICIES", "SOLVER_TYPES", "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver",
-    "RMSPropSolver", "SGDSolver", "SignalHandler", "Solver", "SolverAction", "get_solver", "handle_signals",
-    "learning_rate", "load_solver_parameter", "solver_class",
+    "LR_POLICIES",
+    "SOLVER_TYPES",
+    "AdaDeltaSolver",
+    "AdaGradSolver",
+    "AdamSolver",
+    "NesterovSolver",
+    "RMSPropSolver",
+    "SGDSolver",
+    "SignalHandler",
+    "Solver",
+    "SolverAction",
+    "get_solver",
+    "handle_signals",
+    "learning_rate",
+    "load_solver_parameter",
+    "solver_class",
 ]

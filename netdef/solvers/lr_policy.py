@@ -5,6 +5,7 @@ policies in a mix of float and double arithmetic; the arithmetic below follows
 the same precision at each step so that the rates match Caffe's to the last bit
 in the common cases.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,9 +87,7 @@ def learning_rate(param, iteration: int, current_step: int = 0) -> tuple[float, 
             rate = base_lr * (_f32(1) / (_f32(1) + z))
         else:
             shown = f'"{policy}"' if policy else "(not set)"
-            raise SolverError(
-                f"Unknown lr_policy {shown}.{_suggest(policy)} Valid: {', '.join(LR_POLICIES)}"
-            )
+            raise SolverError(f"Unknown lr_policy {shown}.{_suggest(policy)} Valid: {', '.join(LR_POLICIES)}")
     return float(_f32(rate)), int(current_step)
 
 

@@ -11,6 +11,7 @@ hyper-parameters rounded to that dtype first, as Caffe computes in ``Dtype``.
 Every array is updated in place so parameter sharing (which may alias arrays)
 keeps working, on NumPy and CuPy alike.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,12 @@ class SGDSolver(Solver):
         norm = math.sqrt(sumsq)
         if norm > clip:
             scale = clip / norm
-            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
-                     format_g(norm), format_g(clip), format_g(scale))
+            log.info(
+                "Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
+                format_g(norm),
+                format_g(clip),
+                format_g(scale),
+            )
             for blob in self.net.learnable_params:
                 blob.diff *= blob.diff.dtype.type(scale)
 

@@ -15,6 +15,7 @@ per test batch), so a signal never interrupts an update half way. A second
 SIGINT that arrives before the solver has picked up the first one (a stuck
 iteration) raises ``KeyboardInterrupt`` as Python normally would.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,9 @@ class SignalHandler:
             platform has no SIGHUP).
     """
 
-    def __init__(self, sigint: str | SolverAction = SolverAction.STOP,
-                 sighup: str | SolverAction = SolverAction.SNAPSHOT):
+    def __init__(
+        self, sigint: str | SolverAction = SolverAction.STOP, sighup: str | SolverAction = SolverAction.SNAPSHOT
+    ):
         self.sigint_action = parse_action(sigint)
         self.sighup_action = parse_action(sighup)
         self._got_sigint = 0
@@ -76,8 +78,9 @@ class SignalHandler:
     def install(self) -> None:
         """Install the handlers (main thread only; elsewhere signals stay as they are, with a warning)."""
         if threading.current_thread() is not threading.main_thread():
-            log.warning("Signal handlers can only be installed from the main thread; SIGINT/SIGHUP keep their "
-                        "default behaviour")
+            log.warning(
+                "Signal handlers can only be installed from the main thread; SIGINT/SIGHUP keep their default behaviour"
+            )
             return
         self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         if hasattr(signal, "SIGHUP"):
@@ -111,8 +114,9 @@ class SignalHandler:
 
 
 @contextlib.contextmanager
-def handle_signals(solver=None, sigint: str | SolverAction = SolverAction.STOP,
-                   sighup: str | SolverAction = SolverAction.SNAPSHOT) -> Iterator[SignalHandler]:
+def handle_signals(
+    solver=None, sigint: str | SolverAction = SolverAction.STOP, sighup: str | SolverAction = SolverAction.SNAPSHOT
+) -> Iterator[SignalHandler]:
     """Map SIGINT/SIGHUP to solver actions for the duration of the block.
 
     Args:

@@ -11,6 +11,7 @@ The :class:`~netdef.solvers.solver.Solver` calls :func:`check_prefix`, :func:`sa
 and :func:`restore`; its ``snapshot()``, ``restore()`` and ``snapshot_filename()``
 methods delegate here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,8 +87,11 @@ def save(solver: Snapshottable) -> str | None:
     # Renaming over a file ignores its own permissions; keep the protection a plain open() would give.
     protected = [f for f in (model, state_path, sidecar) if _read_only(f)]
     if protected:
-        log.warning("Snapshot at iteration %d skipped: %s is read-only and netdef does not replace "
-                    "read-only files", solver.iter, protected[0])
+        log.warning(
+            "Snapshot at iteration %d skipped: %s is read-only and netdef does not replace read-only files",
+            solver.iter,
+            protected[0],
+        )
         return None
     kind = "HDF5" if hdf5 else "binary proto"
     history = [backend.to_numpy(h) for h in solver.history]
@@ -180,12 +184,15 @@ def restore(solver: Snapshottable, state_file: str) -> None:
 def _restore_sidecar(solver: Snapshottable, state_file: str, state: solverstate.SolverStateData) -> None:
     extras = solverstate.read_sidecar(state_file)
     if extras is None:
-        log.info("%s has no netdef resume sidecar (a Caffe snapshot?): data layers start from their "
-                 "beginning", state_file)
+        log.info(
+            "%s has no netdef resume sidecar (a Caffe snapshot?): data layers start from their beginning", state_file
+        )
         return
     if extras.get("fingerprint") != fingerprint(state.iter, state.current_step, state.history):
-        log.warning("Ignoring %s: it does not belong to this solver state (written by another snapshot)",
-                    solverstate.sidecar_path(state_file))
+        log.warning(
+            "Ignoring %s: it does not belong to this solver state (written by another snapshot)",
+            solverstate.sidecar_path(state_file),
+        )
         return
     if extras.get("rng") is not None:
         solver.rng.restore(extras["rng"])
@@ -203,6 +210,14 @@ def _read_only(path: str) -> bool:
 
 
 __all__ = [
-    "Snapshottable", "apply_data_states", "check_prefix", "data_states", "fingerprint", "resolve_learned_net",
-    "restore", "resume_extras", "save", "snapshot_filename",
+    "Snapshottable",
+    "apply_data_states",
+    "check_prefix",
+    "data_states",
+    "fingerprint",
+    "resolve_learned_net",
+    "restore",
+    "resume_extras",
+    "save",
+    "snapshot_filename",
 ]

@@ -8,6 +8,7 @@ are :mod:`.snapshot`'s business), and leaves the update rule (``apply_update``) 
 its subclasses in :mod:`.sgd_solvers`. Log lines use Caffe's wording on the
 ``netdef`` logger.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ log = logging.getLogger("netdef")
 _TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
-def load_solver_parameter(solver, net: str | None = None, *,
-                          source: str | None = None) -> tuple[pb.SolverParameter, str | None]:
+def load_solver_parameter(
+    solver, net: str | None = None, *, source: str | None = None
+) -> tuple[pb.SolverParameter, str | None]:
     """The SolverParameter to run, and the file it came from (None for a message).
 
     A file is read and upgraded (legacy ``solver_type``); as Caffe does for solver
@@ -113,8 +115,7 @@ class Solver:
         self.param = param
         self.source = source
         if param.HasField("type") and self.type_name and param.type != self.type_name:
-            log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type,
-                        self.type_name)
+            log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type, self.type_name)
         if log.isEnabledFor(logging.INFO):
             log.info("Initializing solver from parameters:\n%s", to_text(param))
         self._check_common()
@@ -171,8 +172,10 @@ class Solver:
             )
         if len(given) > 1:
             raise SolverError(
-                "The solver definition names more than one train net: " + ", ".join(given)
-                + ". Use only one of " + ", ".join(_TRAIN_NET_FIELDS)
+                "The solver definition names more than one train net: "
+                + ", ".join(given)
+                + ". Use only one of "
+                + ", ".join(_TRAIN_NET_FIELDS)
             )
         which = given[0]
         if which in ("net_param", "train_net_param"):
@@ -252,8 +255,9 @@ class Solver:
                     net.copy_from(path)
 
     # --- callbacks and actions --------------------------------------------------------------
-    def add_callback(self, on_start: Callable[[], None] | None = None,
-                     on_gradients_ready: Callable[[], None] | None = None) -> None:
+    def add_callback(
+        self, on_start: Callable[[], None] | None = None, on_gradients_ready: Callable[[], None] | None = None
+    ) -> None:
         """Call ``on_start()`` before each iteration's passes and ``on_gradients_ready()`` before its update.
 
         An object with ``on_start``/``on_gradients_ready`` methods may be passed as
@@ -322,8 +326,14 @@ class Solver:
                 now = time.perf_counter()
                 lapse = now - timer
                 per_s = (self.iter - iterations_last) / (lapse if lapse else 1)
-                log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, format_g(per_s),
-                         format_g(lapse), p.display, format_g(self.smoothed_loss))
+                log.info(
+                    "Iteration %d (%s iter/s, %ss/%d iters), loss = %s",
+                    self.iter,
+                    format_g(per_s),
+                    format_g(lapse),
+                    p.display,
+                    format_g(self.smoothed_loss),
+                )
                 timer = now
                 iterations_last = self.iter
                 outputs = ((name, backend.to_numpy(self.net.blobs[name].data)) for name in self.net.outputs)
@@ -445,8 +455,9 @@ class Solver:
     # --- snapshots (see .snapshot) ---------------------------------------------------------------
     def snapshot_filename(self, extension: str, iteration: int | None = None) -> str:
         """``<snapshot_prefix>_iter_<N><extension>`` (Caffe's SnapshotFilename); N is ``iter`` unless given."""
-        return _snapshot.snapshot_filename(self.param.snapshot_prefix, self.iter if iteration is None else iteration,
-                                           extension)
+        return _snapshot.snapshot_filename(
+            self.param.snapshot_prefix, self.iter if iteration is None else iteration, extension
+        )
 
     def snapshot(self) -> str | None:
         """Write the weights and the solver state for the current iteration; returns the state file's path.
@@ -470,4 +481,3 @@ class Solver:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} iter={self.iter} net={self.net.name!r}>"
-

@@ -1,4 +1,5 @@
 """Helpers for testing layers: building one layer alone, running it, and checking its gradients."""
+
 from .gradient_check import GradientCheckError, check_gpu_matches_cpu, check_gradient
 from .runners import (
     check_empty_batch,
@@ -14,7 +15,17 @@ from .runners import (
 )
 
 __all__ = [
-    "GradientCheckError", "check_empty_batch", "check_gpu_matches_cpu", "check_gradient", "check_layer_error",
-    "enable_param_gradients", "forward_layer", "make_blobs", "make_layer", "make_net", "rand", "run_backward",
+    "GradientCheckError",
+    "check_empty_batch",
+    "check_gpu_matches_cpu",
+    "check_gradient",
+    "check_layer_error",
+    "enable_param_gradients",
+    "forward_layer",
+    "make_blobs",
+    "make_layer",
+    "make_net",
+    "rand",
+    "run_backward",
     "run_layer",
 ]

@@ -5,6 +5,7 @@ The checked objective is a fixed random projection of every top,
 ``top_k.diff = R_k``; the numeric one uses central differences in float64.
 An element passes when ``|analytic - numeric| <= tol * max(|analytic|, |numeric|, 1)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,10 +21,20 @@ class GradientCheckError(AssertionError):
     """Analytic and numeric gradients disagree."""
 
 
-def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | None = None,
-                   check_params: bool = True, num_top: int | None = None, step: float = 1e-5,
-                   tol: float = 1e-4, kink: float | None = None, kink_range: float = 1e-3,
-                   seed: int = 1701, top_index: int | None = None) -> dict:
+def check_gradient(
+    layer,
+    bottoms: Sequence,
+    *,
+    check_bottoms: Sequence[int] | None = None,
+    check_params: bool = True,
+    num_top: int | None = None,
+    step: float = 1e-5,
+    tol: float = 1e-4,
+    kink: float | None = None,
+    kink_range: float = 1e-3,
+    seed: int = 1701,
+    top_index: int | None = None,
+) -> dict:
     """Compare analytic and numeric gradients of ``layer`` (built with float64) on ``bottoms``.
 
     The layer's random streams are checkpointed once and restored before every
@@ -98,9 +109,17 @@ def check_gradient(layer, bottoms: Sequence, *, check_bottoms: Sequence[int] | N
     return {"checked": checked, "max_error": worst}
 
 
-def check_gpu_matches_cpu(definition, bottoms: Sequence, *, rtol: float = 1e-10, atol: float = 1e-12,
-                          phase: int = pb.TRAIN, other_xp=None, num_top: int | None = None,
-                          propagate_down: Sequence[bool] | None = None) -> None:
+def check_gpu_matches_cpu(
+    definition,
+    bottoms: Sequence,
+    *,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    phase: int = pb.TRAIN,
+    other_xp=None,
+    num_top: int | None = None,
+    propagate_down: Sequence[bool] | None = None,
+) -> None:
     """Run one layer forward and backward on NumPy and on CuPy (float64) and compare every result.
 
     Compared: tops, bottom diffs, parameter values (forward may update them, e.g.

@@ -3,6 +3,7 @@
 The folder is looked up in ``$NETDEF_PARITY_DIR``, then ``../shared/parity``
 beside the repository. Tests skip cleanly when it is absent.
 """
+
 from __future__ import annotations
 
 import contextlib

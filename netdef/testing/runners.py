@@ -1,4 +1,5 @@
 """Running one layer alone, as the tests do: build it, feed it arrays, run forward and backward."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,8 +60,16 @@ def run_layer(layer, bottoms: Sequence, num_top: int | None = None, xp=None, par
     return bottom, top
 
 
-def forward_layer(definition, bottoms: Sequence, params: Sequence | None = None, num_top: int | None = None, *,
-                  phase: int = pb.TRAIN, dtype=numpy.float64, xp=None):
+def forward_layer(
+    definition,
+    bottoms: Sequence,
+    params: Sequence | None = None,
+    num_top: int | None = None,
+    *,
+    phase: int = pb.TRAIN,
+    dtype=numpy.float64,
+    xp=None,
+):
     """:func:`make_layer` from ``definition``, then :func:`run_layer`; returns (layer, bottom blobs, top blobs)."""
     layer = make_layer(definition, phase=phase, dtype=dtype, xp=xp)
     bottom, top = run_layer(layer, bottoms, num_top, params=params)
@@ -72,8 +81,13 @@ def enable_param_gradients(layer) -> None:
     layer.param_propagate_down = [True] * len(layer.blobs)
 
 
-def run_backward(layer, bottom: Sequence[Blob], top: Sequence[Blob], top_diffs: Sequence | None = None,
-                 propagate_down: Sequence[bool] | None = None) -> list:
+def run_backward(
+    layer,
+    bottom: Sequence[Blob],
+    top: Sequence[Blob],
+    top_diffs: Sequence | None = None,
+    propagate_down: Sequence[bool] | None = None,
+) -> list:
     """One backward pass of a layer that has run forward; returns the bottom diffs.
 
     Args:
@@ -96,12 +110,15 @@ def check_empty_batch(definition, shape: Sequence[int]) -> None:
     layer, bottom, top = forward_layer(definition, [numpy.zeros(shape)])
     run_backward(layer, bottom, top, [numpy.zeros(top[0].shape)])
     if top[0].shape[:1] != (0,) or bottom[0].diff.shape != tuple(shape):
-        raise AssertionError(f"{layer.type_name}: an empty batch gave top {top[0].shape} and bottom diff "
-                             f"{bottom[0].diff.shape}; expected a top of 0 samples and a diff of {tuple(shape)}")
+        raise AssertionError(
+            f"{layer.type_name}: an empty batch gave top {top[0].shape} and bottom diff "
+            f"{bottom[0].diff.shape}; expected a top of 0 samples and a diff of {tuple(shape)}"
+        )
 
 
-def check_layer_error(definition, bottoms: Sequence, error: type[Exception], needle: str,
-                      num_top: int | None = None) -> Exception:
+def check_layer_error(
+    definition, bottoms: Sequence, error: type[Exception], needle: str, num_top: int | None = None
+) -> Exception:
     """Setting up and running ``definition`` (text, a LayerParameter or a Layer) on ``bottoms`` raises
     ``error`` with a message that names the layer and contains ``needle``; returns the error."""
     layer = definition if isinstance(definition, Layer) else make_layer(definition)
@@ -110,7 +127,8 @@ def check_layer_error(definition, bottoms: Sequence, error: type[Exception], nee
     except error as err:
         message = str(err)
         if needle not in message or layer.describe() not in message:
-            raise AssertionError(f"{error.__name__} {message!r} does not name {layer.describe()!r} "
-                                 f"and contain {needle!r}") from err
+            raise AssertionError(
+                f"{error.__name__} {message!r} does not name {layer.describe()!r} and contain {needle!r}"
+            ) from err
         return err
     raise AssertionError(f"{layer.describe()}: no {error.__name__} was raised")

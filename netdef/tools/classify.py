@@ -10,6 +10,7 @@ For each image it prints::
     ---------- Prediction for cat.png ----------
     0.8123 - "n02123045 tabby, tabby cat"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,7 @@ def load_labels(path: str, count: int) -> list[str]:
         labels.pop()
     if len(labels) != count:
         raise ShapeMismatchError(
-            f"{path} has {len(labels)} labels but the output has {count} classes; give one label per line "
-            "per class"
+            f"{path} has {len(labels)} labels but the output has {count} classes; give one label per line per class"
         )
     return labels
 
@@ -80,8 +80,15 @@ def _output_blob(net, requested: str | None) -> str:
     )
 
 
-def make_transformer(shape, name: str, *, channel_swap: str | None = None, raw_scale: float | None = None,
-                     mean: str | None = None, input_scale: float | None = None) -> Transformer:
+def make_transformer(
+    shape,
+    name: str,
+    *,
+    channel_swap: str | None = None,
+    raw_scale: float | None = None,
+    mean: str | None = None,
+    input_scale: float | None = None,
+) -> Transformer:
     """The Transformer the command-line options describe, for input ``name`` of ``shape``.
 
     ``channel_swap`` is a comma-separated order such as ``"2,1,0"``, or ``"none"`` to
@@ -110,7 +117,7 @@ def classify(net, images: list[numpy.ndarray], transformer, input_name: str, out
     batch = max(1, shape[0])
     rows = []
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         data = numpy.stack([transformer.preprocess(input_name, im) for im in chunk])
         if net.blobs[input_name].shape != data.shape:
             net.blobs[input_name].reshape(data.shape)
@@ -145,10 +152,21 @@ def _image_input(net: Net, model: str, requested: str | None) -> str:
     return input_name
 
 
-def classify_files(model: str, weights: str, images: list[str], *, labels: str | None = None, top: int = 5,
-                   mean: str | None = None, channel_swap: str | None = None, raw_scale: float | None = 255.0,
-                   input_scale: float | None = None, input_name: str | None = None, output: str | None = None,
-                   gpu: str | None = None) -> list[list[tuple[float, str]]]:
+def classify_files(
+    model: str,
+    weights: str,
+    images: list[str],
+    *,
+    labels: str | None = None,
+    top: int = 5,
+    mean: str | None = None,
+    channel_swap: str | None = None,
+    raw_scale: float | None = 255.0,
+    input_scale: float | None = None,
+    input_name: str | None = None,
+    output: str | None = None,
+    gpu: str | None = None,
+) -> list[list[tuple[float, str]]]:
     """The ``top`` most likely classes of each image file, as (score, label) pairs, most likely first.
 
     Args:
@@ -168,13 +186,20 @@ def classify_files(model: str, weights: str, images: list[str], *, labels: str |
     net = Net(model, TEST, weights=weights)
     input_name = _image_input(net, model, input_name)
     shape = net.blobs[input_name].shape
-    transformer = make_transformer(shape, input_name, channel_swap=channel_swap, raw_scale=raw_scale, mean=mean,
-                                   input_scale=input_scale)
+    transformer = make_transformer(
+        shape, input_name, channel_swap=channel_swap, raw_scale=raw_scale, mean=mean, input_scale=input_scale
+    )
     output = _output_blob(net, output)
     log.info("Classifying %d image(s) with input %s %s and output %s", len(images), input_name, shape, output)
-    log.info("Preprocessing: resize to %dx%d, channel swap %s, raw scale %s, mean %s, input scale %s", shape[2],
-             shape[3], transformer.channel_swap.get(input_name, "none"), transformer.raw_scale.get(input_name, 1),
-             mean or "none", transformer.input_scale.get(input_name, 1))
+    log.info(
+        "Preprocessing: resize to %dx%d, channel swap %s, raw scale %s, mean %s, input scale %s",
+        shape[2],
+        shape[3],
+        transformer.channel_swap.get(input_name, "none"),
+        transformer.raw_scale.get(input_name, 1),
+        mean or "none",
+        transformer.input_scale.get(input_name, 1),
+    )
     arrays = [load_image(path, color=shape[1] != 1) for path in images]
     scores = classify(net, arrays, transformer, input_name, output)
     names = load_labels(labels, scores.shape[1]) if labels else [str(i) for i in range(scores.shape[1])]
@@ -184,9 +209,18 @@ def classify_files(model: str, weights: str, images: list[str], *, labels: str |
 def cmd_classify(args: argparse.Namespace) -> int:
     """Run ``netdef classify`` from parsed arguments; prints each image's top classes."""
     predictions = classify_files(
-        args.model, args.weights, args.images, labels=args.labels, top=args.top_k, mean=args.mean,
-        channel_swap=args.channel_swap, raw_scale=args.raw_scale, input_scale=args.input_scale,
-        input_name=args.input, output=args.output, gpu=args.gpu,
+        args.model,
+        args.weights,
+        args.images,
+        labels=args.labels,
+        top=args.top_k,
+        mean=args.mean,
+        channel_swap=args.channel_swap,
+        raw_scale=args.raw_scale,
+        input_scale=args.input_scale,
+        input_name=args.input,
+        output=args.output,
+        gpu=args.gpu,
     )
     for path, classes in zip(args.images, predictions, strict=True):
         print(f"---------- Prediction for {path} ----------")
@@ -208,20 +242,52 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.png, .jpg, ... or .npy)")
-    p.add_argument("--model", "-model", "--model_def", dest="model", required=True,
-                   help="deploy net definition (with an Input layer)")
-    p.add_argument("--weights", "-weights", "--pretrained_model", dest="weights", required=True,
-                   help="trained weights (.caffemodel or .h5)")
-    p.add_argument("--mean", "-mean", "--mean_file", dest="mean",
-                   help="mean to subtract: .binaryproto or .npy file, or per-channel values such as 104,117,123")
+    p.add_argument(
+        "--model",
+        "-model",
+        "--model_def",
+        dest="model",
+        required=True,
+        help="deploy net definition (with an Input layer)",
+    )
+    p.add_argument(
+        "--weights",
+        "-weights",
+        "--pretrained_model",
+        dest="weights",
+        required=True,
+        help="trained weights (.caffemodel or .h5)",
+    )
+    p.add_argument(
+        "--mean",
+        "-mean",
+        "--mean_file",
+        dest="mean",
+        help="mean to subtract: .binaryproto or .npy file, or per-channel values such as 104,117,123",
+    )
     p.add_argument("--labels", "-labels", help="class names, one per line (e.g. synset_words.txt)")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes to print (default 5)")
-    p.add_argument("--channel-swap", "--channel_swap", dest="channel_swap",
-                   help="channel order after loading as RGB (default 2,1,0 for 3-channel inputs; 'none' keeps RGB)")
-    p.add_argument("--raw-scale", "--raw_scale", dest="raw_scale", type=float, default=255.0,
-                   help="multiply the [0, 1] image by this before subtracting the mean (default 255)")
-    p.add_argument("--input-scale", "--input_scale", dest="input_scale", type=float,
-                   help="multiply by this after subtracting the mean")
+    p.add_argument(
+        "--channel-swap",
+        "--channel_swap",
+        dest="channel_swap",
+        help="channel order after loading as RGB (default 2,1,0 for 3-channel inputs; 'none' keeps RGB)",
+    )
+    p.add_argument(
+        "--raw-scale",
+        "--raw_scale",
+        dest="raw_scale",
+        type=float,
+        default=255.0,
+        help="multiply the [0, 1] image by this before subtracting the mean (default 255)",
+    )
+    p.add_argument(
+        "--input-scale",
+        "--input_scale",
+        dest="input_scale",
+        type=float,
+        help="multiply by this after subtracting the mean",
+    )
     p.add_argument("--input", help="input blob to feed (default: the net's first input)")
     p.add_argument("--output", help="blob holding the class scores (default: the net's only output, or 'prob')")
     add_gpu_argument(p)
@@ -230,6 +296,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 __all__ = [
-    "add_parser", "classify", "classify_files", "cmd_classify", "load_labels", "load_mean", "make_transformer",
+    "add_parser",
+    "classify",
+    "classify_files",
+    "cmd_classify",
+    "load_labels",
+    "load_mean",
+    "make_transformer",
     "top_k",
 ]

@@ -1,4 +1,5 @@
 """What the commands share: choosing the device, the net options, and opening a net from them."""
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def add_net_arguments(parser: argparse.ArgumentParser, model: bool = True) -> No
     add_gpu_argument(parser)
     if model:
         parser.add_argument("--model", "-model", help="net definition file (.prototxt, .yaml, .json)")
-    parser.add_argument("--weights", "-weights",
-                        help="weights (.caffemodel or .h5) to start from; train accepts a comma-separated list")
+    parser.add_argument(
+        "--weights", "-weights", help="weights (.caffemodel or .h5) to start from; train accepts a comma-separated list"
+    )
     parser.add_argument("--level", "-level", type=int, default=0, help="net state level for include/exclude rules")
     parser.add_argument("--stage", "-stage", help="comma-separated net state stages for include/exclude rules")
 
@@ -67,8 +69,7 @@ def split_stages(stage: str | None) -> list[str]:
     return [s for s in (stage or "").split(",") if s]
 
 
-def open_net(model: str, phase: int, weights: str | None = None, level: int = 0,
-             stages: Sequence[str] = ()) -> Net:
+def open_net(model: str, phase: int, weights: str | None = None, level: int = 0, stages: Sequence[str] = ()) -> Net:
     """The net ``model`` defines, in ``phase`` with the given state, with ``weights`` loaded when given."""
     return Net(model, phase, weights=weights, level=level, stages=list(stages))
 

@@ -6,6 +6,7 @@ As one Python call::
     means = score("models/digits/train_val.prototxt", "digits_iter_1000.caffemodel", iterations=3)
     # {"accuracy": 0.980556, "loss": 0.0699628}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,15 @@ def _labelled(name: str, values: numpy.ndarray):
         yield (name if values.size == 1 else f"{name}[{k}]"), v
 
 
-def score(model: str, weights: str | None = None, *, iterations: int = 50, gpu: str | None = None,
-          level: int = 0, stages: Sequence[str] = ()) -> dict[str, float]:
+def score(
+    model: str,
+    weights: str | None = None,
+    *,
+    iterations: int = 50,
+    gpu: str | None = None,
+    level: int = 0,
+    stages: Sequence[str] = (),
+) -> dict[str, float]:
     """Run ``iterations`` TEST-phase forward passes; the mean of every output value.
 
     Each batch's values, the mean loss and the means (with their loss weights) are
@@ -72,8 +80,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     """Run ``netdef test`` from parsed arguments; prints ``name = mean`` for each output value."""
     if not args.model:
         raise NetdefError("test needs --model NET.prototxt (and usually --weights MODEL.caffemodel)")
-    means = score(args.model, args.weights, iterations=args.iterations, gpu=args.gpu, level=args.level,
-                  stages=split_stages(args.stage))
+    means = score(
+        args.model,
+        args.weights,
+        iterations=args.iterations,
+        gpu=args.gpu,
+        level=args.level,
+        stages=split_stages(args.stage),
+    )
     for label, v in means.items():
         print(output_line(label, v))
     return 0

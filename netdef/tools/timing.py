@@ -6,6 +6,7 @@ As one Python call::
     report = time_net("models/lenet/deploy.prototxt", iterations=5)
     print("\\n".join(report.lines()))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,16 @@ def _sync() -> None:
         backend.cupy.cuda.Stream.null.synchronize()
 
 
-def time_net(model: str, *, iterations: int = 50, phase: str = "TRAIN", weights: str | None = None,
-             gpu: str | None = None, level: int = 0, stages: Sequence[str] = ()) -> TimingReport:
+def time_net(
+    model: str,
+    *,
+    iterations: int = 50,
+    phase: str = "TRAIN",
+    weights: str | None = None,
+    gpu: str | None = None,
+    level: int = 0,
+    stages: Sequence[str] = (),
+) -> TimingReport:
     """Time ``iterations`` forward-backward passes of ``model``, layer by layer, and log Caffe's report.
 
     One untimed forward and backward pass comes first (warm-up). Each layer runs on
@@ -105,8 +114,15 @@ def cmd_time(args: argparse.Namespace) -> int:
     """Run ``netdef time`` from parsed arguments; prints the per-layer report."""
     if not args.model:
         raise NetdefError("time needs --model NET.prototxt")
-    report = time_net(args.model, iterations=args.iterations, phase=args.phase, weights=args.weights,
-                      gpu=args.gpu, level=args.level, stages=split_stages(args.stage))
+    report = time_net(
+        args.model,
+        iterations=args.iterations,
+        phase=args.phase,
+        weights=args.weights,
+        gpu=args.gpu,
+        level=args.level,
+        stages=split_stages(args.stage),
+    )
     for line in report.lines():
         print(line)
     return 0

@@ -5,6 +5,7 @@ As one Python call::
     from netdef.tools.train import train
     solver = train("models/digits/solver.prototxt", weights="pretrained.caffemodel")
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,16 @@ log = logging.getLogger("netdef")
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
 
-def train(solver: str | os.PathLike, *, net: str | None = None, weights: str | None = None,
-          snapshot: str | None = None, gpu: str | None = None, sigint_effect: str = "stop",
-          sighup_effect: str = "snapshot") -> Solver:
+def train(
+    solver: str | os.PathLike,
+    *,
+    net: str | None = None,
+    weights: str | None = None,
+    snapshot: str | None = None,
+    gpu: str | None = None,
+    sigint_effect: str = "stop",
+    sighup_effect: str = "snapshot",
+) -> Solver:
     """Train to the solver's ``max_iter``, as ``caffe train`` does; returns the solver.
 
     Args:
@@ -36,9 +44,7 @@ def train(solver: str | os.PathLike, *, net: str | None = None, weights: str | N
         sighup_effect: what SIGHUP does while training.
     """
     if snapshot and weights:
-        raise NetdefError(
-            "Give either --snapshot (resume training) or --weights (fine-tune from a model), not both"
-        )
+        raise NetdefError("Give either --snapshot (resume training) or --weights (fine-tune from a model), not both")
     param, source = load_solver_parameter(solver, net)
     select_device(gpu, param.solver_mode == param.GPU, param.device_id)
     built = get_solver(param, source=source)
@@ -55,24 +61,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     solver_file = args.solver or args.solver_pos
     if not solver_file:
         raise NetdefError("train needs a solver file: netdef train solver.prototxt (or --solver FILE)")
-    train(solver_file, net=args.net, weights=args.weights, snapshot=args.snapshot, gpu=args.gpu,
-          sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
+    train(
+        solver_file,
+        net=args.net,
+        weights=args.weights,
+        snapshot=args.snapshot,
+        gpu=args.gpu,
+        sigint_effect=args.sigint_effect,
+        sighup_effect=args.sighup_effect,
+    )
     return 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``netdef train``."""
-    p = subparsers.add_parser("train", help="train a net with a solver", description=(
-        "Train with a solver definition. Relative paths inside the solver (net:, snapshot_prefix, data "
-        "sources) are resolved against the current directory, as Caffe does."))
+    p = subparsers.add_parser(
+        "train",
+        help="train a net with a solver",
+        description=(
+            "Train with a solver definition. Relative paths inside the solver (net:, snapshot_prefix, data "
+            "sources) are resolved against the current directory, as Caffe does."
+        ),
+    )
     p.add_argument("solver_pos", nargs="?", metavar="SOLVER", help="solver definition file")
     p.add_argument("--solver", "-solver", help="solver definition file (same as the positional argument)")
     p.add_argument("--net", "-net", help="net definition to train, overriding the solver's net: field")
     p.add_argument("--snapshot", "-snapshot", help="resume from a .solverstate (or .solverstate.h5) file")
-    p.add_argument("--sigint_effect", "-sigint_effect", choices=SIGNAL_EFFECTS, default="stop",
-                   help="what Ctrl-C does during training (default: stop)")
-    p.add_argument("--sighup_effect", "-sighup_effect", choices=SIGNAL_EFFECTS, default="snapshot",
-                   help="what SIGHUP does during training (default: snapshot)")
+    p.add_argument(
+        "--sigint_effect",
+        "-sigint_effect",
+        choices=SIGNAL_EFFECTS,
+        default="stop",
+        help="what Ctrl-C does during training (default: stop)",
+    )
+    p.add_argument(
+        "--sighup_effect",
+        "-sighup_effect",
+        choices=SIGNAL_EFFECTS,
+        default="snapshot",
+        help="what SIGHUP does during training (default: snapshot)",
+    )
     add_net_arguments(p, model=False)
     p.set_defaults(func=cmd_train)
     return p

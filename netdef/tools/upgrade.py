@@ -7,6 +7,7 @@ and ``upgrade_solver_proto_text``. The input may be text or binary (a
 printed; the exit status is 1 when settings had to be dropped (the file is
 still written, as Caffe does).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Tests of netdef/layers/base.py: the Layer helpers every layer type relies on."""
+
 import numpy
 import pytest
 
@@ -15,8 +16,10 @@ def test_canonical_axis_index_counts_negative_axes_from_the_end(axis, num_axes, 
 @pytest.mark.parametrize("axis, num_axes", [(4, 4), (-5, 4), (1, 0), (-2, 1)])
 def test_canonical_axis_out_of_range_names_the_layer_field_value_and_range(axis, num_axes):
     layer = make_layer('type: "Softmax"')
-    message = (f'Layer "L" (type Softmax): softmax_param.axis {axis} is out of range for a {num_axes}-axis bottom. '
-               f"Received: {axis}. Valid: {-num_axes} .. {num_axes - 1}")
+    message = (
+        f'Layer "L" (type Softmax): softmax_param.axis {axis} is out of range for a {num_axes}-axis bottom. '
+        f"Received: {axis}. Valid: {-num_axes} .. {num_axes - 1}"
+    )
     with pytest.raises(InvalidParameterError) as info:
         layer.canonical_axis(axis, num_axes, "softmax_param.axis")
     assert str(info.value) == message

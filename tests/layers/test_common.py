@@ -1,4 +1,5 @@
 """Tests of netdef/layers/common.py: literal values, gradients, Caffe parity and errors per layer type."""
+
 from __future__ import annotations
 
 import math
@@ -184,8 +185,15 @@ def test_eltwise_max_routes_like_caffe():
     numpy.testing.assert_array_equal(bottom[2].diff, [0, 2, 0])
 
 
-@pytest.mark.parametrize("params", ["operation: SUM coeff: 0.5 coeff: -2 coeff: 1", "operation: PROD",
-                                    "operation: PROD stable_prod_grad: false", "operation: MAX"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        "operation: SUM coeff: 0.5 coeff: -2 coeff: 1",
+        "operation: PROD",
+        "operation: PROD stable_prod_grad: false",
+        "operation: MAX",
+    ],
+)
 def test_eltwise_gradient(params):
     xs = [rand(2, 3, seed=s) for s in range(3)]
     check_gradient(make_layer(f'type: "Eltwise" eltwise_param {{ {params} }}'), xs)
@@ -204,12 +212,15 @@ def test_eltwise_errors():
 X = arr([[1, -2, 3], [-4, 5, -6]])
 
 
-@pytest.mark.parametrize("op, want, dx", [
-    ("SUM", [2, -5], [[1, 1, 1], [2, 2, 2]]),
-    ("ASUM", [6, 15], [[1, -1, 1], [-2, 2, -2]]),
-    ("SUMSQ", [14, 77], [[2, -4, 6], [-16, 20, -24]]),
-    ("MEAN", [2 / 3, -5 / 3], [[1 / 3] * 3, [2 / 3] * 3]),
-])
+@pytest.mark.parametrize(
+    "op, want, dx",
+    [
+        ("SUM", [2, -5], [[1, 1, 1], [2, 2, 2]]),
+        ("ASUM", [6, 15], [[1, -1, 1], [-2, 2, -2]]),
+        ("SUMSQ", [14, 77], [[2, -4, 6], [-16, 20, -24]]),
+        ("MEAN", [2 / 3, -5 / 3], [[1 / 3] * 3, [2 / 3] * 3]),
+    ],
+)
 def test_reduction_values_and_backward(op, want, dx):
     layer, bottom, top = forward_layer(f'type: "Reduction" reduction_param {{ operation: {op} axis: 1 }}', [X])
     numpy.testing.assert_allclose(top[0].data, want)
@@ -310,11 +321,14 @@ def test_embed_errors():
 
 # --- GPU: the same bodies on CuPy ---------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("text, shapes", [
-    (IP % 'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" }', [(2, 3)]),
-    ('type: "Softmax"', [(2, 3)]),
-    ('type: "Eltwise" eltwise_param { operation: MAX }', [(2, 3), (2, 3), (2, 3)]),
-    ('type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [(2, 3)]),
-])
+@pytest.mark.parametrize(
+    "text, shapes",
+    [
+        (IP % 'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" }', [(2, 3)]),
+        ('type: "Softmax"', [(2, 3)]),
+        ('type: "Eltwise" eltwise_param { operation: MAX }', [(2, 3), (2, 3), (2, 3)]),
+        ('type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [(2, 3)]),
+    ],
+)
 def test_gpu_matches_cpu(text, shapes):
     check_gpu_matches_cpu(text, [rand(*s, seed=i) for i, s in enumerate(shapes)])

@@ -1,4 +1,5 @@
 """Tests of netdef/layers/data.py: Data (LMDB / LevelDB), ImageData and WindowData."""
+
 import io
 import sys
 
@@ -52,8 +53,10 @@ def png_bytes(rgb):
 # three 2 x 2 x 3 uint8 samples: sample k holds 12 k .. 12 k + 11
 SAMPLES = [numpy.arange(12).reshape(2, 2, 3) + 12 * k for k in range(3)]
 
-DATA = ('layer {{ name: "d" type: "Data" top: "data" top: "label" '
-        'data_param {{ source: "db" backend: LMDB batch_size: {b} {extra} }} {transform} }}')
+DATA = (
+    'layer {{ name: "d" type: "Data" top: "data" top: "label" '
+    'data_param {{ source: "db" backend: LMDB batch_size: {b} {extra} }} {transform} }}'
+)
 
 
 @pytest.fixture
@@ -85,15 +88,20 @@ def test_data_float_data_and_a_single_top(tmp_path, monkeypatch):
 
 def test_data_transform_crop_mirror_mean_scale_seeded(u8db):
     netdef.set_random_seed(2)  # the net built next draws from default_rng(2)
-    n = make_net(DATA.format(b=3, extra="", transform="transform_param { crop_size: 2 mirror: true scale: 0.5 "
-                                                  "mean_value: 1 mean_value: 3 }"))
+    n = make_net(
+        DATA.format(
+            b=3,
+            extra="",
+            transform="transform_param { crop_size: 2 mirror: true scale: 0.5 mean_value: 1 mean_value: 3 }",
+        )
+    )
     assert n.blobs["data"].shape == (3, 2, 2, 2)
     x, y = forward(n)
     rng = numpy.random.default_rng(2)  # the transformer draws flips, then row offsets, then column offsets
     flips, rows, cols = rng.integers(0, 2, 3), rng.integers(0, 1, 3), rng.integers(0, 2, 3)
     want = numpy.zeros((3, 2, 2, 2))
     for i in range(3):
-        patch = SAMPLES[i][:, rows[i]:rows[i] + 2, cols[i]:cols[i] + 2].astype(float)
+        patch = SAMPLES[i][:, rows[i] : rows[i] + 2, cols[i] : cols[i] + 2].astype(float)
         if flips[i]:
             patch = patch[:, :, ::-1]
         want[i] = (patch - numpy.array([1, 3])[:, None, None]) * 0.5
@@ -106,8 +114,10 @@ def test_data_test_phase_center_crop_with_mean_file(u8db):
     mean = numpy.full((1, 2, 2, 3), 2.0, dtype=numpy.float32)
     mean[0, 1] = 4
     write_binaryproto(str(u8db / "mean.binaryproto"), mean)
-    n = make_net(DATA.format(b=1, extra="", transform='transform_param { crop_size: 2 mean_file: "mean.binaryproto" }'),
-            netdef.TEST)
+    n = make_net(
+        DATA.format(b=1, extra="", transform='transform_param { crop_size: 2 mean_file: "mean.binaryproto" }'),
+        netdef.TEST,
+    )
     x, _ = forward(n)
     # (3 - 2) // 2 = 0 for the columns: the centre crop starts at column 0
     numpy.testing.assert_array_equal(x, [[[[-2, -1], [1, 2]], [[2, 3], [5, 6]]]])
@@ -117,15 +127,19 @@ def test_data_encoded_png_is_bgr_and_force_gray(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rgb = numpy.array([[[10, 20, 30], [40, 50, 60]]], dtype=numpy.uint8)  # 1 x 2 pixels
     write_lmdb(tmp_path / "db", [pb.Datum(data=png_bytes(rgb), encoded=True, label=7)])
-    n = make_net('layer { name: "d" type: "Data" top: "data" top: "label" '
-            'data_param { source: "db" backend: LMDB batch_size: 1 } }')
+    n = make_net(
+        'layer { name: "d" type: "Data" top: "data" top: "label" '
+        'data_param { source: "db" backend: LMDB batch_size: 1 } }'
+    )
     x, y = forward(n)
     numpy.testing.assert_array_equal(x, [[[[30, 60]], [[20, 50]], [[10, 40]]]])
     assert y.tolist() == [7]
     grey = numpy.array([[[90, 90, 90], [200, 200, 200]]], dtype=numpy.uint8)
     write_lmdb(tmp_path / "grey", [pb.Datum(data=png_bytes(grey), encoded=True, label=1)])
-    n = make_net('layer { name: "d" type: "Data" top: "data" transform_param { force_gray: true } '
-            'data_param { source: "grey" backend: LMDB batch_size: 1 } }')
+    n = make_net(
+        'layer { name: "d" type: "Data" top: "data" transform_param { force_gray: true } '
+        'data_param { source: "grey" backend: LMDB batch_size: 1 } }'
+    )
     n.forward()
     numpy.testing.assert_array_equal(n.blobs["data"].data, [[[[90, 200]]]])
 
@@ -172,8 +186,9 @@ def test_data_leveldb_with_plyvel(tmp_path, monkeypatch):
 
 def test_data_error_missing_source(u8db):
     with pytest.raises(DataSourceError, match='"d" \\(type Data\\).*LMDB database not found: nope'):
-        make_net('layer { name: "d" type: "Data" top: "data" '
-                 'data_param { source: "nope" backend: LMDB batch_size: 1 } }')
+        make_net(
+            'layer { name: "d" type: "Data" top: "data" data_param { source: "nope" backend: LMDB batch_size: 1 } }'
+        )
 
 
 def test_data_error_parameters(u8db):
@@ -199,12 +214,14 @@ def test_data_error_bad_records(tmp_path, monkeypatch):
         make_net(DATA.format(b=1, extra="", transform=""))
     write_lmdb(tmp_path / "short", [pb.Datum(channels=1, height=2, width=2, data=b"abc")])
     with pytest.raises(DataSourceError, match="needs 4 data bytes. Received: 3"):
-        make_net('layer { name: "d" type: "Data" top: "data" '
-                 'data_param { source: "short" backend: LMDB batch_size: 1 } }')
+        make_net(
+            'layer { name: "d" type: "Data" top: "data" data_param { source: "short" backend: LMDB batch_size: 1 } }'
+        )
     write_lmdb(tmp_path / "png", [pb.Datum(data=b"not a png", encoded=True)])
     with pytest.raises(DataSourceError, match="cannot decode the encoded image"):
-        make_net('layer { name: "d" type: "Data" top: "data" '
-                 'data_param { source: "png" backend: LMDB batch_size: 1 } }')
+        make_net(
+            'layer { name: "d" type: "Data" top: "data" data_param { source: "png" backend: LMDB batch_size: 1 } }'
+        )
 
 
 def test_data_error_shapes_differ_within_a_batch(tmp_path, monkeypatch):
@@ -248,8 +265,10 @@ def images(tmp_path, monkeypatch):
     return tmp_path
 
 
-IMAGE_DATA = ('layer {{ name: "i" type: "ImageData" top: "data" top: "label" '
-              'image_data_param {{ source: "{src}" batch_size: {b} {extra} }} {transform} }}')
+IMAGE_DATA = (
+    'layer {{ name: "i" type: "ImageData" top: "data" top: "label" '
+    'image_data_param {{ source: "{src}" batch_size: {b} {extra} }} {transform} }}'
+)
 
 
 def test_imagedata_bgr_pixels_labels_and_wrap_around(images):
@@ -286,8 +305,12 @@ def test_imagedata_grey_and_resize(tmp_path, monkeypatch):
 
 
 def test_imagedata_transform_test_phase(images):
-    n = make_net(IMAGE_DATA.format(src="list.txt", b=1, extra="",
-                              transform="transform_param { crop_size: 1 scale: 2 mean_value: 5 }"), netdef.TEST)
+    n = make_net(
+        IMAGE_DATA.format(
+            src="list.txt", b=1, extra="", transform="transform_param { crop_size: 1 scale: 2 mean_value: 5 }"
+        ),
+        netdef.TEST,
+    )
     x, _ = forward(n)
     numpy.testing.assert_array_equal(x, [[[[(30 - 5) * 2]], [[(20 - 5) * 2]], [[(10 - 5) * 2]]]])
 
@@ -377,9 +400,11 @@ img.png
 4 0.4 1 1 2 2
 """
 
-WINDOW_DATA = ('layer {{ name: "w" type: "WindowData" top: "data" top: "label" '
-               'window_data_param {{ source: "{src}" batch_size: {b} fg_threshold: 0.5 bg_threshold: 0.3 {extra} }} '
-               'transform_param {{ crop_size: {crop} {transform} }} }}')
+WINDOW_DATA = (
+    'layer {{ name: "w" type: "WindowData" top: "data" top: "label" '
+    'window_data_param {{ source: "{src}" batch_size: {b} fg_threshold: 0.5 bg_threshold: 0.3 {extra} }} '
+    "transform_param {{ crop_size: {crop} {transform} }} }}"
+)
 
 
 @pytest.fixture
@@ -398,8 +423,13 @@ def window_net(src="windows.txt", b=2, extra="", crop=4, transform=""):
 def ramp_patch(xs, ys):
     """The BGR pixels of ramp_image() at columns xs and rows ys (values may be fractional)."""
     xs, ys = numpy.asarray(xs, float), numpy.asarray(ys, float)
-    return numpy.stack([numpy.full((len(ys), len(xs)), 200.0), numpy.repeat(10 * ys[:, None], len(xs), 1),
-                        numpy.repeat(10 * xs[None, :], len(ys), 0)])
+    return numpy.stack(
+        [
+            numpy.full((len(ys), len(xs)), 200.0),
+            numpy.repeat(10 * ys[:, None], len(xs), 1),
+            numpy.repeat(10 * xs[None, :], len(ys), 0),
+        ]
+    )
 
 
 def test_windowdata_warp_background_then_foreground(windows):
@@ -493,16 +523,19 @@ def test_windowdata_error_parameters(windows):
         window_net(src="nope.txt")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "is empty"),
-    ("# 0\nimg.png\n3 ten 10\n", "bad.txt line 3: expected the image's height. Received: 'ten'"),
-    ("0\nimg.png\n", 'bad.txt line 1: expected "#"'),
-    ("# 0\nimg.png\n3 10 10\n2\n1 0.9 0 0 3 3\n", "ends early: expected a window's class label"),
-    ("# 0\nimg.png\n3 10 10\n1\n0 0.9 0 0 3 3\n", "line 5: a foreground window .* needs a class label > 0"),
-    ("# 3\nimg.png\n3 10 10\n1\n1 0.9 0 0 3 3\n", "line 5: the window's image index 3 is not one of the 1"),
-    ("# 0\nimg.png\n3 10 10\n1\n1 0.9 3 0 2 3\n", "line 5: a window needs x1 <= x2"),
-    ("# 0\nimg.png\n3 10 10\n1\n1 0.9 0 0 3 3\n", "has no background windows"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "is empty"),
+        ("# 0\nimg.png\n3 ten 10\n", "bad.txt line 3: expected the image's height. Received: 'ten'"),
+        ("0\nimg.png\n", 'bad.txt line 1: expected "#"'),
+        ("# 0\nimg.png\n3 10 10\n2\n1 0.9 0 0 3 3\n", "ends early: expected a window's class label"),
+        ("# 0\nimg.png\n3 10 10\n1\n0 0.9 0 0 3 3\n", "line 5: a foreground window .* needs a class label > 0"),
+        ("# 3\nimg.png\n3 10 10\n1\n1 0.9 0 0 3 3\n", "line 5: the window's image index 3 is not one of the 1"),
+        ("# 0\nimg.png\n3 10 10\n1\n1 0.9 3 0 2 3\n", "line 5: a window needs x1 <= x2"),
+        ("# 0\nimg.png\n3 10 10\n1\n1 0.9 0 0 3 3\n", "has no background windows"),
+    ],
+)
 def test_windowdata_error_bad_window_file(windows, text, message):
     (windows / "bad.txt").write_text(text)
     with pytest.raises(DataSourceError, match=message):
@@ -529,16 +562,22 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: 
 
 
 def resume_solver(net_text, prefix):
-    param = parse_text(f'base_lr: 0.1 lr_policy: "fixed" max_iter: 100 display: 0 snapshot_after_train: false '
-                       f'random_seed: 3 snapshot_prefix: "{prefix}"', pb.SolverParameter())
+    param = parse_text(
+        f'base_lr: 0.1 lr_policy: "fixed" max_iter: 100 display: 0 snapshot_after_train: false '
+        f'random_seed: 3 snapshot_prefix: "{prefix}"',
+        pb.SolverParameter(),
+    )
     param.net_param.CopyFrom(net_from_text(net_text))
     return get_solver(param)
 
 
 @pytest.mark.parametrize("kind", ["Data", "ImageData"])
 def test_snapshot_resume_continues_with_the_same_batches(u8db, images, kind):
-    source = ('data_param { source: "db" backend: LMDB batch_size: 2 }' if kind == "Data" else
-              'image_data_param { source: "list.txt" batch_size: 2 shuffle: true }')
+    source = (
+        'data_param { source: "db" backend: LMDB batch_size: 2 }'
+        if kind == "Data"
+        else 'image_data_param { source: "list.txt" batch_size: 2 shuffle: true }'
+    )
     text = RESUME_NET.format(kind=kind, source=source)
 
     def labels_and_inputs(solver, steps):

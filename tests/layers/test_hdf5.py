@@ -1,4 +1,5 @@
 """Tests of netdef/layers/hdf5.py: HDF5Data and HDF5Output."""
+
 import h5py
 import numpy
 import pytest
@@ -20,8 +21,10 @@ def h5source(tmp_path, monkeypatch):
     return tmp_path
 
 
-HDF5 = ('layer {{ name: "h" type: "HDF5Data" top: "data" top: "label" '
-        'hdf5_data_param {{ source: "list.txt" batch_size: {b} {extra} }} }}')
+HDF5 = (
+    'layer {{ name: "h" type: "HDF5Data" top: "data" top: "label" '
+    'hdf5_data_param {{ source: "list.txt" batch_size: {b} {extra} }} }}'
+)
 
 
 def test_hdf5_reads_across_files_and_wraps(h5source):
@@ -70,10 +73,12 @@ def test_hdf5_errors(h5source):
 
 def test_hdf5output_appends_batches(tmp_path):
     out = tmp_path / "out.h5"
-    n = make_net('layer { name: "i" type: "Input" top: "x" top: "y" '
-            'input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
-            f'layer {{ name: "o" type: "HDF5Output" bottom: "x" bottom: "y" '
-            f'hdf5_output_param {{ file_name: "{out}" }} }}')
+    n = make_net(
+        'layer { name: "i" type: "Input" top: "x" top: "y" '
+        "input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n"
+        f'layer {{ name: "o" type: "HDF5Output" bottom: "x" bottom: "y" '
+        f'hdf5_output_param {{ file_name: "{out}" }} }}'
+    )
     n.blobs["x"].data[...] = 1
     n.forward()
     n.blobs["x"].data[...] = 2

@@ -1,4 +1,5 @@
 """Tests of the convolution kernels (netdef/layers/im2col.py): im2col/col2im, layouts, GEMM and geometry."""
+
 import itertools
 
 import numpy
@@ -17,8 +18,10 @@ GEOMETRIES = [
 
 
 def out_shape(spatial, kernel, stride, pad, dilation):
-    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
-                 for s, k, st, p, d in zip(spatial, kernel, stride, pad, dilation, strict=True))
+    return tuple(
+        (s + 2 * p - d * (k - 1) - 1) // st + 1
+        for s, k, st, p, d in zip(spatial, kernel, stride, pad, dilation, strict=True)
+    )
 
 
 def naive_patches(x, kernel, stride, pad, dilation):

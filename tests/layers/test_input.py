@@ -1,4 +1,5 @@
 """Tests of netdef/layers/input.py: Input, DummyData and MemoryData."""
+
 import numpy
 import pytest
 
@@ -13,14 +14,18 @@ def test_input_one_shape_for_all_tops():
 
 def test_input_shape_count_error():
     with pytest.raises(InvalidParameterError, match='"i".*1 or 3'):
-        make_net('layer { name: "i" type: "Input" top: "a" top: "b" top: "c" '
-            'input_param { shape { dim: 1 } shape { dim: 2 } } }')
+        make_net(
+            'layer { name: "i" type: "Input" top: "a" top: "b" top: "c" '
+            "input_param { shape { dim: 1 } shape { dim: 2 } } }"
+        )
 
 
 def test_dummydata_constant_and_gaussian_refill():
-    n = make_net('layer { name: "d" type: "DummyData" top: "c" top: "g" dummy_data_param { '
-            'shape { dim: 2 dim: 2 } shape { dim: 1000 } '
-            'data_filler { type: "constant" value: 3 } data_filler { type: "gaussian" std: 1 } } }')
+    n = make_net(
+        'layer { name: "d" type: "DummyData" top: "c" top: "g" dummy_data_param { '
+        "shape { dim: 2 dim: 2 } shape { dim: 1000 } "
+        'data_filler { type: "constant" value: 3 } data_filler { type: "gaussian" std: 1 } } }'
+    )
     numpy.testing.assert_array_equal(n.blobs["c"].data, numpy.full((2, 2), 3.0))
     first = n.blobs["g"].data.copy()
     n.forward()
@@ -29,13 +34,16 @@ def test_dummydata_constant_and_gaussian_refill():
 
 
 def test_dummydata_legacy_dims():
-    n = make_net('layer { name: "d" type: "DummyData" top: "x" '
-                 'dummy_data_param { num: 2 channels: 3 height: 4 width: 5 } }')
+    n = make_net(
+        'layer { name: "d" type: "DummyData" top: "x" dummy_data_param { num: 2 channels: 3 height: 4 width: 5 } }'
+    )
     assert n.blobs["x"].shape == (2, 3, 4, 5)
 
 
-MEMORY = ('layer { name: "m" type: "MemoryData" top: "data" top: "label" '
-          'memory_data_param { batch_size: 2 channels: 1 height: 1 width: 2 } }')
+MEMORY = (
+    'layer { name: "m" type: "MemoryData" top: "data" top: "label" '
+    "memory_data_param { batch_size: 2 channels: 1 height: 1 width: 2 } }"
+)
 
 
 def test_memorydata_serves_batches_in_order():

@@ -24,8 +24,9 @@ RNG = numpy.random.default_rng(11)
 
 def pool(params: str, x, num_top=1, phase=pb.TRAIN, dy=None):
     """Run a float64 Pooling layer; return (tops' data, bottom diff or None)."""
-    layer, bottom, top = forward_layer(f'type: "Pooling" pooling_param {{ {params} }}', [x], num_top=num_top,
-                                       phase=phase)
+    layer, bottom, top = forward_layer(
+        f'type: "Pooling" pooling_param {{ {params} }}', [x], num_top=num_top, phase=phase
+    )
     ys = [t.data.copy() for t in top]
     if dy is None:
         return ys, None
@@ -257,8 +258,7 @@ def test_parity(case):
     ],
 )
 def test_invalid_parameters(definition, shape, num_top, error, needle):
-    check_layer_error(f'type: "Pooling" pooling_param {{ {definition} }}', [numpy.zeros(shape)], error, needle,
-                      num_top)
+    check_layer_error(f'type: "Pooling" pooling_param {{ {definition} }}', [numpy.zeros(shape)], error, needle, num_top)
 
 
 @pytest.mark.parametrize(

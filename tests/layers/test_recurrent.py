@@ -143,8 +143,9 @@ def test_lstm_param_layout_with_static_input():
 def test_lstm_gate_order_is_i_f_o_g():
     # Only the g rows of W_xc are non-zero and only the i bias: c_1 = sigmoid(b_i) * tanh(w_g x) * ...
     weights = [numpy.array([[0.0], [0.0], [0.0], [0.3]]), numpy.array([1.0, 0.0, -1.0, 0.0])]
-    _, _, (top,) = forward_layer('type: "LSTM" recurrent_param { num_output: 1 }',
-                                 [numpy.array([[[2.0]]]), numpy.zeros((1, 1))], weights)
+    _, _, (top,) = forward_layer(
+        'type: "LSTM" recurrent_param { num_output: 1 }', [numpy.array([[[2.0]]]), numpy.zeros((1, 1))], weights
+    )
     c = sigmoid(1.0) * math.tanh(0.6)
     numpy.testing.assert_allclose(top.data.ravel(), [sigmoid(-1.0) * math.tanh(c)], rtol=1e-12)
 
@@ -179,8 +180,13 @@ def test_lstm_expose_hidden_values_and_gradient():
     # Gradients through the h top only; the h_T/c_T diffs are ignored and h0/c0 get zeros (Caffe).
     proj = rng.standard_normal(top[0].shape)
     bottom[2].diff = numpy.full((1, 2, 2), 7.0)
-    run_backward(layer, bottom, top, [proj, numpy.full((1, 2, 2), 100.0), numpy.full((1, 2, 2), 100.0)],
-                 [True, False, True, True])
+    run_backward(
+        layer,
+        bottom,
+        top,
+        [proj, numpy.full((1, 2, 2), 100.0), numpy.full((1, 2, 2), 100.0)],
+        [True, False, True, True],
+    )
     assert not bottom[2].diff.any() and not bottom[3].diff.any()
 
     def objective():

@@ -1,4 +1,5 @@
 """Tests of netdef/layers/structure.py: literal values, gradients, Caffe parity and errors per layer type."""
+
 from __future__ import annotations
 
 import numpy
@@ -26,7 +27,16 @@ from netdef.testing.parity import (
 )
 
 TYPES = {
-    "Split", "Flatten", "Silence", "Concat", "Slice", "Reshape", "Tile", "Crop", "Filter", "BatchReindex",
+    "Split",
+    "Flatten",
+    "Silence",
+    "Concat",
+    "Slice",
+    "Reshape",
+    "Tile",
+    "Crop",
+    "Filter",
+    "BatchReindex",
 }
 RNG = numpy.random.default_rng(5)
 
@@ -93,8 +103,16 @@ def test_split_rejects_in_place():
 
 
 # --- Flatten -----------------------------------------------------------------------------
-@pytest.mark.parametrize("params, shape", [("", (2, 12)), ("axis: 0", (24,)), ("axis: 1 end_axis: 1", (2, 3, 4)),
-                                           ("axis: -2", (2, 12)), ("axis: 0 end_axis: 1", (6, 4))])
+@pytest.mark.parametrize(
+    "params, shape",
+    [
+        ("", (2, 12)),
+        ("axis: 0", (24,)),
+        ("axis: 1 end_axis: 1", (2, 3, 4)),
+        ("axis: -2", (2, 12)),
+        ("axis: 0 end_axis: 1", (6, 4)),
+    ],
+)
 def test_flatten_shapes_views(params, shape):
     x = numpy.arange(24.0).reshape(2, 3, 4)
     layer, bottom, top = forward_layer(f'type: "Flatten" flatten_param {{ {params} }}', [x])
@@ -189,13 +207,16 @@ def test_slice_gradient(params):
     check_gradient(make_layer(text), [rand(2, 3, 2)])
 
 
-@pytest.mark.parametrize("params, message", [
-    ("slice_point: 3", r"inside \(0, 3\).*Received: \[3\]"),
-    ("slice_point: 0", r"strictly increasing.*Received: \[0\]"),
-    ("slice_point: 1 slice_point: 2", "one slice_point fewer than tops.*Received: 2 points"),
-    ("", "divide evenly.*3 % 2"),
-    ("axis: 1 slice_dim: 1", "either axis or slice_dim"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ("slice_point: 3", r"inside \(0, 3\).*Received: \[3\]"),
+        ("slice_point: 0", r"strictly increasing.*Received: \[0\]"),
+        ("slice_point: 1 slice_point: 2", "one slice_point fewer than tops.*Received: 2 points"),
+        ("", "divide evenly.*3 % 2"),
+        ("axis: 1 slice_dim: 1", "either axis or slice_dim"),
+    ],
+)
 def test_slice_errors(params, message):
     text = f'type: "Slice" top: "a" top: "b" slice_param {{ {params} }}'
     with pytest.raises(InvalidParameterError, match=r"\(type Slice\).*" + message):
@@ -203,14 +224,17 @@ def test_slice_errors(params, message):
 
 
 # --- Reshape -----------------------------------------------------------------------------
-@pytest.mark.parametrize("params, shape", [
-    ("shape { dim: 0 dim: -1 }", (2, 12)),
-    ("shape { dim: -1 dim: 0 dim: 2 }", (4, 3, 2)),
-    ("axis: 1 num_axes: 1 shape { dim: 3 dim: 1 }", (2, 3, 1, 4)),
-    ("axis: -1 num_axes: 0 shape { dim: 1 }", (2, 3, 4, 1)),
-    ("axis: 0 num_axes: 2 shape { dim: -1 }", (6, 4)),
-    ("shape { dim: 24 }", (24,)),
-])
+@pytest.mark.parametrize(
+    "params, shape",
+    [
+        ("shape { dim: 0 dim: -1 }", (2, 12)),
+        ("shape { dim: -1 dim: 0 dim: 2 }", (4, 3, 2)),
+        ("axis: 1 num_axes: 1 shape { dim: 3 dim: 1 }", (2, 3, 1, 4)),
+        ("axis: -1 num_axes: 0 shape { dim: 1 }", (2, 3, 4, 1)),
+        ("axis: 0 num_axes: 2 shape { dim: -1 }", (6, 4)),
+        ("shape { dim: 24 }", (24,)),
+    ],
+)
 def test_reshape_shapes_views(params, shape):
     x = numpy.arange(24.0).reshape(2, 3, 4)
     layer, bottom, top = forward_layer(f'type: "Reshape" reshape_param {{ {params} }}', [x])
@@ -225,14 +249,17 @@ def test_reshape_gradient():
     check_gradient(make_layer('type: "Reshape" reshape_param { shape { dim: -1 dim: 2 } }'), [rand(2, 3, 2)])
 
 
-@pytest.mark.parametrize("params, message, cls", [
-    ("shape { dim: -1 dim: -1 }", "at most one -1.*Received: \\[-1, -1\\]", InvalidParameterError),
-    ("shape { dim: 5 dim: -1 }", "count 24.*not divisible by.*5", ShapeMismatchError),
-    ("shape { dim: 5 dim: 5 }", "holds 25 values but the bottom \\(2, 3, 4\\) holds 24", ShapeMismatchError),
-    ("shape { dim: 0 dim: 0 dim: 0 dim: 0 }", "no axis 3 to copy", InvalidParameterError),
-    ("axis: 4 shape { dim: 1 }", "axis is out of range.*Received: 4", InvalidParameterError),
-    ("axis: 2 num_axes: 2 shape { dim: 1 }", "past the last axis.*axis 2, num_axes 2", InvalidParameterError),
-])
+@pytest.mark.parametrize(
+    "params, message, cls",
+    [
+        ("shape { dim: -1 dim: -1 }", "at most one -1.*Received: \\[-1, -1\\]", InvalidParameterError),
+        ("shape { dim: 5 dim: -1 }", "count 24.*not divisible by.*5", ShapeMismatchError),
+        ("shape { dim: 5 dim: 5 }", "holds 25 values but the bottom \\(2, 3, 4\\) holds 24", ShapeMismatchError),
+        ("shape { dim: 0 dim: 0 dim: 0 dim: 0 }", "no axis 3 to copy", InvalidParameterError),
+        ("axis: 4 shape { dim: 1 }", "axis is out of range.*Received: 4", InvalidParameterError),
+        ("axis: 2 num_axes: 2 shape { dim: 1 }", "past the last axis.*axis 2, num_axes 2", InvalidParameterError),
+    ],
+)
 def test_reshape_errors(params, message, cls):
     with pytest.raises(cls, match=r"\(type Reshape\).*" + message):
         forward_layer(f'type: "Reshape" reshape_param {{ {params} }}', [rand(2, 3, 4)])
@@ -373,9 +400,12 @@ def test_crop_invalid_parameters(definition, shapes, error, needle):
 
 # --- GPU: the same bodies on CuPy ---------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("text, shapes", [
-    ('type: "Slice" top: "a" top: "b" slice_param { slice_point: 1 }', [(2, 3)]),
-    ('type: "Tile" tile_param { tiles: 2 }', [(2, 3)]),
-])
+@pytest.mark.parametrize(
+    "text, shapes",
+    [
+        ('type: "Slice" top: "a" top: "b" slice_param { slice_point: 1 }', [(2, 3)]),
+        ('type: "Tile" tile_param { tiles: 2 }', [(2, 3)]),
+    ],
+)
 def test_gpu_matches_cpu(text, shapes):
     check_gpu_matches_cpu(text, [rand(*s, seed=i) for i, s in enumerate(shapes)])

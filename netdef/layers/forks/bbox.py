@@ -9,6 +9,7 @@ They run on the host: matching and NMS are sequential, data-dependent decisions 
 few thousand boxes, which the fork also makes on the CPU. Problems are reported as
 ``InvalidParameterError`` / ``DataSourceError`` without a layer name; layers add theirs.
 """
+
 from __future__ import annotations
 
 import numpy
@@ -59,8 +60,7 @@ def _wh(boxes: numpy.ndarray, what: str) -> tuple[numpy.ndarray, numpy.ndarray]:
         k = int(numpy.argmax(bad.reshape(-1)))
         box = boxes.reshape(-1, 4)[k]
         raise DataSourceError(
-            f"{what} {k} has no positive width and height. Received: {box.tolist()}. "
-            "Valid: xmax > xmin and ymax > ymin"
+            f"{what} {k} has no positive width and height. Received: {box.tolist()}. Valid: xmax > xmin and ymax > ymin"
         )
     return w, h
 
@@ -82,8 +82,13 @@ def _check_code_type(code_type: int) -> None:
         )
 
 
-def decode(priors: numpy.ndarray, variances: numpy.ndarray, loc: numpy.ndarray, code_type: int,
-           variance_encoded_in_target: bool) -> numpy.ndarray:
+def decode(
+    priors: numpy.ndarray,
+    variances: numpy.ndarray,
+    loc: numpy.ndarray,
+    code_type: int,
+    variance_encoded_in_target: bool,
+) -> numpy.ndarray:
     """Boxes from offsets ``loc (..., P, 4)`` relative to ``priors (P, 4)``.
 
     CORNER: ``prior + v * loc``; CORNER_SIZE: ``prior + v * loc * [w, h, w, h]``;
@@ -108,8 +113,13 @@ def decode(priors: numpy.ndarray, variances: numpy.ndarray, loc: numpy.ndarray, 
     return numpy.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
-def encode(priors: numpy.ndarray, variances: numpy.ndarray, boxes: numpy.ndarray, code_type: int,
-           encode_variance_in_target: bool) -> numpy.ndarray:
+def encode(
+    priors: numpy.ndarray,
+    variances: numpy.ndarray,
+    boxes: numpy.ndarray,
+    code_type: int,
+    encode_variance_in_target: bool,
+) -> numpy.ndarray:
     """Offsets of ``boxes (M, 4)`` relative to the row-aligned ``priors (M, 4)`` (the inverse of ``decode``).
 
     With ``encode_variance_in_target`` the offsets are not divided by the variance
@@ -138,8 +148,13 @@ def cross_boundary(boxes: numpy.ndarray) -> numpy.ndarray:
     return ((boxes < 0) | (boxes > 1)).any(axis=-1)
 
 
-def match(gt: numpy.ndarray, preds: numpy.ndarray, match_type: int, overlap_threshold: float,
-          ignore_cross_boundary: bool = False) -> tuple[numpy.ndarray, numpy.ndarray]:
+def match(
+    gt: numpy.ndarray,
+    preds: numpy.ndarray,
+    match_type: int,
+    overlap_threshold: float,
+    ignore_cross_boundary: bool = False,
+) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Match predictions (or priors) ``preds (P, 4)`` to ground truth ``gt (G, 4)``.
 
     First a greedy bipartite matching: repeatedly the globally largest overlap between an
@@ -193,8 +208,14 @@ def _descending(scores: numpy.ndarray) -> numpy.ndarray:
     return numpy.argsort(-scores, kind="stable")
 
 
-def nms_fast(boxes: numpy.ndarray, scores: numpy.ndarray, score_threshold: float, nms_threshold: float,
-             eta: float = 1.0, top_k: int = -1) -> numpy.ndarray:
+def nms_fast(
+    boxes: numpy.ndarray,
+    scores: numpy.ndarray,
+    score_threshold: float,
+    nms_threshold: float,
+    eta: float = 1.0,
+    top_k: int = -1,
+) -> numpy.ndarray:
     """Greedy NMS as DetectionOutput runs it (the fork's ``ApplyNMSFast``).
 
     Candidates score above ``score_threshold``; the ``top_k`` best (all when -1) are
@@ -252,8 +273,13 @@ def nms_ranked(boxes: numpy.ndarray, scores: numpy.ndarray, nms_threshold: float
     return order[kept]
 
 
-def mark_detections(boxes: numpy.ndarray, gt: numpy.ndarray, gt_difficult: numpy.ndarray, overlap_threshold: float,
-                    evaluate_difficult: bool) -> tuple[numpy.ndarray, numpy.ndarray]:
+def mark_detections(
+    boxes: numpy.ndarray,
+    gt: numpy.ndarray,
+    gt_difficult: numpy.ndarray,
+    overlap_threshold: float,
+    evaluate_difficult: bool,
+) -> tuple[numpy.ndarray, numpy.ndarray]:
     """True/false positive flags of one image's detections of one class (the fork's DetectionEvaluate rule).
 
     ``boxes (D, 4)`` are visited in the given order (best score first); each takes the

@@ -10,6 +10,7 @@ Two forks defined a type called ``BN`` with different blobs and semantics:
 netdef's ``bn_param`` holds the union of both forks' fields; one registered class picks
 the variant from the fields a definition sets (see ``BNLayer``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from ...blob import Blob
 from ...errors import BlobCountError, InvalidParameterError, ShapeMismatchError, layer_prefix
 from ...proto import netdef_pb2 as pb
 from ..base import NeuronLayer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 #: bn_param fields only SegNet's BNParameter has
 SEGNET_FIELDS = ("bn_mode", "scale_filler", "shift_filler")
@@ -179,8 +180,7 @@ class SegNetBNLayer(BNLayer):
             return
         g = dy * scale
         if self.learn:
-            g = (g - g.mean(axis=axes, keepdims=True)
-                 - x_hat * (g * x_hat).mean(axis=axes, keepdims=True)) / self._std
+            g = (g - g.mean(axis=axes, keepdims=True) - x_hat * (g * x_hat).mean(axis=axes, keepdims=True)) / self._std
         bottom[0].diff = g.reshape(bottom[0].shape)
 
 
@@ -270,5 +270,5 @@ class PSPNetBNLayer(BNLayer):
             self.blobs[1].diff += dy.sum(axis=axes, keepdims=True)
         if propagate_down[0]:
             g = dy * slope
-            dx = (g - g.mean(axis=axes, keepdims=True) - x_hat * (g * x_hat).mean(axis=axes, keepdims=True))
+            dx = g - g.mean(axis=axes, keepdims=True) - x_hat * (g * x_hat).mean(axis=axes, keepdims=True)
             bottom[0].diff = (dx * self._inv_std).reshape(bottom[0].shape)

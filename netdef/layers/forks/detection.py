@@ -7,6 +7,7 @@ included (each class lists the ones it reproduces). Matching, mining and NMS are
 decisions over boxes and run on the host (as in the fork); the arrays going in and out live
 on the layer's module (NumPy or CuPy). Box arithmetic is in :mod:`netdef.layers.forks.bbox`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,8 @@ from ...blob import Blob
 from ...errors import DataSourceError, NetdefError, ShapeMismatchError
 from ...proto import netdef_pb2 as pb
 from ..base import Layer, LossLayer
-from . import bbox, register_fork_layer
+from . import bbox
+from .registry import register_fork_layer
 
 #: -FLT_MAX: DetectionOutput's confidence threshold when none is given (every box is a candidate)
 NO_THRESHOLD = -float(numpy.finfo(numpy.float32).max)
@@ -69,8 +71,9 @@ def _read_priors(prior: Blob, num_priors: int) -> tuple[numpy.ndarray, numpy.nda
     return flat[:n].reshape(num_priors, 4), flat[n : 2 * n].reshape(num_priors, 4)
 
 
-def _check_predictions(layer: Layer, bottom: Sequence[Blob], num_priors: int, loc_classes: int,
-                       num_classes: int) -> None:
+def _check_predictions(
+    layer: Layer, bottom: Sequence[Blob], num_priors: int, loc_classes: int, num_classes: int
+) -> None:
     """Batch sizes agree and loc/conf hold ``P * loc_classes * 4`` and ``P * num_classes`` values per image."""
     n0, n1 = _legacy_dim(bottom[0].shape, 0), _legacy_dim(bottom[1].shape, 0)
     if n0 != n1:
@@ -153,8 +156,9 @@ class DetectionOutputLayer(Layer):
             raise self.error(f"unknown code_type. Received: {self.code_type}. Valid: CORNER, CENTER_SIZE, CORNER_SIZE")
         self.variance_in_target = bool(p.variance_encoded_in_target)
         self.keep_top_k = int(p.keep_top_k)
-        self.confidence_threshold = float(p.confidence_threshold) if p.HasField("confidence_threshold") \
-            else NO_THRESHOLD
+        self.confidence_threshold = (
+            float(p.confidence_threshold) if p.HasField("confidence_threshold") else NO_THRESHOLD
+        )
         self.nms_threshold, self.eta, self.top_k = _nms_settings(self, p.nms_param)
         out_dir = p.save_output_param.output_directory
         if out_dir:
@@ -194,8 +198,14 @@ class DetectionOutputLayer(Layer):
         for c in range(self.num_classes):
             if c == self.background:
                 continue
-            kept = bbox.nms_fast(boxes[0 if self.share_location else c], conf[:, c], self.confidence_threshold,
-                                 self.nms_threshold, self.eta, self.top_k)
+            kept = bbox.nms_fast(
+                boxes[0 if self.share_location else c],
+                conf[:, c],
+                self.confidence_threshold,
+                self.nms_threshold,
+                self.eta,
+                self.top_k,
+            )
             labels.append(numpy.full(kept.size, c, dtype=numpy.int64))
             indices.append(kept)
         labels = numpy.concatenate(labels) if labels else numpy.zeros(0, numpy.int64)
@@ -331,9 +341,7 @@ class MultiBoxLossLayer(LossLayer):
         if p.conf_loss_type not in (CONF_SOFTMAX, CONF_LOGISTIC):
             raise self.error(f"unknown conf_loss_type. Received: {p.conf_loss_type}. Valid: SOFTMAX, LOGISTIC")
         if p.conf_loss_type == CONF_SOFTMAX and not 0 <= bg < c:
-            raise self.error(
-                f"background_label_id must be a class for SOFTMAX. Received: {bg}. Valid: 0 .. {c - 1}"
-            )
+            raise self.error(f"background_label_id must be a class for SOFTMAX. Received: {bg}. Valid: 0 .. {c - 1}")
         if p.map_object_to_agnostic and (c != 2 or bg + 1 >= c):
             raise self.error(
                 f"map_object_to_agnostic needs num_classes 2 with background 0. Received: num_classes {c}, "
@@ -367,8 +375,9 @@ class MultiBoxLossLayer(LossLayer):
         loc = backend.to_numpy(bottom[0].data).reshape(n, p, self.loc_classes, 4)
         conf = backend.to_numpy(bottom[1].data).reshape(n, p, self.num_classes)
         priors, variances = _read_priors(bottom[2], p)
-        gt = _GroundTruth(backend.to_numpy(bottom[3].data).reshape(-1, 8), n, self.background,
-                          bool(self.mp.use_difficult_gt))
+        gt = _GroundTruth(
+            backend.to_numpy(bottom[3].data).reshape(-1, 8), n, self.background, bool(self.mp.use_difficult_gt)
+        )
         self._check_gt_labels(gt)
         match, overlaps, present = self._match(loc, priors, variances, gt)
         negatives = self._mine(loc, conf, priors, variances, gt, match, overlaps, present)
@@ -432,8 +441,9 @@ class MultiBoxLossLayer(LossLayer):
                     match[i, k] = numpy.where(hit, idx, -1) if not self.share_location else idx
                     overlaps[i, k] = ov
                 continue
-            decoded = bbox.decode(priors, variances, loc[i].transpose(1, 0, 2), int(mp.code_type),
-                                  bool(mp.encode_variance_in_target))
+            decoded = bbox.decode(
+                priors, variances, loc[i].transpose(1, 0, 2), int(mp.code_type), bool(mp.encode_variance_in_target)
+            )
             for k in classes:
                 rows = numpy.arange(len(labels)) if self.share_location else numpy.nonzero(labels == k)[0]
                 idx, ov = bbox.match(boxes[rows], decoded[k], *args)
@@ -494,8 +504,9 @@ class MultiBoxLossLayer(LossLayer):
             if mp.use_prior_for_nms:
                 boxes = priors[cand]
             else:
-                boxes = bbox.decode(priors, variances, loc[i, :, 0], int(mp.code_type),
-                                    bool(mp.encode_variance_in_target))[cand]
+                boxes = bbox.decode(
+                    priors, variances, loc[i, :, 0], int(mp.code_type), bool(mp.encode_variance_in_target)
+                )[cand]
             kept = bbox.nms_ranked(boxes, loss[cand], self.nms_threshold, self.nms_top_k)
             picked = cand[kept[: min(kept.size, num_sel)]]
         else:
@@ -517,8 +528,11 @@ class MultiBoxLossLayer(LossLayer):
         target = bbox.encode(priors[jj], variances[jj], boxes, code, in_target)
         pred = loc[ii, jj, kk]
         if mp.bp_inside:
-            ref = priors[jj] if mp.use_prior_for_matching else bbox.decode(priors[jj], variances[jj], pred, code,
-                                                                            in_target)
+            ref = (
+                priors[jj]
+                if mp.use_prior_for_matching
+                else bbox.decode(priors[jj], variances[jj], pred, code, in_target)
+            )
             pred = numpy.where((ref < 0) | (ref > 1), target, pred)
         if in_target:
             bbox.check_variances(variances[jj])
@@ -715,8 +729,11 @@ class DetectionEvaluateLayer(Layer):
             raise DataSourceError(f"found the background label {self.background} in the detections")
         g_img, g_lab = gt[:, 0].astype(numpy.int64), gt[:, 1].astype(numpy.int64)
         counted = gt[:, 7] == 0 if not self.evaluate_difficult else numpy.ones(len(gt), bool)
-        rows = [[-1, c, int((counted & (g_lab == c)).sum()), -1, -1]
-                for c in range(self.num_classes) if c != self.background]
+        rows = [
+            [-1, c, int((counted & (g_lab == c)).sum()), -1, -1]
+            for c in range(self.num_classes)
+            if c != self.background
+        ]
         d_img, d_lab = det[:, 0].astype(numpy.int64), det[:, 1].astype(numpy.int64)
         for image in numpy.unique(d_img):
             for label in numpy.unique(d_lab[d_img == image]):
@@ -726,8 +743,9 @@ class DetectionEvaluateLayer(Layer):
                 mine = mine[numpy.argsort(-mine[:, 2], kind="stable")]
                 match = (g_img == image) & (g_lab == label)
                 if match.any():
-                    tp, fp = bbox.mark_detections(mine[:, 3:7], gt[match, 3:7], gt[match, 7] != 0, self.threshold,
-                                                  self.evaluate_difficult)
+                    tp, fp = bbox.mark_detections(
+                        mine[:, 3:7], gt[match, 3:7], gt[match, 7] != 0, self.threshold, self.evaluate_difficult
+                    )
                 else:
                     tp, fp = numpy.zeros(len(mine)), numpy.ones(len(mine))
                 rows += [[image, label, s, t, f] for s, t, f in zip(mine[:, 2], tp, fp)]

@@ -20,7 +20,7 @@ from ...errors import InvalidParameterError, ShapeMismatchError
 from ...proto import netdef_pb2 as pb
 from ..base import Layer, NeuronLayer
 from ..conv import ConvolutionLayer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 
 def _sigmoid(xp, x):

@@ -1,4 +1,5 @@
 """The fork layer type ``Interp`` (DeepLab-v2 lineage, as in ``hszhao/PSPNet``): bilinear resizing."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from ... import backend
 from ...blob import Blob
 from ...errors import InvalidParameterError, ShapeMismatchError
 from ..base import Layer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 
 def interp_matrix(n_in: int, n_out: int) -> numpy.ndarray:

@@ -19,7 +19,7 @@ from ... import backend
 from ...blob import Blob
 from ...errors import DataSourceError, ShapeMismatchError
 from ..base import Layer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 #: Elements of ROIPooling's range-maximum tables built at once (levels x N x channel slice x H x W).
 _TABLE_BUDGET = 1 << 25

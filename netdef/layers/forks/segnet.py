@@ -8,6 +8,7 @@
 Both forks named the type ``Upsample`` and the field ``upsample_param``; one registered
 class picks the behaviour by its number of bottoms.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from ... import backend
 from ...blob import Blob
 from ...errors import InvalidParameterError, ShapeMismatchError
 from ..base import Layer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 #: upsample_param fields that only SegNet's (two-bottom) layer reads
 SEGNET_ONLY_FIELDS = ("scale_h", "scale_w", "pad_out_h", "pad_out_w", "upsample_h", "upsample_w")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ... import backend
 from ...errors import BlobCountError, ShapeMismatchError
 from ..base import LossLayer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 
 def _legacy_shape(shape: Sequence[int]) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ from ...blob import Blob
 from ...errors import ShapeMismatchError
 from ...proto import netdef_pb2 as pb
 from ..base import Layer
-from . import register_fork_layer
+from .registry import register_fork_layer
 
 
 @register_fork_layer("Permute", "SSD")

@@ -5,6 +5,7 @@ net-level inputs are ``b0, b1, ...`` and the ``up_chain_*`` cases also record th
 of layer ``L`` (``L_bottom_i`` = blobs ``p0, p1``, ``L_bottom_diff_0``).
 Everything here skips cleanly when the folder is absent.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,8 +51,11 @@ def case_net(fork: str, case: dict | None):
 
 #: where each recorded key lives in the net: key pattern -> (kind, blob name prefix)
 _FORWARD_KEYS = ((r"param_post_(\d+)", "param", ""), (r"top_(\d+)", "data", "t"), (r"L_bottom_(\d+)", "data", "p"))
-_BACKWARD_KEYS = ((r"bottom_diff_(\d+)", "diff", "b"), (r"param_diff_(\d+)", "param_diff", ""),
-                  (r"L_bottom_diff_(\d+)", "diff", "p"))
+_BACKWARD_KEYS = (
+    (r"bottom_diff_(\d+)", "diff", "b"),
+    (r"param_diff_(\d+)", "param_diff", ""),
+    (r"L_bottom_diff_(\d+)", "diff", "p"),
+)
 
 
 def _recorded_array(net, kind: str, prefix: str, i: int):

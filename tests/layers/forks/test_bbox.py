@@ -17,12 +17,14 @@ def test_box_size_and_invalid_box():
 
 
 def test_jaccard_literal_values():
-    others = numpy.array([
-        [0.25, 0.25, 0.75, 0.75],  # inter 1/16, union 7/16
-        [0.5, 0.0, 1.0, 0.5],  # touches along x = 0.5: no overlap
-        [0.6, 0.6, 0.9, 0.9],  # disjoint
-        [0.0, 0.0, 0.5, 0.5],  # identical
-    ])
+    others = numpy.array(
+        [
+            [0.25, 0.25, 0.75, 0.75],  # inter 1/16, union 7/16
+            [0.5, 0.0, 1.0, 0.5],  # touches along x = 0.5: no overlap
+            [0.6, 0.6, 0.9, 0.9],  # disjoint
+            [0.0, 0.0, 0.5, 0.5],  # identical
+        ]
+    )
     numpy.testing.assert_allclose(bbox.jaccard(A, others), [[1 / 7, 0.0, 0.0, 1.0]])
     assert bbox.jaccard(A, others).shape == (1, 4)
 
@@ -32,11 +34,14 @@ GT = numpy.array([[0.1, 0.2, 0.5, 0.6]])  # w 0.4, h 0.4, centre (0.3, 0.4)
 VAR = numpy.array([[0.1, 0.1, 0.2, 0.2]])
 
 
-@pytest.mark.parametrize("code, want", [
-    (bbox.CORNER, [0.0, 1.0, 1.0, 0.5]),  # (gt - prior) / var
-    (bbox.CENTER_SIZE, [5.0, 2.5, math.log(2) / 0.2, 0.0]),  # centre offset / size / var, log size ratio / var
-    (bbox.CORNER_SIZE, [0.0, 2.5, 5.0, 1.25]),  # (gt - prior) / [w, h, w, h] / var
-])
+@pytest.mark.parametrize(
+    "code, want",
+    [
+        (bbox.CORNER, [0.0, 1.0, 1.0, 0.5]),  # (gt - prior) / var
+        (bbox.CENTER_SIZE, [5.0, 2.5, math.log(2) / 0.2, 0.0]),  # centre offset / size / var, log size ratio / var
+        (bbox.CORNER_SIZE, [0.0, 2.5, 5.0, 1.25]),  # (gt - prior) / [w, h, w, h] / var
+    ],
+)
 def test_encode_literal_and_decode_inverts_it(code, want):
     enc = bbox.encode(PRIOR, VAR, GT, code, False)
     numpy.testing.assert_allclose(enc, [want], atol=1e-12)
@@ -64,12 +69,14 @@ def test_encode_refuses_degenerate_boxes_and_variances():
 
 
 GT2 = numpy.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
-PRIORS4 = numpy.array([
-    [0.0, 0.0, 0.5, 0.5],  # IoU 1 with gt 0
-    [0.0, 0.0, 0.5, 0.4],  # IoU 0.8 with gt 0
-    [0.5, 0.5, 0.9, 0.9],  # IoU 0.64 with gt 1
-    [0.6, 0.6, 1.0, 1.0],  # IoU 0.64 with gt 1 (a tie: the earlier prior wins the bipartite round)
-])
+PRIORS4 = numpy.array(
+    [
+        [0.0, 0.0, 0.5, 0.5],  # IoU 1 with gt 0
+        [0.0, 0.0, 0.5, 0.4],  # IoU 0.8 with gt 0
+        [0.5, 0.5, 0.9, 0.9],  # IoU 0.64 with gt 1
+        [0.6, 0.6, 1.0, 1.0],  # IoU 0.64 with gt 1 (a tie: the earlier prior wins the bipartite round)
+    ]
+)
 
 
 def test_bipartite_matching_takes_one_prior_per_box():

@@ -73,8 +73,10 @@ def test_mixing_both_forks_fields_is_refused():
 
 def test_weights_of_either_fork_load_into_the_matching_variant(tmp_path):
     for text, count in (("bn_param { bn_mode: INFERENCE }", 2), ("bn_param { frozen: true }", 4)):
-        definition = (f'name: "n" input: "x" input_shape {{ dim: 2 dim: 3 dim: 2 dim: 2 }} '
-                      f'layer {{ name: "bn" type: "BN" bottom: "x" top: "y" {text} }}')
+        definition = (
+            f'name: "n" input: "x" input_shape {{ dim: 2 dim: 3 dim: 2 dim: 2 }} '
+            f'layer {{ name: "bn" type: "BN" bottom: "x" top: "y" {text} }}'
+        )
         path = tmp_path / "net.prototxt"
         path.write_text(definition)
         source = netdef.Net(str(path), netdef.TEST)
@@ -101,8 +103,9 @@ def test_segnet_learn_values_and_statistics_tops():
 
 
 def test_segnet_learn_backward_values():
-    layer, bottom, _ = run('type: "BN" bn_param { bn_mode: LEARN }', [X4], params=[[[[[1.0]]]], [[[[0.0]]]]],
-                           dy=[1.0, 0.0, 0.0, 0.0])
+    layer, bottom, _ = run(
+        'type: "BN" bn_param { bn_mode: LEARN }', [X4], params=[[[[[1.0]]]], [[[[0.0]]]]], dy=[1.0, 0.0, 0.0, 0.0]
+    )
     numpy.testing.assert_allclose(bottom[0].diff.ravel(), [0.26832816, -0.35777088, -0.08944272, 0.17888544], rtol=1e-7)
     numpy.testing.assert_allclose(layer.blobs[0].diff.ravel(), [X_HAT[0]])  # sum(dy * x_hat)
     numpy.testing.assert_allclose(layer.blobs[1].diff.ravel(), [1.0])  # sum(dy)
@@ -115,8 +118,12 @@ def test_segnet_learn_uses_batch_statistics_in_test_phase_too():
 
 def test_segnet_inference_values_and_backward():
     x = [[[[1.0, 2.0]], [[3.0, -1.0]]]]  # N=1, C=2, H=1, W=2
-    layer, bottom, top = run('type: "BN" bn_param { bn_mode: INFERENCE }', [x],
-                             params=[[[[[2.0]], [[-1.0]]]], [[[[1.0]], [[0.5]]]]], dy=[[[[1.0, 1.0]], [[2.0, 0.0]]]])
+    layer, bottom, top = run(
+        'type: "BN" bn_param { bn_mode: INFERENCE }',
+        [x],
+        params=[[[[[2.0]], [[-1.0]]]], [[[[1.0]], [[0.5]]]]],
+        dy=[[[[1.0, 1.0]], [[2.0, 0.0]]]],
+    )
     numpy.testing.assert_allclose(top[0].data, [[[[3.0, 5.0]], [[-2.5, 1.5]]]])
     numpy.testing.assert_allclose(bottom[0].diff, [[[[2.0, 2.0]], [[-2.0, 0.0]]]])  # scale * dy
     numpy.testing.assert_allclose(layer.blobs[0].diff.ravel(), [3.0, 6.0])  # sum(x * dy)
@@ -135,8 +142,11 @@ def test_segnet_constant_channel_is_shift():
 
 
 def test_segnet_fillers():
-    layer, _, _ = run('type: "BN" bn_param { scale_filler { type: "constant" value: 1 } '
-                      'shift_filler { type: "constant" value: 0.001 } }', [numpy.ones((1, 2, 1, 1))])
+    layer, _, _ = run(
+        'type: "BN" bn_param { scale_filler { type: "constant" value: 1 } '
+        'shift_filler { type: "constant" value: 0.001 } }',
+        [numpy.ones((1, 2, 1, 1))],
+    )
     numpy.testing.assert_allclose(layer.blobs[0].data.ravel(), [1, 1])
     numpy.testing.assert_allclose(layer.blobs[1].data.ravel(), [0.001, 0.001])
 
@@ -145,8 +155,10 @@ def test_segnet_fillers():
 @pytest.mark.parametrize("shape", [(2, 3, 2, 3), (4, 2)])
 def test_segnet_gradient(mode, shape):
     rng = numpy.random.default_rng(0)
-    layer = make_layer(f'type: "BN" bn_param {{ bn_mode: {mode} scale_filler {{ type: "uniform" min: 0.5 max: 2 }} '
-                       'shift_filler { type: "gaussian" std: 0.5 } }')
+    layer = make_layer(
+        f'type: "BN" bn_param {{ bn_mode: {mode} scale_filler {{ type: "uniform" min: 0.5 max: 2 }} '
+        'shift_filler { type: "gaussian" std: 0.5 } }'
+    )
     check_gradient(layer, [rng.normal(0, 1, shape)])
 
 
@@ -171,16 +183,16 @@ def test_pspnet_test_phase_and_frozen_use_running_statistics():
 
 def test_pspnet_frozen_backward_has_no_parameter_gradients():
     params = [[[[[2.0]]]], [[[[1.0]]]], [[[[2.0]]]], [[[[4.0]]]]]
-    layer, bottom, _ = run('type: "BN" bn_param { eps: 0 frozen: true }', [X4], params=params,
-                           dy=[1.0, 2.0, 3.0, 4.0])
+    layer, bottom, _ = run('type: "BN" bn_param { eps: 0 frozen: true }', [X4], params=params, dy=[1.0, 2.0, 3.0, 4.0])
     numpy.testing.assert_allclose(bottom[0].diff.ravel(), [1.0, 2.0, 3.0, 4.0])  # dy * slope / sqrt(var)
     for blob in layer.blobs:
         numpy.testing.assert_array_equal(blob.diff, 0)
 
 
 def test_pspnet_train_backward_values_accumulate_parameter_gradients():
-    layer, bottom, top = run('type: "BN" bn_param { eps: 0 }', [X4], params=[[[[[1.0]]]], [[[[0.0]]]]],
-                             dy=[1.0, 0.0, 0.0, 0.0])
+    layer, bottom, top = run(
+        'type: "BN" bn_param { eps: 0 }', [X4], params=[[[[[1.0]]]], [[[[0.0]]]]], dy=[1.0, 0.0, 0.0, 0.0]
+    )
     numpy.testing.assert_allclose(bottom[0].diff.ravel(), [0.26832816, -0.35777088, -0.08944272, 0.17888544], rtol=1e-6)
     layer.backward(top, [True], bottom)
     numpy.testing.assert_allclose(layer.blobs[0].diff.ravel(), [2 * X_HAT[0]], rtol=1e-6)
@@ -206,8 +218,9 @@ def test_pspnet_gradient(shape):
     fillers = 'slope_filler { type: "uniform" min: 0.5 max: 2 } bias_filler { type: "gaussian" std: 0.5 }'
     check_gradient(make_layer(f'type: "BN" bn_param {{ {fillers} }}'), [rng.normal(0, 1, shape)])
     # frozen: an affine map of x; the fork writes no slope/bias gradients, so only the bottom is checked
-    check_gradient(make_layer(f'type: "BN" bn_param {{ frozen: true {fillers} }}'), [rng.normal(0, 1, shape)],
-                   check_params=False)
+    check_gradient(
+        make_layer(f'type: "BN" bn_param {{ frozen: true {fillers} }}'), [rng.normal(0, 1, shape)], check_params=False
+    )
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -269,13 +282,16 @@ def test_pspnet_parity(case):
 
 # --- GPU ----------------------------------------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("text, phase", [
-    ("bn_param { bn_mode: LEARN scale_filler { type: 'gaussian' } }", pb.TRAIN),
-    ("bn_param { bn_mode: INFERENCE scale_filler { type: 'gaussian' } }", pb.TEST),
-    ("bn_param { slope_filler { type: 'gaussian' } }", pb.TRAIN),
-    ("bn_param { slope_filler { type: 'gaussian' } }", pb.TEST),
-    ("bn_param { frozen: true slope_filler { type: 'gaussian' } }", pb.TRAIN),
-])
+@pytest.mark.parametrize(
+    "text, phase",
+    [
+        ("bn_param { bn_mode: LEARN scale_filler { type: 'gaussian' } }", pb.TRAIN),
+        ("bn_param { bn_mode: INFERENCE scale_filler { type: 'gaussian' } }", pb.TEST),
+        ("bn_param { slope_filler { type: 'gaussian' } }", pb.TRAIN),
+        ("bn_param { slope_filler { type: 'gaussian' } }", pb.TEST),
+        ("bn_param { frozen: true slope_filler { type: 'gaussian' } }", pb.TRAIN),
+    ],
+)
 def test_gpu_matches_cpu(text, phase):
     x = numpy.random.default_rng(2).normal(0, 1, (3, 4, 5, 6))
     check_gpu_matches_cpu(f'type: "BN" {text}', [x], phase=phase)

@@ -69,22 +69,28 @@ def test_detection_output_nothing_detected_gives_one_minus_one_row_per_image():
 def test_detection_output_no_background_without_shared_location():
     # every class is a detection class; class c reads its own offsets (prior-major, class inside)
     loc = numpy.zeros((1, 2 * 3 * 4))
-    out = detout("num_classes: 3 share_location: false background_label_id: -1 code_type: CORNER "
-                 "nms_param { nms_threshold: 0.45 }", [loc, CONF, priors_blob(P2)])
+    out = detout(
+        "num_classes: 3 share_location: false background_label_id: -1 code_type: CORNER "
+        "nms_param { nms_threshold: 0.45 }",
+        [loc, CONF, priors_blob(P2)],
+    )
     assert out[0, 0, :, 1].tolist() == [0, 1, 2]
     numpy.testing.assert_allclose(out[0, 0, :, 2], [0.2, 0.6, 0.4], rtol=1e-6)
 
 
-@pytest.mark.parametrize("params, bottoms, error, match", [
-    ("num_classes: 3 background_label_id: -1", None, InvalidParameterError, "share_location"),
-    ("code_type: CORNER", None, InvalidParameterError, "num_classes is required"),
-    ("num_classes: 3 nms_param { eta: 1.5 }", None, InvalidParameterError, "eta"),
-    ("num_classes: 3 nms_param { nms_threshold: -0.1 }", None, InvalidParameterError, "nms_threshold"),
-    ('num_classes: 3 save_output_param { output_directory: "out" }', None, InvalidParameterError, "not supported"),
-    (BASE, [numpy.zeros((1, 12)), CONF, priors_blob(P2)], ShapeMismatchError, "location predictions"),
-    (BASE, [LOC0, CONF[:, :4], priors_blob(P2)], ShapeMismatchError, "confidence predictions"),
-    (BASE, [numpy.zeros((2, 8)), CONF, priors_blob(P2)], ShapeMismatchError, "same batch size"),
-])
+@pytest.mark.parametrize(
+    "params, bottoms, error, match",
+    [
+        ("num_classes: 3 background_label_id: -1", None, InvalidParameterError, "share_location"),
+        ("code_type: CORNER", None, InvalidParameterError, "num_classes is required"),
+        ("num_classes: 3 nms_param { eta: 1.5 }", None, InvalidParameterError, "eta"),
+        ("num_classes: 3 nms_param { nms_threshold: -0.1 }", None, InvalidParameterError, "nms_threshold"),
+        ('num_classes: 3 save_output_param { output_directory: "out" }', None, InvalidParameterError, "not supported"),
+        (BASE, [numpy.zeros((1, 12)), CONF, priors_blob(P2)], ShapeMismatchError, "location predictions"),
+        (BASE, [LOC0, CONF[:, :4], priors_blob(P2)], ShapeMismatchError, "confidence predictions"),
+        (BASE, [numpy.zeros((2, 8)), CONF, priors_blob(P2)], ShapeMismatchError, "same batch size"),
+    ],
+)
 def test_detection_output_refusals(params, bottoms, error, match):
     with pytest.raises(error, match=match) as info:
         detout(params, bottoms or [LOC0, CONF, priors_blob(P2)])
@@ -99,8 +105,10 @@ GT1 = numpy.array([[[[0, 1, 0, 0.1, 0.0, 0.5, 0.5, 0]]]])
 LOC3 = numpy.array([[0.6, 0, 2, 0] + [0.3] * 8])
 # logits: prior 0 [0, 0] (-log .5), prior 1 [ln 3, 0] (-log .75 for background), prior 2 [0, 0]
 CONF3 = numpy.array([[0.0, 0.0, LN3, 0.0, 0.0, 0.0]])
-MBOX = ("type: \"MultiBoxLoss\" multibox_loss_param {{ num_classes: 2 code_type: CORNER {} }} "
-        "loss_param {{ normalization: {} }}")
+MBOX = (
+    'type: "MultiBoxLoss" multibox_loss_param {{ num_classes: 2 code_type: CORNER {} }} '
+    "loss_param {{ normalization: {} }}"
+)
 
 
 def mbox_layer(extra="", norm="VALID", dtype=numpy.float64):
@@ -125,8 +133,9 @@ def test_multibox_loss_literal_no_mining():
 
 def test_multibox_loss_max_negative_mining_picks_the_hardest_negative():
     # ratio 1 with one positive: one negative, prior 2 (loss ln 2) beats prior 1 (loss -ln .75)
-    loss, _, dconf = mbox_run("mining_type: MAX_NEGATIVE neg_pos_ratio: 1",
-                              [LOC3, CONF3, priors_blob(P3, (1, 1, 1, 1)), GT1])
+    loss, _, dconf = mbox_run(
+        "mining_type: MAX_NEGATIVE neg_pos_ratio: 1", [LOC3, CONF3, priors_blob(P3, (1, 1, 1, 1)), GT1]
+    )
     assert loss == pytest.approx(1.625 + 2 * LN2)
     numpy.testing.assert_allclose(dconf, [[0.5, -0.5, 0, 0, -0.5, 0.5]], atol=1e-12)
 
@@ -156,8 +165,9 @@ def test_multibox_loss_difficult_boxes_can_be_skipped():
 
 def test_multibox_loss_logistic_literal():
     # one image, no mining: targets onehot(1) for prior 0 and all-zero rows (the fill value 0) otherwise
-    loss, _, dconf = mbox_run("mining_type: NONE conf_loss_type: LOGISTIC",
-                              [LOC3, CONF3, priors_blob(P3, (1, 1, 1, 1)), GT1])
+    loss, _, dconf = mbox_run(
+        "mining_type: NONE conf_loss_type: LOGISTIC", [LOC3, CONF3, priors_blob(P3, (1, 1, 1, 1)), GT1]
+    )
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731 - softplus: -log(1 - s(x)) = sp(x), -log s(x) = sp(-x)
     conf_loss = (sp(0) + sp(-0.0)) + (sp(LN3) + sp(0)) + 2 * sp(0)
     assert loss == pytest.approx(1.625 + conf_loss)
@@ -184,13 +194,16 @@ def random_case(num=2, seed=0, loc_classes=1, num_classes=3):
     return [loc, conf, priors_blob(boxes), numpy.array(gt)[None, None]]
 
 
-@pytest.mark.parametrize("extra", [
-    "code_type: CENTER_SIZE mining_type: MAX_NEGATIVE neg_pos_ratio: 2",
-    "code_type: CENTER_SIZE mining_type: NONE loc_loss_type: L2 loc_weight: 0.5",
-    "code_type: CORNER_SIZE mining_type: HARD_EXAMPLE sample_size: 6",
-    "code_type: CENTER_SIZE mining_type: NONE conf_loss_type: LOGISTIC",
-    "code_type: CENTER_SIZE mining_type: MAX_NEGATIVE conf_loss_type: LOGISTIC match_type: BIPARTITE",
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "code_type: CENTER_SIZE mining_type: MAX_NEGATIVE neg_pos_ratio: 2",
+        "code_type: CENTER_SIZE mining_type: NONE loc_loss_type: L2 loc_weight: 0.5",
+        "code_type: CORNER_SIZE mining_type: HARD_EXAMPLE sample_size: 6",
+        "code_type: CENTER_SIZE mining_type: NONE conf_loss_type: LOGISTIC",
+        "code_type: CENTER_SIZE mining_type: MAX_NEGATIVE conf_loss_type: LOGISTIC match_type: BIPARTITE",
+    ],
+)
 def test_multibox_loss_gradient(extra):
     layer = make_layer(MBOX.format("num_classes: 3 " + extra, "VALID").replace("num_classes: 2 ", ""))
     result = check_gradient(layer, random_case(), check_bottoms=[0, 1])
@@ -198,29 +211,38 @@ def test_multibox_loss_gradient(extra):
 
 
 def test_multibox_loss_gradient_without_shared_location():
-    layer = make_layer(MBOX.format("num_classes: 3 share_location: false mining_type: NONE code_type: CENTER_SIZE",
-                                   "VALID").replace("num_classes: 2 ", ""))
+    layer = make_layer(
+        MBOX.format("num_classes: 3 share_location: false mining_type: NONE code_type: CENTER_SIZE", "VALID").replace(
+            "num_classes: 2 ", ""
+        )
+    )
     check_gradient(layer, random_case(loc_classes=3), check_bottoms=[0, 1])
 
 
 def test_multibox_loss_matching_on_decoded_predictions_gradient():
-    layer = make_layer(MBOX.format("num_classes: 3 use_prior_for_matching: false mining_type: MAX_NEGATIVE "
-                                   "code_type: CENTER_SIZE", "VALID").replace("num_classes: 2 ", ""))
+    layer = make_layer(
+        MBOX.format(
+            "num_classes: 3 use_prior_for_matching: false mining_type: MAX_NEGATIVE code_type: CENTER_SIZE", "VALID"
+        ).replace("num_classes: 2 ", "")
+    )
     bottoms = random_case()
     bottoms[0] *= 0.1  # predictions near their priors, so some of them match
     check_gradient(layer, bottoms, check_bottoms=[0, 1])
 
 
-@pytest.mark.parametrize("extra, bottoms_fix, error, match", [
-    ("", "bg_in_gt", DataSourceError, "background label"),
-    ("", "label_too_big", DataSourceError, "not a class"),
-    ("share_location: false", None, InvalidParameterError, "share_location"),
-    ("background_label_id: 5", None, InvalidParameterError, "background_label_id"),
-    ("mining_type: HARD_EXAMPLE sample_size: 0", None, InvalidParameterError, "sample_size"),
-    ("do_neg_mining: false", None, InvalidParameterError, "do_neg_mining"),
-    ("", "gt_width", ShapeMismatchError, "ground-truth bottom"),
-    ("", "prior_short", ShapeMismatchError, "prior bottom"),
-])
+@pytest.mark.parametrize(
+    "extra, bottoms_fix, error, match",
+    [
+        ("", "bg_in_gt", DataSourceError, "background label"),
+        ("", "label_too_big", DataSourceError, "not a class"),
+        ("share_location: false", None, InvalidParameterError, "share_location"),
+        ("background_label_id: 5", None, InvalidParameterError, "background_label_id"),
+        ("mining_type: HARD_EXAMPLE sample_size: 0", None, InvalidParameterError, "sample_size"),
+        ("do_neg_mining: false", None, InvalidParameterError, "do_neg_mining"),
+        ("", "gt_width", ShapeMismatchError, "ground-truth bottom"),
+        ("", "prior_short", ShapeMismatchError, "prior bottom"),
+    ],
+)
 def test_multibox_loss_refusals(extra, bottoms_fix, error, match):
     bottoms = [LOC3, CONF3, priors_blob(P3), GT1.copy()]
     if bottoms_fix == "bg_in_gt":
@@ -242,29 +264,38 @@ def test_multibox_loss_needs_num_classes():
 
 
 def test_multibox_loss_propagate_down_selects_the_terms():
-    layer = make_layer(MBOX.format("mining_type: NONE", "VALID") + " propagate_down: false propagate_down: true "
-                       "propagate_down: false propagate_down: false")
+    layer = make_layer(
+        MBOX.format("mining_type: NONE", "VALID") + " propagate_down: false propagate_down: true "
+        "propagate_down: false propagate_down: false"
+    )
     _, top = run_layer(layer, [LOC3, CONF3, priors_blob(P3, (1,) * 4), GT1])
     assert float(top[0].data) == pytest.approx(2 * LN2 - math.log(0.75))
 
 
-@pytest.mark.parametrize("definition, bottoms", [
-    (MBOX.format("num_classes: 3 code_type: CENTER_SIZE", "VALID").replace("num_classes: 2 ", ""), random_case()),
-])
+@pytest.mark.parametrize(
+    "definition, bottoms",
+    [
+        (MBOX.format("num_classes: 3 code_type: CENTER_SIZE", "VALID").replace("num_classes: 2 ", ""), random_case()),
+    ],
+)
 def test_multibox_loss_gpu_matches_cpu(definition, bottoms):
     check_gpu_matches_cpu(definition, bottoms)
 
 
 def test_detection_output_gpu_matches_cpu():
-    check_gpu_matches_cpu(f'type: "DetectionOutput" detection_output_param {{ {BASE} }}',
-                          [LOC0, CONF, priors_blob(P2)], phase=netdef.TEST)
+    check_gpu_matches_cpu(
+        f'type: "DetectionOutput" detection_output_param {{ {BASE} }}', [LOC0, CONF, priors_blob(P2)], phase=netdef.TEST
+    )
 
 
 # --- parity with the SSD fork -----------------------------------------------------------------
 def fork_dir():
     root = parity_root()
-    folder = (root / "forks" / "ssd") if root is not None else Path(__file__).resolve().parents[4] / "shared" / \
-        "parity" / "forks" / "ssd"
+    folder = (
+        (root / "forks" / "ssd")
+        if root is not None
+        else Path(__file__).resolve().parents[4] / "shared" / "parity" / "forks" / "ssd"
+    )
     return folder if (folder / "INDEX.tsv").exists() else None
 
 
@@ -340,37 +371,61 @@ def test_fork_refusals(case):
 
 
 # --- DetectionEvaluate ------------------------------------------------------------------------
-EVAL_GT = numpy.array([[[
-    [0, 1, 0, 0.0, 0.0, 0.5, 0.5, 0],
-    [0, 2, 0, 0.5, 0.5, 1.0, 1.0, 1],  # difficult
-    [1, 1, 0, 0.0, 0.0, 0.5, 0.5, 0],
-]]])
-EVAL_DET = numpy.array([[[
-    [0, 1, 0.9, 0.0, 0.0, 0.5, 0.5],  # takes the class-1 box: tp
-    [0, 1, 0.8, 0.0, 0.0, 0.5, 0.5],  # the same box again: fp
-    [0, 1, 0.95, 0.6, 0.0, 1.0, 0.4],  # no overlap: fp (listed first: best score)
-    [0, 2, 0.7, 0.5, 0.5, 1.0, 1.0],  # the difficult box
-    [1, -1, -1, -1, -1, -1, -1],  # "nothing detected" row: skipped
-    [2, 1, 0.5, 0.0, 0.0, 0.5, 0.5],  # image without ground truth: fp
-]]])
+EVAL_GT = numpy.array(
+    [
+        [
+            [
+                [0, 1, 0, 0.0, 0.0, 0.5, 0.5, 0],
+                [0, 2, 0, 0.5, 0.5, 1.0, 1.0, 1],  # difficult
+                [1, 1, 0, 0.0, 0.0, 0.5, 0.5, 0],
+            ]
+        ]
+    ]
+)
+EVAL_DET = numpy.array(
+    [
+        [
+            [
+                [0, 1, 0.9, 0.0, 0.0, 0.5, 0.5],  # takes the class-1 box: tp
+                [0, 1, 0.8, 0.0, 0.0, 0.5, 0.5],  # the same box again: fp
+                [0, 1, 0.95, 0.6, 0.0, 1.0, 0.4],  # no overlap: fp (listed first: best score)
+                [0, 2, 0.7, 0.5, 0.5, 1.0, 1.0],  # the difficult box
+                [1, -1, -1, -1, -1, -1, -1],  # "nothing detected" row: skipped
+                [2, 1, 0.5, 0.0, 0.0, 0.5, 0.5],  # image without ground truth: fp
+            ]
+        ]
+    ]
+)
 
 
 @pytest.mark.parametrize("difficult, class2_count, class2_row", [("true", 1, [1, 0]), ("false", 0, [0, 0])])
 def test_detection_evaluate_literal_rows(difficult, class2_count, class2_row):
-    layer = make_layer("type: \"DetectionEvaluate\" detection_evaluate_param { num_classes: 3 "
-                       f"evaluate_difficult_gt: {difficult} }}", phase=netdef.TEST)
+    layer = make_layer(
+        f'type: "DetectionEvaluate" detection_evaluate_param {{ num_classes: 3 evaluate_difficult_gt: {difficult} }}',
+        phase=netdef.TEST,
+    )
     _, top = run_layer(layer, [EVAL_DET, EVAL_GT])
-    want = [[-1, 1, 2, -1, -1], [-1, 2, class2_count, -1, -1], [0, 1, 0.95, 0, 1], [0, 1, 0.9, 1, 0],
-            [0, 1, 0.8, 0, 1], [0, 2, 0.7, *class2_row], [2, 1, 0.5, 0, 1]]
+    want = [
+        [-1, 1, 2, -1, -1],
+        [-1, 2, class2_count, -1, -1],
+        [0, 1, 0.95, 0, 1],
+        [0, 1, 0.9, 1, 0],
+        [0, 1, 0.8, 0, 1],
+        [0, 2, 0.7, *class2_row],
+        [2, 1, 0.5, 0, 1],
+    ]
     numpy.testing.assert_allclose(top[0].data, [[want]])
 
 
-@pytest.mark.parametrize("params, bottoms, error, match", [
-    ("num_classes: 3", [EVAL_DET, EVAL_GT[..., :7]], ShapeMismatchError, "ground-truth bottom"),
-    ("overlap_threshold: 0.5", [EVAL_DET, EVAL_GT], InvalidParameterError, "num_classes"),
-    ('num_classes: 3 name_size_file: "sizes.txt"', [EVAL_DET, EVAL_GT], InvalidParameterError, "not supported"),
-    ("num_classes: 3 background_label_id: 2", [EVAL_DET, EVAL_GT], DataSourceError, "background label"),
-])
+@pytest.mark.parametrize(
+    "params, bottoms, error, match",
+    [
+        ("num_classes: 3", [EVAL_DET, EVAL_GT[..., :7]], ShapeMismatchError, "ground-truth bottom"),
+        ("overlap_threshold: 0.5", [EVAL_DET, EVAL_GT], InvalidParameterError, "num_classes"),
+        ('num_classes: 3 name_size_file: "sizes.txt"', [EVAL_DET, EVAL_GT], InvalidParameterError, "not supported"),
+        ("num_classes: 3 background_label_id: 2", [EVAL_DET, EVAL_GT], DataSourceError, "background label"),
+    ],
+)
 def test_detection_evaluate_refusals(params, bottoms, error, match):
     layer = make_layer(f'type: "DetectionEvaluate" detection_evaluate_param {{ {params} }}', phase=netdef.TEST)
     with pytest.raises(error, match=match):

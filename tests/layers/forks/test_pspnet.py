@@ -59,15 +59,18 @@ def test_crop_then_resample():
     numpy.testing.assert_allclose(bottom[0].diff, expected)
 
 
-@pytest.mark.parametrize("param, in_shape, out_shape", [
-    ("zoom_factor: 8", (1, 2, 4, 5), (1, 2, 25, 33)),
-    ("shrink_factor: 2", (2, 3, 7, 8), (2, 3, 4, 4)),
-    ("shrink_factor: 2 zoom_factor: 3", (2, 2, 9, 7), (2, 2, 13, 10)),
-    ("zoom_factor: 2 height: 3 width: 3", (2, 2, 3, 4), (2, 2, 5, 7)),  # zoom wins over height/width
-    ("shrink_factor: 2 pad_end: -2", (2, 2, 9, 8), (2, 2, 4, 3)),
-    ("zoom_factor: 2", (2, 3, 5), (2, 3, 9, 1)),  # 3-D bottom: W = 1, top is 4-D
-    ("height: 4 width: 6", (3, 2), (3, 2, 4, 6)),
-])
+@pytest.mark.parametrize(
+    "param, in_shape, out_shape",
+    [
+        ("zoom_factor: 8", (1, 2, 4, 5), (1, 2, 25, 33)),
+        ("shrink_factor: 2", (2, 3, 7, 8), (2, 3, 4, 4)),
+        ("shrink_factor: 2 zoom_factor: 3", (2, 2, 9, 7), (2, 2, 13, 10)),
+        ("zoom_factor: 2 height: 3 width: 3", (2, 2, 3, 4), (2, 2, 5, 7)),  # zoom wins over height/width
+        ("shrink_factor: 2 pad_end: -2", (2, 2, 9, 8), (2, 2, 4, 3)),
+        ("zoom_factor: 2", (2, 3, 5), (2, 3, 9, 1)),  # 3-D bottom: W = 1, top is 4-D
+        ("height: 4 width: 6", (3, 2), (3, 2, 4, 6)),
+    ],
+)
 def test_output_size_rules(param, in_shape, out_shape):
     _, top = interp(param, numpy.ones(in_shape))
     assert top[0].shape == out_shape
@@ -83,27 +86,33 @@ def test_interp_matrix_float32_weights():
     numpy.testing.assert_array_equal(interp_matrix(4, 4), numpy.eye(4))
 
 
-@pytest.mark.parametrize("param, shape", [
-    ("zoom_factor: 3", (2, 2, 3, 4)),
-    ("height: 5 width: 2", (1, 3, 4, 3)),
-    ("shrink_factor: 2", (1, 2, 7, 6)),
-    ("zoom_factor: 2 pad_beg: -1 pad_end: -2", (1, 2, 6, 7)),
-])
+@pytest.mark.parametrize(
+    "param, shape",
+    [
+        ("zoom_factor: 3", (2, 2, 3, 4)),
+        ("height: 5 width: 2", (1, 3, 4, 3)),
+        ("shrink_factor: 2", (1, 2, 7, 6)),
+        ("zoom_factor: 2 pad_beg: -1 pad_end: -2", (1, 2, 6, 7)),
+    ],
+)
 def test_gradient(param, shape):
     layer = make_layer(f'type: "Interp" interp_param {{ {param} }}')
     check_gradient(layer, [numpy.random.default_rng(0).normal(0, 1, shape)])
 
 
-@pytest.mark.parametrize("param, error, message", [
-    ("zoom_factor: 2 pad_beg: 1", InvalidParameterError, r"pad_beg only crops .* Received: 1"),
-    ("zoom_factor: 2 pad_end: 2", InvalidParameterError, r"pad_end only crops .* Received: 2"),
-    ("height: 8", InvalidParameterError, r"needs an output size.* Received: height$"),
-    ("", InvalidParameterError, r"Received: none of them"),
-    ("height: 0 width: 0", InvalidParameterError, r"must be positive. Received: height 0, width 0"),
-    ("zoom_factor: 0", InvalidParameterError, r"zoom_factor must be at least 1. Received: 0"),
-    ("shrink_factor: -1", InvalidParameterError, r"shrink_factor must be at least 1. Received: -1"),
-    ("zoom_factor: 2 pad_beg: -2 pad_end: -2", ShapeMismatchError, r"crops away the whole input"),
-])
+@pytest.mark.parametrize(
+    "param, error, message",
+    [
+        ("zoom_factor: 2 pad_beg: 1", InvalidParameterError, r"pad_beg only crops .* Received: 1"),
+        ("zoom_factor: 2 pad_end: 2", InvalidParameterError, r"pad_end only crops .* Received: 2"),
+        ("height: 8", InvalidParameterError, r"needs an output size.* Received: height$"),
+        ("", InvalidParameterError, r"Received: none of them"),
+        ("height: 0 width: 0", InvalidParameterError, r"must be positive. Received: height 0, width 0"),
+        ("zoom_factor: 0", InvalidParameterError, r"zoom_factor must be at least 1. Received: 0"),
+        ("shrink_factor: -1", InvalidParameterError, r"shrink_factor must be at least 1. Received: -1"),
+        ("zoom_factor: 2 pad_beg: -2 pad_end: -2", ShapeMismatchError, r"crops away the whole input"),
+    ],
+)
 def test_refusals(param, error, message):
     with pytest.raises(error, match=message):
         interp(param, numpy.ones((2, 2, 4, 4)))
@@ -148,15 +157,17 @@ def test_pspnet_refusals(case):
 
 # --- published PSPNet nets ------------------------------------------------------------------------
 REALWORLD = realworld_nets()
-PSPNETS = {"pspnet50_ADE20K_473": (150, 473), "pspnet101_VOC2012_473": (21, 473),
-           "pspnet101_cityscapes_713": (19, 713)}
+PSPNETS = {"pspnet50_ADE20K_473": (150, 473), "pspnet101_VOC2012_473": (21, 473), "pspnet101_cityscapes_713": (19, 713)}
 needs_realworld = pytest.mark.skipif(REALWORLD is None, reason="shared/realworld not available")
 
 
 @needs_realworld
-@pytest.mark.parametrize("name", [  # building a ResNet-101 takes seconds: those two run with the slow tests
-    name if name.startswith("pspnet50") else pytest.param(name, marks=pytest.mark.slow) for name in sorted(PSPNETS)
-])
+@pytest.mark.parametrize(
+    "name",
+    [  # building a ResNet-101 takes seconds: those two run with the slow tests
+        name if name.startswith("pspnet50") else pytest.param(name, marks=pytest.mark.slow) for name in sorted(PSPNETS)
+    ],
+)
 def test_pspnet_builds(name):
     net = netdef.Net(str(REALWORLD / f"{name}.prototxt"), netdef.TEST)
     classes, size = PSPNETS[name]

@@ -1,4 +1,5 @@
 """Fork layer types are registered, kept apart from BVLC's, and say where they come from."""
+
 import pytest
 
 import netdef
@@ -8,9 +9,24 @@ from netdef.layers.forks import FORK_ORIGIN, fork_hint, fork_layer_types, regist
 
 BVLC_COUNT = 61
 FORK_TYPES = {
-    "Axpy", "BN", "ConvolutionDepthwise", "DepthwiseConvolution", "DetectionEvaluate", "DetectionOutput", "Interp",
-    "MultiBoxLoss", "Normalize", "PSROIPooling", "Permute", "PriorBox", "ROIPooling", "ReLU6", "ShuffleChannel",
-    "SmoothL1Loss", "Upsample", "Yolov3DetectionOutput",
+    "Axpy",
+    "BN",
+    "ConvolutionDepthwise",
+    "DepthwiseConvolution",
+    "DetectionEvaluate",
+    "DetectionOutput",
+    "Interp",
+    "MultiBoxLoss",
+    "Normalize",
+    "PSROIPooling",
+    "Permute",
+    "PriorBox",
+    "ROIPooling",
+    "ReLU6",
+    "ShuffleChannel",
+    "SmoothL1Loss",
+    "Upsample",
+    "Yolov3DetectionOutput",
 }
 
 

@@ -57,15 +57,18 @@ def test_unpool_fractional_mask_truncates_and_planes_are_separate():
     numpy.testing.assert_array_equal(top[0].data.reshape(2, 8), [[1, 0, 0, 2, 0, 0, 0, 0], [0, 4, 3, 0, 0, 0, 0, 0]])
 
 
-@pytest.mark.parametrize("param, in_hw, out_hw", [
-    ("scale: 3", (2, 3), (6, 9)),
-    ("scale_h: 2 scale_w: 3", (2, 3), (4, 9)),
-    ("scale: 2 pad_out_h: true", (4, 5), (7, 10)),
-    ("scale: 2 pad_out_w: true", (4, 5), (8, 9)),
-    ("upsample_h: 7 upsample_w: 9", (4, 5), (7, 9)),
-    ("scale: 3 upsample_h: 7 upsample_w: 9", (4, 5), (7, 9)),  # upsample_h/w win over scale
-    ("upsample_h: 11", (4, 5), (8, 10)),  # upsample_h alone is ignored: default scale 2
-])
+@pytest.mark.parametrize(
+    "param, in_hw, out_hw",
+    [
+        ("scale: 3", (2, 3), (6, 9)),
+        ("scale_h: 2 scale_w: 3", (2, 3), (4, 9)),
+        ("scale: 2 pad_out_h: true", (4, 5), (7, 10)),
+        ("scale: 2 pad_out_w: true", (4, 5), (8, 9)),
+        ("upsample_h: 7 upsample_w: 9", (4, 5), (7, 9)),
+        ("scale: 3 upsample_h: 7 upsample_w: 9", (4, 5), (7, 9)),  # upsample_h/w win over scale
+        ("upsample_h: 11", (4, 5), (8, 10)),  # upsample_h alone is ignored: default scale 2
+    ],
+)
 def test_unpool_output_size_rules(param, in_hw, out_hw):
     x = numpy.ones((1, 2) + in_hw)
     _, _, top = upsample(param, [x, numpy.zeros_like(x)])
@@ -80,14 +83,17 @@ def test_unpool_gradient():
     check_gradient(layer, [x, mask], check_bottoms=[0])
 
 
-@pytest.mark.parametrize("param, message", [
-    ("scale: 1", r"scale must be greater than 1. Received: 1"),
-    ("scale_h: 2 scale_w: 1", r"scale_w must be greater than 1. Received: 1"),
-    ("upsample_h: 1 upsample_w: 4", r"upsample_h must be greater than 1. Received: 1"),
-    ("scale: 3 pad_out_h: true", r"pad_out_h needs a scale of 2 .* Received: pad_out_h true with scale 3"),
-    ("scale: 2 scale_h: 2 scale_w: 2", r"Received: scale 2, scale_h 2, scale_w 2"),
-    ("scale_h: 2", r"Received: scale_h 2"),
-])
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("scale: 1", r"scale must be greater than 1. Received: 1"),
+        ("scale_h: 2 scale_w: 1", r"scale_w must be greater than 1. Received: 1"),
+        ("upsample_h: 1 upsample_w: 4", r"upsample_h must be greater than 1. Received: 1"),
+        ("scale: 3 pad_out_h: true", r"pad_out_h needs a scale of 2 .* Received: pad_out_h true with scale 3"),
+        ("scale: 2 scale_h: 2 scale_w: 2", r"Received: scale 2, scale_h 2, scale_w 2"),
+        ("scale_h: 2", r"Received: scale_h 2"),
+    ],
+)
 def test_unpool_parameter_refusals(param, message):
     x = numpy.ones((1, 1, 2, 2))
     with pytest.raises(InvalidParameterError, match=message):
@@ -209,7 +215,9 @@ def _bayesian_segnet_text() -> str:
         r'layer \{\s*name: "data"\s*type: "DenseImageData".*?\n\}\n',
         'layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
         "shape { dim: 1 dim: 3 dim: 360 dim: 480 } shape { dim: 1 dim: 1 dim: 360 dim: 480 } } }\n",
-        text, count=1, flags=re.S,
+        text,
+        count=1,
+        flags=re.S,
     )
 
 
