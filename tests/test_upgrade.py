@@ -322,3 +322,19 @@ def test_cli_upgrade_errors(tmp_path, capsys):
     assert main(["upgrade", "net", str(bad), str(tmp_path / "o.prototxt")]) == 1
     assert 'type "convolutoin", which is not a V0 layer type' in capsys.readouterr().err
     assert not (tmp_path / "o.prototxt").exists()
+
+
+def test_deeplab_v1_layer_types_keep_their_fork_names(caplog):
+    text = """
+    input: "x" input_dim: 1 input_dim: 1 input_dim: 2 input_dim: 2
+    layers { name: "up" type: INTERP bottom: "x" top: "y" interp_param { zoom_factor: 2 } }
+    layers { name: "pad" type: PADDING bottom: "y" top: "z" padding_param { pad_beg: 1 } }
+    """
+    param = net_from_text(text)
+    assert [(layer.name, layer.type) for layer in param.layer] == [
+        ("input", "Input"),
+        ("up", "Interp"),
+        ("pad", "Padding"),
+    ]
+    assert param.layer[1].interp_param.zoom_factor == 2
+    assert "padding_param has no current equivalent" in caplog.text

@@ -268,11 +268,30 @@ def conv_geometry(layer: Layer, cp, num_spatial: int) -> tuple[tuple[int, ...], 
     kernel = per_axis("kernel_size", cp.kernel_size, "kernel_h", "kernel_w", None)
     stride = per_axis("stride", cp.stride, "stride_h", "stride_w", 1)
     pad = per_axis("pad", cp.pad, "pad_h", "pad_w", 0)
-    dilation = per_axis("dilation", cp.dilation, None, None, 1)
+    dilation = _with_holes(layer, cp, per_axis("dilation", cp.dilation, None, None, 1), num_spatial)
     for name, vals in (("kernel size", kernel), ("stride", stride), ("dilation", dilation)):
         if any(v <= 0 for v in vals):
             raise layer.error(f"{name} must be positive on every axis. Received: {list(vals)}")
     return kernel, stride, pad, dilation
+
+
+def _with_holes(layer: Layer, cp, dilation: tuple[int, ...], num_spatial: int) -> tuple[int, ...]:
+    """DeepLab v1's ``hole`` / ``hole_h`` / ``hole_w`` are its spelling of dilation."""
+    given = [name for name in ("hole", "hole_h", "hole_w") if cp.HasField(name)]
+    if not given:
+        return dilation
+    if len(cp.dilation):
+        raise layer.error(
+            f"give either dilation or DeepLab's {'/'.join(given)}, not both. Received: dilation="
+            f"{list(cp.dilation)}, " + ", ".join(f"{n}={getattr(cp, n)}" for n in given)
+        )
+    if cp.HasField("hole") and (cp.HasField("hole_h") or cp.HasField("hole_w")):
+        raise layer.error(f"give either hole or hole_h/hole_w, not both. Received: {', '.join(given)}")
+    if cp.HasField("hole"):
+        return (int(cp.hole),) * num_spatial
+    if num_spatial != 2:
+        raise layer.error(f"hole_h/hole_w need 2-D convolution. Received: {num_spatial} spatial axes")
+    return (int(cp.hole_h), int(cp.hole_w))
 
 
 def kernel_extent(kernel: int, dilation: int) -> int:

@@ -391,7 +391,8 @@ class PoolingLayer(Layer):
         problem = self.kernel and _pool_problem(self.method, self.kernel, self.pad)
         if problem:
             raise self.error(problem)
-        self.ceil_mode = pp.round_mode == pb.PoolingParameter.CEIL
+        # ceil_mode: false (the fork field of BVLC PR #3057, in many MobileNet/SSD ports) means round_mode: FLOOR
+        self.ceil_mode = pp.round_mode == pb.PoolingParameter.CEIL and pp.ceil_mode
         self.pooler: _Pooler | None = None
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:

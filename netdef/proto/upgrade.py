@@ -20,6 +20,12 @@ log = logging.getLogger("netdef")
 
 # V1 LayerType enum name -> layer type string
 _V1_TYPES = {
+    # DeepLab v1's V1 types keep their fork names; netdef implements Interp, the rest are named as unknown types.
+    "IMAGE_SEG_DATA": "ImageSegData",
+    "SEG_ACCURACY": "SegAccuracy",
+    "INTERP": "Interp",
+    "PADDING": "Padding",
+    "MAT_WRITE": "MatWrite",
     "ABSVAL": "AbsVal",
     "ACCURACY": "Accuracy",
     "ARGMAX": "ArgMax",
@@ -162,6 +168,12 @@ def upgrade_v1_layer(v1, where: str):
     for field in pb.V1LayerParameter.DESCRIPTOR.fields:
         special = field.name in ("transform_param", "loss_param")
         if field.name.endswith("_param") and not special and v1.HasField(field.name):
+            if field.name not in pb.LayerParameter.DESCRIPTOR.fields_by_name:
+                # Only DeepLab v1 layers netdef lacks read these; building the net names the layer type.
+                log.warning(
+                    '%s: V1 layer "%s": %s has no current equivalent and is dropped', where, v1.name, field.name
+                )
+                continue
             getattr(layer, field.name).CopyFrom(getattr(v1, field.name))
     return layer
 

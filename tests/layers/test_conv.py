@@ -97,6 +97,23 @@ def test_convolution_values_group_and_dilation():
     w = numpy.array([[[[1.0, 1.0]]], [[[1.0, -1.0]]]])  # group 2: one 1x2 kernel per channel
     _, _, top = conv_layer("num_output: 2 group: 2 kernel_h: 1 kernel_w: 2 dilation: 2 bias_term: false", [x], w)
     numpy.testing.assert_array_equal(top[0].data, [[[[4, 6, 8]], [[-20, -20, -20]]]])
+    # DeepLab v1 spells dilation "hole" (both axes) or "hole_h"/"hole_w"
+    for holes in ("hole: 2", "hole_h: 1 hole_w: 2"):
+        _, _, top = conv_layer(f"num_output: 2 group: 2 kernel_h: 1 kernel_w: 2 {holes} bias_term: false", [x], w)
+        numpy.testing.assert_array_equal(top[0].data, [[[[4, 6, 8]], [[-20, -20, -20]]]])
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ("dilation: 2 hole: 2", "either dilation or DeepLab's hole"),
+        ("hole: 2 hole_w: 2", "either hole or hole_h/hole_w"),
+    ],
+)
+def test_deeplab_holes_conflicts(params, needle):
+    x = numpy.ones((1, 1, 4, 4))
+    with pytest.raises(InvalidParameterError, match=needle):
+        conv_layer(f"num_output: 1 kernel_size: 2 {params}", [x])
 
 
 def test_convolution_values_3d_and_axis():

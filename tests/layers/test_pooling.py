@@ -65,6 +65,11 @@ def test_ceil_rounding_keeps_partial_windows():
     numpy.testing.assert_allclose(y, [[[[2, 3.5], [6.5, 8]]]])
     (y,), _ = pool("pool: MAX kernel_size: 2 stride: 2 round_mode: FLOOR", x)
     numpy.testing.assert_array_equal(y, [[[[4]]]])
+    # the fork spelling of the same choice (MobileNet/SSD ports): ceil_mode: false rounds down
+    (y,), _ = pool("pool: MAX kernel_size: 2 stride: 2 ceil_mode: false", x)
+    numpy.testing.assert_array_equal(y, [[[[4]]]])
+    (y,), _ = pool("pool: MAX kernel_size: 2 stride: 2 ceil_mode: true", x)
+    numpy.testing.assert_array_equal(y, [[[[4, 5], [7, 8]]]])
 
 
 def test_padding_drops_a_window_starting_in_the_padding():
