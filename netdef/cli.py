@@ -8,14 +8,21 @@ together, sets up logging, and turns a NetdefError into one line and exit status
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .errors import NetdefError
 from .logs import setup_logging
-from .tools import classify, score, timing, train, upgrade
 
-#: the command modules, in the order ``netdef --help`` lists them
-COMMANDS = (train, score, timing, upgrade, classify)
+#: the command modules under netdef.tools, in the order ``netdef --help`` lists them
+COMMAND_MODULES = (
+    "train",
+    "score",
+    "timing",
+    "upgrade",
+    "classify",
+)
+COMMANDS = tuple(importlib.import_module(f"{__package__}.tools.{name}") for name in COMMAND_MODULES)
 
 
 def build_parser() -> argparse.ArgumentParser:
