@@ -77,3 +77,35 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ' Did you mean "x"?' for the closest candidate, or an empty string."""
     best = closest(name, candidates)
     return f' Did you mean "{best}"?' if best else ""
+
+
+class ResourceLimitError(NetdefError):
+    """An input asks for more memory or nesting than netdef allows (see netdef.limits)."""
+
+
+class MeanFileError(DataSourceError):
+    """A mean file (``transform_param.mean_file``, ``--mean``) is missing, unreadable or does not fit the data."""
+
+
+class DatasetError(NetdefError):
+    """A dataset tool's input (image list, idx or CIFAR file, database) is malformed, or its output cannot be written."""
+
+
+class PythonLayerNotAllowedError(NetdefError):
+    """A net names a Python layer, whose module would run code, and running it was not allowed."""
+
+
+class PythonLayerError(NetdefError):
+    """A user's Python layer raised an exception; the original is the ``__cause__``."""
+
+
+class TrainingDivergedError(NetdefError):
+    """Training produced a non-finite loss or parameter (NaN or infinity)."""
+
+
+class LogFormatError(NetdefError):
+    """A training log or run-record file holds nothing that can be read as one."""
+
+
+class MissingDependencyError(NetdefError):
+    """An optional package or program a feature needs is not installed; the message says how to get it."""

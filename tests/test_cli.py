@@ -143,8 +143,13 @@ def test_ctrl_c_stops_cleanly_with_a_final_snapshot(digits):
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, err
     # as in Caffe, stopping early still writes the final snapshot (snapshot_after_train)
-    assert list((digits / "models" / "digits").glob("digits_iter_*.caffemodel"))
+    (state,) = (digits / "models" / "digits").glob("digits_iter_*.solverstate")
     assert "Traceback" not in err
+    iteration = state.name[len("digits_iter_") : -len(".solverstate")]
+    assert err.endswith(
+        f"netdef: training stopped at iteration {iteration}; resume it with:\n"
+        f"  netdef train short_solver.prototxt --snapshot models/digits/digits_iter_{iteration}.solverstate\n"
+    )
 
 
 def test_ctrl_c_with_snapshot_effect_snapshots_and_continues(digits):
@@ -185,3 +190,68 @@ def test_netdef_test_runs_each_small_model(model, capsys):
     assert main(["test", "--model", str(deploy), "--iterations", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if " = " in line]
     assert lines and all(numpy.isfinite(float(line.rsplit("=", 1)[1])) for line in lines)
+
+
+# --- Python layers run only with consent -------------------------------------------------------------------
+PYTHON_NET = """
+layer { name: "data" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 } } }
+layer { name: "double" type: "Python" bottom: "x" top: "y" python_param { module: "cli_layers" layer: "Double" } }
+"""
+PYTHON_MODULE = """
+import caffe
+
+
+class Double(caffe.Layer):
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+"""
+
+
+@pytest.fixture
+def python_layer_net(tmp_path, monkeypatch):
+    from netdef.layers import python_layer
+
+    monkeypatch.delenv(python_layer.ALLOW_ENV, raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "layers" / "cli_layers.py").write_text(PYTHON_MODULE)
+    (tmp_path / "net.prototxt").write_text(PYTHON_NET)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    python_layer.allow_python_layers(None)
+    sys.modules.pop("cli_layers", None)
+
+
+@pytest.mark.parametrize("command", [["test", "--iterations", "1"], ["time", "--iterations", "1"]])
+def test_python_layers_need_the_flag_on_every_command(python_layer_net, command, capsys):
+    argv = [*command, "--model", "net.prototxt"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert 'netdef: error: Layer "double" (type Python): building it would import the Python module "cli_layers"' in err
+    assert "--allow-python-layers" in err and "Traceback" not in err
+    assert "cli_layers" not in sys.modules
+    assert main([*argv, "--allow-python-layers", "--python-path", "layers"]) == 0
+    assert str(python_layer_net / "layers") in sys.path and "caffe" not in sys.modules
+
+
+def test_an_exception_in_a_python_layer_is_one_line(python_layer_net, capsys):
+    (python_layer_net / "layers" / "cli_layers.py").write_text(
+        PYTHON_MODULE.replace("top[0].data[...] = 2 * bottom[0].data", "open('settings.json')")
+    )
+    assert main(["test", "--model", "net.prototxt", "--iterations", "1", "--allow-python-layers", "--python-path",
+                 "layers"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (
+        'netdef: error: Layer "double" (type Python), class cli_layers.Double: forward raised FileNotFoundError: '
+        "[Errno 2] No such file or directory: 'settings.json' "
+        f"(at {python_layer_net / 'layers' / 'cli_layers.py'} line 13, in forward)"
+    )

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -415,3 +416,220 @@ def test_data_states_round_trip_through_layers_that_have_them():
     assert snapshot.data_states(net) == {"train_data": {"position": 5}, "extra": {"position": 2}}
     snapshot.apply_data_states(net, {"train_data": {"position": 9}, "ip": {"position": 1}})
     assert [getattr(layer, "position", None) for layer in net.layers] == [9, None, 2]
+
+
+# --- the snapshot prefix is a name, and its probe never follows a link ------------------------------------------
+def test_prefix_with_a_nul_byte_is_named(tmp_path):
+    param = make_param(tmp_path, f'snapshot: 2 snapshot_prefix: "{tmp_path}/a\\0b"')
+    assert "\0" in param.snapshot_prefix
+    with pytest.raises(SolverError, match=r"snapshot_prefix contains a NUL character.*Received: '.*a\\x00b'"):
+        get_solver(param)
+    param.snapshot = 0  # also when only a final or requested snapshot would use it
+    with pytest.raises(SolverError, match="NUL character"):
+        get_solver(param)
+
+
+def test_prefix_probe_never_truncates_what_a_link_points_to(tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    (tmp_path / "s_iter_0.tempfile").symlink_to(victim)
+    snapshot.check_prefix(pb.SolverParameter(snapshot=5, snapshot_prefix=str(tmp_path / "s")))
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "s_iter_0.tempfile").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["precious.txt", "s_iter_0.tempfile"]
+
+
+# --- the resume sidecar is checked whole --------------------------------------------------------------------------
+@pytest.fixture
+def saved_run(tmp_path):
+    """(make a fresh solver, state file) for a run snapshotted at iteration 3 with shuffled data and a test net."""
+    text = f'snapshot_prefix: "{tmp_path}/s" test_iter: 1 test_interval: 100'
+    solver = get_solver(make_param(tmp_path, text, shuffle=True))
+    solver.step(3)
+    state = solver.snapshot()
+    return (lambda: get_solver(make_param(tmp_path, text, shuffle=True))), state
+
+
+def _edit_sidecar(state: str, edit) -> str:
+    path = solverstate.sidecar_path(state)
+    with open(path) as f:
+        data = json.load(f)
+    data = edit(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def _perm(data):
+    return data["train_net"]["data"]["perm"]
+
+
+SIDECAR_DEFECTS = {
+    "not an object": (lambda d: [d], r'"\(top level\)": the file holds a JSON list'),
+    "rng not a state": (lambda d: {**d, "rng": {"numpy": "x", "device_epoch": 0}}, '"rng.numpy": a JSON str'),
+    "rng state of the wrong type": (
+        lambda d: {**d, "rng": {"numpy": {"bit_generator": "PCG64", "state": "x"}, "device_epoch": 0}},
+        '"rng.numpy": not a state of NumPy\'s PCG64',
+    ),
+    "rng epoch": (lambda d: {**d, "rng": {**d["rng"], "device_epoch": "one"}}, '"rng.device_epoch": not an integer'),
+    "empty perm": (lambda d: _set(d, "perm", []), '"train_net.data.perm": empty'),
+    "perm out of range": (lambda d: _set(d, "perm", [99] * len(_perm(d))), "not a permutation"),
+    "perm of strings": (lambda d: _set(d, "perm", ["a"]), r'"train_net.data.perm\[0\]": not an integer'),
+    "short perm": (
+        lambda d: _set(_set(d, "row", 0), "perm", [0, 1]),
+        "has 2 entries; the file it orders has 64 rows|refused by the layer .*perm",
+    ),
+    "row past the end": (
+        lambda d: _set(d, "row", 65),
+        '"train_net.data.row": out of range. Received: 65. Valid: 0..64',
+    ),
+    "negative row": (lambda d: _set(d, "row", -1), '"train_net.data.row": out of range'),
+    "row as text": (lambda d: _set(d, "row", "3"), '"train_net.data.row": not an integer'),
+    "bool position": (lambda d: _set(d, "file_pos", True), "not an integer"),
+    "file order": (lambda d: _set(d, "file_order", [0, 1]), '"train_net.data.file_order": has 2 entries'),
+    "loaded file": (lambda d: _set(d, "loaded", 1), '"train_net.data.loaded": out of range|is not the file'),
+    "unknown layer": (
+        lambda d: {**d, "train_net": {**d["train_net"], "ghost": {}}},
+        "names data layer\\(s\\) \\['ghost'\\] the net lacks",
+    ),
+    "missing layer": (lambda d: {**d, "train_net": {}}, "lacks data layer\\(s\\) \\['data'\\]"),
+    "layer not an object": (lambda d: {**d, "train_net": {"data": 3}}, '"train_net.data": a JSON int'),
+    "missing key": (lambda d: _drop(d, "row"), '"train_net.data": has other keys'),
+    "test nets count": (lambda d: {**d, "test_nets": []}, '"test_nets": not one entry per test net'),
+    "test net perm": (
+        lambda d: {**d, "test_nets": [{"data": {**d["test_nets"][0]["data"], "perm": []}}]},
+        '"test_nets\\[0\\].data.perm": empty',
+    ),
+    "other kind": (lambda d: {**d, "kind": "something"}, '"kind": not a netdef resume sidecar'),
+    "newer version": (lambda d: {**d, "version": 7}, '"version": a sidecar version'),
+    "iteration": (lambda d: {**d, "current_step": "0"}, '"current_step": not an integer'),
+}
+
+
+def _set(data, key, value):
+    data["train_net"]["data"][key] = value
+    return data
+
+
+def _drop(data, key):
+    del data["train_net"]["data"][key]
+    return data
+
+
+@pytest.mark.parametrize("defect", list(SIDECAR_DEFECTS))
+def test_a_sidecar_that_does_not_fit_is_refused_by_name(saved_run, defect):
+    fresh, state = saved_run
+    edit, expected = SIDECAR_DEFECTS[defect]
+    path = _edit_sidecar(state, edit)
+    solver = fresh()
+    with pytest.raises(WeightsFileError) as err:
+        solver.restore(state)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert re.search(expected, message), message
+    if "key" in message:
+        assert "delete it to resume without the exact data positions" in message
+
+
+def test_a_sidecar_that_fits_restores_the_read_position(saved_run):
+    fresh, state = saved_run
+    expected = json.loads(open(solverstate.sidecar_path(state)).read())["train_net"]
+    solver = fresh()
+    solver.restore(state)
+    assert snapshot.data_states(solver.net) == expected
+
+
+def test_an_unreadable_sidecar_is_named(saved_run):
+    fresh, state = saved_run
+    with open(solverstate.sidecar_path(state), "wb") as f:
+        f.write(b"\xff\xfe{")
+    with pytest.raises(WeightsFileError, match="unreadable netdef resume sidecar"):
+        fresh().restore(state)
+
+
+# --- the order files appear in, and what an interrupted writer leaves --------------------------------------------
+def test_the_state_file_appears_last_through_a_journal(tmp_path, monkeypatch):
+    solver = get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/s"'))
+    solver.step(2)
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renamed.append((os.path.basename(src), os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    solver.snapshot()
+    targets = [dst for _, dst in renamed]
+    assert targets == [".s_iter_2.solverstate.commit", "s_iter_2.solverstate.netdef.json", "s_iter_2.caffemodel",
+                       "s_iter_2.solverstate"]  # fmt: skip
+    assert all(re.fullmatch(r"\.s_iter_2\..*\.[0-9a-f]{12}\.tmp", src) for src, _ in renamed)
+    assert snapshot_files(tmp_path) == [
+        "s_iter_2.caffemodel",
+        "s_iter_2.solverstate",
+        "s_iter_2.solverstate.netdef.json",
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+def test_an_interrupted_commit_is_finished_by_the_next_run(tmp_path, monkeypatch, fmt, caplog):
+    text = f'snapshot_prefix: "{tmp_path}/s" snapshot_format: {fmt}'
+    solver = get_solver(make_param(tmp_path, text, shuffle=True))
+    solver.step(2)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:  # journal and sidecar in place, then the writer dies
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        solver.snapshot()
+    monkeypatch.setattr(os, "replace", real_replace)
+    ext = ".solverstate.h5" if fmt == "HDF5" else ".solverstate"
+    assert not (tmp_path / f"s_iter_2{ext}").exists()  # no state file: nothing looks resumable yet
+    assert (tmp_path / f".s_iter_2{ext}.commit").exists()
+    with caplog.at_level(logging.WARNING, logger="netdef"):
+        fresh = get_solver(make_param(tmp_path, text, shuffle=True))
+    assert "Finished the snapshot an interrupted run left half written" in caplog.text
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+    fresh.restore(str(tmp_path / f"s_iter_2{ext}"))
+    assert fresh.iter == 2
+    for key, value in params_of(solver).items():
+        assert np.array_equal(params_of(fresh)[key], value), key
+    assert snapshot.data_states(fresh.net) == snapshot.data_states(solver.net)
+
+
+def test_temporary_files_of_an_interrupted_writer_are_removed_at_start(tmp_path, caplog):
+    left = [
+        ".s_iter_4.caffemodel.0123456789ab.tmp",
+        ".s_iter_4.solverstate.h5.abcdefabcdef.tmp.h5",
+        ".s_iter_4.solverstate.netdef.json.00000000ffff.tmp",
+        ".s_iter_0.tempfile.0123456789ab.tmp",
+    ]
+    kept = [
+        ".other_iter_4.caffemodel.0123456789ab.tmp",  # another prefix
+        "s_iter_4.caffemodel.tmp",  # not a name netdef writes
+        ".s_iter_4.caffemodel.0123456789ab.tmp.bak",
+        "notes.tmp",
+    ]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    with caplog.at_level(logging.WARNING, logger="netdef"):
+        get_solver(make_param(tmp_path, f'snapshot: 5 snapshot_prefix: "{tmp_path}/s"'))
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["data.h5", "list.txt"])
+    assert "Removed 4 temporary file(s)" in caplog.text
+
+
+def test_a_journal_naming_files_elsewhere_is_not_followed(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine")
+    (tmp_path / ".s_iter_2.solverstate.commit").write_text(
+        json.dumps({"renames": [["../outside.txt", "s_iter_2.solverstate"], [".s_iter_2.x.0123456789ab.tmp", "../x"]]})
+    )
+    get_solver(make_param(tmp_path, f'snapshot_prefix: "{tmp_path}/s"'))
+    assert outside.read_text() == "mine"
+    assert not (tmp_path / ".s_iter_2.solverstate.commit").exists() and not (tmp_path / "s_iter_2.solverstate").exists()

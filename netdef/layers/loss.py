@@ -11,6 +11,7 @@ label diff is set to zero: the loss is piecewise constant in an integer label.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy
@@ -22,6 +23,8 @@ from ..io.blobproto import read_binaryproto
 from ..proto import netdef_pb2 as pb
 from .base import Layer, LossLayer, register_layer
 from .common import softmax
+
+log = logging.getLogger("netdef")
 
 #: Caffe's floor on probabilities before a log in SoftmaxWithLoss (FLT_MIN).
 FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
@@ -164,6 +167,10 @@ class AccuracyLayer(Layer):
     ``accuracy = correct / non-ignored`` (0 when every label is ignored). Forward only:
     the layer has no gradient and cannot carry a loss weight.
 
+    Unlike Caffe, a prediction whose scores include NaN or an infinity counts as wrong
+    (Caffe's comparisons count a NaN score as correct, so a diverged net reports
+    accuracy 1); the first time it happens the layer logs a warning.
+
     Bottoms: scores with the classes on ``accuracy_param.axis``; labels with
     ``outer * inner`` values. Tops: the accuracy (0-D); optionally per-class accuracy
     ``(C,)`` (0 for classes without labels).
@@ -187,6 +194,7 @@ class AccuracyLayer(Layer):
             )
         self.top_k = int(ap.top_k)
         self.ignore_label = ap.ignore_label if ap.HasField("ignore_label") else None
+        self.warned_non_finite = False
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -213,7 +221,16 @@ class AccuracyLayer(Layer):
         lab, valid = _class_labels(self, bottom[1].data, self.classes, self.ignore_label)
         true_score = xp.take_along_axis(scores, lab.reshape(self.outer, 1, self.inner), axis=1)
         rivals = (scores >= true_score).sum(axis=1).reshape(-1) - 1
-        correct = (rivals < self.top_k) & valid
+        finite = xp.isfinite(scores).all(axis=1).reshape(-1)
+        correct = (rivals < self.top_k) & valid & finite
+        if not self.warned_non_finite and not bool(finite.all()):
+            self.warned_non_finite = True
+            log.warning(
+                "%s: %d of %d predictions have NaN or infinite scores; they count as wrong (has training diverged?)",
+                self.describe(),
+                int((~finite).sum()),
+                finite.size,
+            )
         top[0].data[...] = correct.sum() / xp.maximum(valid.sum(), 1)
         if len(top) > 1:
             seen = xp.bincount(lab, weights=valid.astype(self.dtype), minlength=self.classes)

@@ -8,11 +8,24 @@ A net names the module and class in ``python_param``::
       loss_weight: 1
     }
 
-The module is imported with ``importlib`` the first time a net builds the layer,
-so it must be importable: on ``sys.path``/``PYTHONPATH``, or in the current
-working directory, which netdef adds at the end of ``sys.path`` when it is not
-there already (as running Caffe with ``PYTHONPATH=.``). The folder of the net
-file is not searched.
+**Building such a layer runs code**: importing the module executes its top level. A
+net file therefore never does it by itself; it has to be allowed, in one of these ways
+(the first that says yes or no wins):
+
+- for the nets built inside a block or by one solver: ``with python_layers_allowed():``,
+  or ``get_solver(path, allow_python_layers=True)``;
+- for the process: :func:`allow_python_layers` (``allow_python_layers(False)`` forbids,
+  ``None`` goes back to the environment);
+- the environment: ``NETDEF_ALLOW_PYTHON_LAYERS=1`` (``0`` or unset: not allowed);
+- the command line: ``--allow-python-layers`` on every ``netdef`` command that runs a net.
+
+Otherwise the net fails with a PythonLayerNotAllowedError naming the layer and the module.
+
+The module is imported with ``importlib`` the first time a net builds the layer, so it
+must be importable from ``sys.path``: ``PYTHONPATH``, or folders added with
+:func:`add_python_layer_path` (``--python-path DIR`` on the command line). Neither the
+working directory (unless Python itself put it there, as ``python script.py`` and
+``python -c`` do) nor the folder of the net file is searched.
 
 The class is normally a subclass of ``netdef.Layer`` (the base of the built-in
 layers) implementing ``setup``, ``reshape``, ``forward`` and ``backward`` on
@@ -22,34 +35,203 @@ lists of ``netdef.Blob``; ``self.param_str``, ``self.phase`` and ``self.param``
 those four methods but no netdef base, works too: it is wrapped so that its
 blobs accept pycaffe's ``reshape(*shape)``, ``num``/``channels``/``height``/
 ``width``, and ``self.blobs.add_blob(*shape)``.
+
+Modules written for pycaffe ``import caffe`` and subclass ``caffe.Layer``. When no
+real Caffe can be imported, netdef answers that import, and only while it imports an
+allowed Python-layer module, with a stand-in: ``caffe.Layer`` is :class:`CaffeLayer`
+(a pycaffe-style base, run through the wrapper above), every other name is netdef's
+(``caffe.TRAIN``, ``caffe.io``, ...). A real Caffe on ``sys.path`` is always used
+instead, and the stand-in is gone from ``sys.modules`` once the import finishes.
+
+An exception raised by the user's ``setup``/``reshape``/``forward``/``backward`` (or
+its constructor) becomes a PythonLayerError naming the layer, its class and where
+in the user's file it was raised; the original exception is its ``__cause__``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+import importlib.abc
+import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+import types
+from collections.abc import Iterator, Sequence
 
 import numpy
 
 from ..blob import Blob
-from ..errors import InvalidParameterError, did_you_mean, layer_prefix
+from ..errors import (
+    InvalidParameterError,
+    NetdefError,
+    PythonLayerError,
+    PythonLayerNotAllowedError,
+    did_you_mean,
+    layer_prefix,
+)
 from .base import Layer, register_layer
 
 _METHODS = ("setup", "reshape", "forward", "backward")
+
+#: the environment variable that allows Python layers ("1"/"true"/"yes"/"on"; "0"/"false"/"no"/"off")
+ALLOW_ENV = "NETDEF_ALLOW_PYTHON_LAYERS"
+_ENV_TRUE = ("1", "true", "yes", "on")
+_ENV_FALSE = ("", "0", "false", "no", "off")
+_process_setting: bool | None = None
+_scoped_setting: contextvars.ContextVar[bool | None] = contextvars.ContextVar("python_layers", default=None)
+
+
+def allow_python_layers(allow: bool | None = True) -> None:
+    """Allow (or with False forbid) Python layers in every net this process builds from now on.
+
+    None forgets the setting, so that ``NETDEF_ALLOW_PYTHON_LAYERS`` decides again.
+    A :func:`python_layers_allowed` block or a solver's ``allow_python_layers``
+    argument still wins over it.
+    """
+    global _process_setting
+    _process_setting = None if allow is None else bool(allow)
+
+
+@contextlib.contextmanager
+def python_layers_allowed(allow: bool | None = True) -> Iterator[None]:
+    """Allow (or forbid) Python layers for the nets built inside the block; None changes nothing."""
+    if allow is None:
+        yield
+        return
+    token = _scoped_setting.set(bool(allow))
+    try:
+        yield
+    finally:
+        _scoped_setting.reset(token)
+
+
+def python_layers_are_allowed() -> bool:
+    """Whether a net built now may import Python-layer modules (block, then process, then environment)."""
+    for setting in (_scoped_setting.get(), _process_setting):
+        if setting is not None:
+            return setting
+    value = os.environ.get(ALLOW_ENV, "").strip().lower()
+    if value in _ENV_TRUE:
+        return True
+    if value in _ENV_FALSE:
+        return False
+    raise PythonLayerNotAllowedError(
+        f"{ALLOW_ENV} must be one of {', '.join(_ENV_TRUE)} (allow) or {', '.join(repr(v) for v in _ENV_FALSE)} "
+        f"(do not allow). Received: {os.environ.get(ALLOW_ENV)!r}"
+    )
+
+
+def add_python_layer_path(folder: str | os.PathLike) -> str:
+    """Put ``folder`` at the end of ``sys.path`` so Python-layer modules in it can be imported; its absolute path.
+
+    At the end, so that a file there never shadows an installed package. This does not
+    allow Python layers by itself (see :func:`allow_python_layers`).
+    """
+    path = os.path.abspath(os.fspath(folder))
+    if not os.path.isdir(path):
+        raise InvalidParameterError(f"Python layer search path: no such folder. Received: {os.fspath(folder)!r}")
+    if path not in sys.path:
+        sys.path.append(path)
+    return path
 
 
 def _fail(param, message: str) -> InvalidParameterError:
     return InvalidParameterError(f"{layer_prefix(param.name, 'Python')}: {message}")
 
 
-def _ensure_cwd_on_path() -> None:
-    cwd = os.getcwd()
-    if "" not in sys.path and cwd not in sys.path:
-        # Appended, not prepended, so that a file in the working directory never shadows an installed package.
-        sys.path.append(cwd)
+def _check_allowed(param, name: str) -> None:
+    if python_layers_are_allowed():
+        return
+    raise PythonLayerNotAllowedError(
+        f'{layer_prefix(param.name, "Python")}: building it would import the Python module "{name}" '
+        "(python_param.module) and run its code, which a net file may not do by itself. "
+        "Allow Python layers if you trust this net and its module: --allow-python-layers on the command line, "
+        f"{ALLOW_ENV}=1 in the environment, or from Python netdef.layers.python_layer.allow_python_layers() "
+        "or get_solver(..., allow_python_layers=True)"
+    )
+
+
+class CaffeLayer:
+    """pycaffe's ``caffe.Layer`` for modules that ``import caffe`` without a real Caffe installed.
+
+    A subclass is run like any pycaffe-style class (no netdef base): it implements
+    ``setup``, ``reshape``, ``forward`` and ``backward`` and gets ``param_str``,
+    ``phase`` and ``blobs`` (with ``add_blob``) set by netdef.
+    """
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+
+class _CaffeSubmodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers ``import caffe.<name>`` with the netdef module ``netdef.<name>`` (while the stand-in is active)."""
+
+    def __init__(self, package: str):
+        self.package = package
+        self.added: list[str] = []
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith("caffe."):
+            return None
+        target_name = self.package + fullname[len("caffe") :]
+        if importlib.util.find_spec(target_name) is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        module = importlib.import_module(self.package + spec.name[len("caffe") :])
+        self.added.append(spec.name)
+        return module
+
+    def exec_module(self, module) -> None:
+        """The netdef module is already executed."""
+
+
+def _caffe_stand_in(package: str) -> types.ModuleType:
+    netdef_module = sys.modules[package]
+    stand_in = types.ModuleType("caffe", "netdef standing in for pycaffe while a Python-layer module is imported")
+    stand_in.__path__ = []  # a package, so that "import caffe.io" reaches the finder
+    stand_in.Layer = CaffeLayer
+
+    def __getattr__(name: str):
+        return getattr(netdef_module, name)
+
+    stand_in.__getattr__ = __getattr__
+    return stand_in
+
+
+def _real_caffe_exists() -> bool:
+    if "caffe" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("caffe") is not None
+    except (ImportError, ValueError):
+        return True
+
+
+@contextlib.contextmanager
+def _pycaffe_stand_in() -> Iterator[None]:
+    """While the block runs, ``import caffe`` gives netdef's stand-in, unless a real Caffe is importable."""
+    if _real_caffe_exists():
+        yield
+        return
+    package = __name__.split(".")[0]
+    stand_in = _caffe_stand_in(package)
+    finder = _CaffeSubmodules(package)
+    sys.modules["caffe"] = stand_in
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in ["caffe", *finder.added]:
+            if name == "caffe" and sys.modules.get(name) is not stand_in:
+                continue
+            sys.modules.pop(name, None)
 
 
 def _import_module(param):
@@ -60,16 +242,17 @@ def _import_module(param):
             "python_param.module is empty; name the Python module that defines the layer class, "
             'e.g. module: "my_layers"',
         )
-    _ensure_cwd_on_path()
+    _check_allowed(param, name)
     try:
-        return importlib.import_module(name)
+        with _pycaffe_stand_in():
+            return importlib.import_module(name)
     except ModuleNotFoundError as err:
         if err.name and (name == err.name or name.startswith(err.name + ".")):
             raise _fail(
                 param,
                 f'cannot import python_param.module "{name}": no such module. Received: "{name}". '
-                f"Valid: a module importable from sys.path (the working directory {os.getcwd()!r} is on it; "
-                "add other folders with PYTHONPATH)",
+                "Valid: a module importable from sys.path (add its folder with PYTHONPATH or --python-path DIR; "
+                "the working directory is not searched unless added)",
             ) from err
         raise _fail(param, f'importing python_param.module "{name}" failed: {type(err).__name__}: {err}') from err
     except Exception as err:
@@ -139,15 +322,43 @@ class PythonLayer(Layer):
             layer = object.__new__(user_cls)
             layer.param_str = param.python_param.param_str
             # A user's __init__ may predate the rng argument: pass what every version takes, then hand over the streams.
-            layer.__init__(param, phase=phase, dtype=dtype, xp=xp)
+            _guarded(param, user_cls, "__init__", layer.__init__)(param, phase=phase, dtype=dtype, xp=xp)
             if rng is not None:
                 layer.rng = rng
             # Caffe reports the type of every Python layer as "Python", whatever the class.
             layer.type_name = "Python"
             layer.param_str = param.python_param.param_str
             layer.phase = phase
+            for method in _METHODS:
+                setattr(layer, method, _guarded(param, user_cls, method, getattr(layer, method)))
             return layer
         return _PycaffeLayer(param, phase, dtype, xp, user_cls, rng)
+
+
+def _where_raised(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (at {last.filename} line {last.lineno}, in {last.name})"
+
+
+def _guarded(param, user_cls: type, method: str, function):
+    """``function`` (a user's method), raising a PythonLayerError that names the layer for what it raises."""
+
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except NetdefError:
+            raise  # already names the problem (e.g. the user's own self.error(...))
+        except Exception as err:
+            raise PythonLayerError(
+                f"{layer_prefix(param.name, 'Python')}, class {user_cls.__module__}.{user_cls.__qualname__}: "
+                f"{method} raised {type(err).__name__}: {err}{_where_raised(err)}"
+            ) from err
+
+    call.__wrapped__ = function
+    return call
 
 
 class _BlobVec(list):
@@ -259,19 +470,22 @@ class _PycaffeLayer(Layer):
         """The user's object."""
         return self._impl
 
+    def _call(self, method: str, *args) -> None:
+        _guarded(self.param, type(self._impl), method, getattr(self._impl, method))(*args)
+
     def setup(self, bottom, top):
-        self._impl.setup(_wrap(bottom), _wrap(top))
+        self._call("setup", _wrap(bottom), _wrap(top))
         # The user may have replaced the list instead of calling add_blob.
         self.blobs = getattr(self._impl, "blobs", self._blobs)
 
     def reshape(self, bottom, top):
-        self._impl.reshape(_wrap(bottom), _wrap(top))
+        self._call("reshape", _wrap(bottom), _wrap(top))
 
     def forward(self, bottom, top):
-        self._impl.forward(_wrap(bottom), _wrap(top))
+        self._call("forward", _wrap(bottom), _wrap(top))
 
     def backward(self, top, propagate_down, bottom):
-        self._impl.backward(_wrap(top), list(propagate_down), _wrap(bottom))
+        self._call("backward", _wrap(top), list(propagate_down), _wrap(bottom))
 
 
 def _instantiate(user_cls: type, param):
@@ -281,12 +495,17 @@ def _instantiate(user_cls: type, param):
         takes_param = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
     except (TypeError, ValueError):
         takes_param = False
-    try:
-        return user_cls(param) if takes_param else user_cls()
-    except Exception as err:
-        raise _fail(
-            param, f'creating "{user_cls.__module__}.{user_cls.__name__}" failed: {type(err).__name__}: {err}'
-        ) from err
+    create = _guarded(param, user_cls, "__init__", user_cls)
+    return create(param) if takes_param else create()
 
 
-__all__ = ["PythonLayer", "load_layer_class"]
+__all__ = [
+    "ALLOW_ENV",
+    "CaffeLayer",
+    "PythonLayer",
+    "add_python_layer_path",
+    "allow_python_layers",
+    "load_layer_class",
+    "python_layers_allowed",
+    "python_layers_are_allowed",
+]

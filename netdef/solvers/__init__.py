@@ -37,7 +37,14 @@ def solver_class(type_name: str) -> type[Solver]:
     raise SolverError(f'Unknown solver type "{type_name}".{hint} Known types: {", ".join(known)}')
 
 
-def get_solver(solver, net: str | os.PathLike | None = None, *, source: str | None = None) -> Solver:
+def get_solver(
+    solver,
+    net: str | os.PathLike | None = None,
+    *,
+    source: str | None = None,
+    on_divergence: str = "stop",
+    allow_python_layers: bool | None = None,
+) -> Solver:
     """Build the solver a definition names with ``type:`` (pycaffe's ``caffe.get_solver``).
 
     Args:
@@ -47,9 +54,15 @@ def get_solver(solver, net: str | os.PathLike | None = None, *, source: str | No
         source: with a SolverParameter that ``load_solver_parameter`` already read
             from a file, that file (net paths are also looked up beside it); the
             definition is then used as it is, not read or prepared again.
+        on_divergence: ``"stop"`` (default: a NaN/inf loss or parameter raises
+            TrainingDivergedError) or ``"continue"`` (Caffe's behaviour, with a warning).
+        allow_python_layers: True lets the nets' ``type: "Python"`` layers import and run
+            their modules; None follows the process setting and ``NETDEF_ALLOW_PYTHON_LAYERS``.
     """
     param, source = load_solver_parameter(solver, net, source=source)
-    return solver_class(param.type)(param, source=source)
+    return solver_class(param.type)(
+        param, source=source, on_divergence=on_divergence, allow_python_layers=allow_python_layers
+    )
 
 
 __all__ = [

@@ -7,11 +7,21 @@ iteration, smooths the loss over ``average_loss`` iterations, tests every
 are :mod:`.snapshot`'s business), and leaves the update rule (``apply_update``) to
 its subclasses in :mod:`.sgd_solvers`. Log lines use Caffe's wording on the
 ``netdef`` logger.
+
+Divergence: unlike Caffe, training stops with a TrainingDivergedError as soon as the
+loss of an iteration is NaN or infinite, and when a parameter is non-finite at a
+display iteration or before a snapshot (parameters are not scanned every iteration: a
+bad parameter makes the next loss non-finite anyway). The error names the iteration,
+the first layer whose parameter or output is non-finite, the learning rate and what to
+try. No snapshot of non-finite weights is written, so the last good one stays the
+newest; ``on_divergence="continue"`` keeps Caffe's behaviour (a warning, then training
+and snapshots go on).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import OrderedDict, deque
@@ -20,12 +30,14 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy
 
 from .. import backend
-from ..errors import SolverError
+from ..errors import SolverError, TrainingDivergedError
 from ..io.paths import resolve_path
+from ..layers.python_layer import python_layers_allowed
 from ..logs import format_g, output_line
 from ..net import TEST, TRAIN, Net
 from ..proto import load_net, load_solver, to_text
 from ..proto import netdef_pb2 as pb
+from . import divergence as _divergence
 from . import snapshot as _snapshot
 from .lr_policy import learning_rate
 from .signals import SolverAction, parse_action
@@ -95,6 +107,11 @@ class Solver:
         net: optional net definition path that replaces the solver's train net.
         source: with a SolverParameter already prepared by ``load_solver_parameter``,
             the file it came from (net paths are also looked up beside it).
+        on_divergence: ``"stop"`` (default) raises a TrainingDivergedError when the loss
+            or a parameter becomes NaN/inf; ``"continue"`` warns once and goes on, as Caffe.
+        allow_python_layers: True lets the nets' ``type: "Python"`` layers import their
+            modules (which runs their code), False forbids it; None (default) follows
+            ``netdef.layers.python_layer.allow_python_layers`` and ``NETDEF_ALLOW_PYTHON_LAYERS``.
 
     Attributes:
         param: the SolverParameter in use.
@@ -104,16 +121,26 @@ class Solver:
         current_step: the lr policy's step counter (``step``/``multistep``).
         history: per learnable parameter the update history (AdaDelta and Adam
             keep a second set after the first, as Caffe orders them).
+        last_snapshot: the state file of the newest snapshot written (None before the first).
     """
 
     type_name = ""
     #: how many history arrays the update keeps per learnable parameter
     history_sets = 1
 
-    def __init__(self, solver, net: str | None = None, *, source: str | None = None):
+    def __init__(
+        self,
+        solver,
+        net: str | None = None,
+        *,
+        source: str | None = None,
+        on_divergence: str = "stop",
+        allow_python_layers: bool | None = None,
+    ):
         param, source = load_solver_parameter(solver, net, source=source)
         self.param = param
         self.source = source
+        self.on_divergence = _divergence.parse_policy(on_divergence)
         if param.HasField("type") and self.type_name and param.type != self.type_name:
             log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type, self.type_name)
         if log.isEnabledFor(logging.INFO):
@@ -121,10 +148,12 @@ class Solver:
         self._check_common()
         self.check_param()
         _snapshot.check_prefix(param)
+        _snapshot.recover(param)
         # One set of random streams for the solver's nets: random_seed seeds it, else the default.
         self.rng = backend.RandomStreams(param.random_seed) if param.random_seed >= 0 else backend.new_streams()
-        self.net = self._init_train_net()
-        self.test_nets = self._init_test_nets()
+        with python_layers_allowed(allow_python_layers):
+            self.net = self._init_train_net()
+            self.test_nets = self._init_test_nets()
         self.load_weights(param.weights)
         log.info("Solver scaffolding done.")
         self.iter = 0
@@ -137,6 +166,8 @@ class Solver:
         self.smoothed_loss = 0.0
         self.loss = 0.0
         self.last_lr: float | None = None
+        self.last_snapshot: str | None = None
+        self._divergence_reported = False
         self.history = [
             blob.xp.zeros_like(blob.data) for _ in range(self.history_sets) for blob in self.net.learnable_params
         ]
@@ -159,9 +190,18 @@ class Solver:
         """Solver-type specific checks (Caffe's constructor sanity checks); raise SolverError."""
 
     # --- nets -----------------------------------------------------------------------------
-    def _read_net(self, path: str) -> pb.NetParameter:
+    def _read_net(self, path: str, field: str = "net") -> pb.NetParameter:
         # As Caffe opens it (relative to the working directory), else next to the solver file.
-        return load_net(resolve_path(path, self.source))
+        resolved = resolve_path(path, self.source)
+        if not os.path.exists(resolved):
+            where = f"{self.source}: " if self.source else ""
+            beside = f", then beside the solver file ({os.path.dirname(self.source) or '.'})" if self.source else ""
+            raise SolverError(
+                f"{where}{field}: net file not found: {path}. Relative paths in a solver file resolve against the "
+                f"working directory ({os.getcwd()}){beside}, as in Caffe: run from the folder the paths are relative "
+                "to (for the bundled models, the repository root), or give an absolute path"
+            )
+        return load_net(resolved)
 
     def _init_train_net(self) -> Net:
         p = self.param
@@ -183,7 +223,7 @@ class Solver:
             log.info("Creating training net specified in %s.", which)
         else:
             log.info("Creating training net from %s file: %s", which, getattr(p, which))
-            net_param = self._read_net(getattr(p, which))
+            net_param = self._read_net(getattr(p, which), which)
         _set_state(net_param, TRAIN, p.train_state)
         return Net(net_param, rng=self.rng)
 
@@ -219,12 +259,12 @@ class Solver:
         """(where it was specified, definition) for each test net: the test_net* fields, then the generic net."""
         p = self.param
         sources = [("test_net_param", _copy_net(net_param)) for net_param in p.test_net_param]
-        sources += [(f"test_net file: {path}", self._read_net(path)) for path in p.test_net]
+        sources += [(f"test_net file: {path}", self._read_net(path, "test_net")) for path in p.test_net]
         for _ in range(count - len(sources)):
             if p.HasField("net_param"):
                 sources.append(("net_param", _copy_net(p.net_param)))
             else:
-                sources.append((f"net file: {p.net}", self._read_net(p.net)))
+                sources.append((f"net file: {p.net}", self._read_net(p.net, "net")))
         return sources
 
     def _init_test_nets(self) -> list[Net]:
@@ -312,42 +352,55 @@ class Solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
-            for on_start, _ in self._callbacks:
-                if on_start is not None:
-                    on_start()
+            self._run_callbacks(0)
             display = bool(p.display) and self.iter % p.display == 0
-            loss = 0.0
-            for _ in range(p.iter_size):
-                loss += self.net.forward_backward()
-            loss /= p.iter_size
-            self.loss = loss
+            loss = self._train_loss()
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 now = time.perf_counter()
-                lapse = now - timer
-                per_s = (self.iter - iterations_last) / (lapse if lapse else 1)
-                log.info(
-                    "Iteration %d (%s iter/s, %ss/%d iters), loss = %s",
-                    self.iter,
-                    format_g(per_s),
-                    format_g(lapse),
-                    p.display,
-                    format_g(self.smoothed_loss),
-                )
+                self._display(now - timer, self.iter - iterations_last)
                 timer = now
                 iterations_last = self.iter
-                outputs = ((name, backend.to_numpy(self.net.blobs[name].data)) for name in self.net.outputs)
-                self._log_outputs("Train", outputs, self.net.loss_weights())
-            for _, on_ready in self._callbacks:
-                if on_ready is not None:
-                    on_ready()
+            self._run_callbacks(1)
             self.apply_update()
+            if display and not _divergence.params_finite(self.net):
+                self._diverged("a parameter is not finite after the update")
             request = self.get_requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request is SolverAction.SNAPSHOT:
                 self.snapshot()
             if request is SolverAction.STOP:
                 self.requested_early_exit = True
                 break
+
+    def _run_callbacks(self, which: int) -> None:
+        """The ``on_start`` (0) or ``on_gradients_ready`` (1) callbacks, in the order added."""
+        for pair in self._callbacks:
+            if pair[which] is not None:
+                pair[which]()
+
+    def _train_loss(self) -> float:
+        """Forward and backward ``iter_size`` times; the mean loss (a non-finite one is divergence)."""
+        loss = 0.0
+        for _ in range(self.param.iter_size):
+            loss += self.net.forward_backward()
+        loss /= self.param.iter_size
+        self.loss = loss
+        if not math.isfinite(loss):
+            self._diverged(f"the loss is {format_g(loss)}")
+        return loss
+
+    def _display(self, lapse: float, iterations: int) -> None:
+        """Caffe's display lines: speed and smoothed loss, then every train net output."""
+        log.info(
+            "Iteration %d (%s iter/s, %ss/%d iters), loss = %s",
+            self.iter,
+            format_g(iterations / (lapse if lapse else 1)),
+            format_g(lapse),
+            self.param.display,
+            format_g(self.smoothed_loss),
+        )
+        outputs = ((name, backend.to_numpy(self.net.blobs[name].data)) for name in self.net.outputs)
+        self._log_outputs("Train", outputs, self.net.loss_weights())
 
     def solve(self, resume_file: str | None = None) -> None:
         """Train to ``max_iter`` (optionally resuming from a ``.solverstate``), then snapshot and test."""
@@ -373,6 +426,22 @@ class Solver:
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
+
+    def _diverged(self, what: str) -> None:
+        """Stop with a TrainingDivergedError (or, with ``on_divergence="continue"``, warn once)."""
+        lr = self.last_lr if self.last_lr is not None else self.lr
+        where = _divergence.first_non_finite(self.net)
+        message = _divergence.describe(self.iter, what, where, lr, self.param.clip_gradients)
+        if self.on_divergence == "continue":
+            if not self._divergence_reported:
+                log.warning("%s Continuing, as Caffe does (on_divergence: continue).", message)
+                self._divergence_reported = True
+            return
+        last = f"the last snapshot is {self.last_snapshot}" if self.last_snapshot else "no snapshot was written"
+        raise TrainingDivergedError(
+            f"{message} Training stopped without snapshotting the non-finite weights ({last}). "
+            'To keep training as Caffe does, use --on_divergence continue (on_divergence="continue" in Python).'
+        )
 
     def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
         if len(self._losses) < average_loss:
@@ -467,8 +536,24 @@ class Solver:
         netdef's resume extras go to ``<state file>.netdef.json``. When one of these
         files already exists and is read-only, nothing is written (a warning says so)
         and None is returned.
+
+        Non-finite weights are not written: a TrainingDivergedError says so, and the
+        previous snapshot stays the newest. With ``on_divergence="continue"`` they are
+        written, with a warning, as Caffe would.
         """
-        return _snapshot.save(self)
+        if not _divergence.params_finite(self.net):
+            where = _divergence.first_non_finite(self.net)
+            if self.on_divergence != "continue":
+                last = f"the last snapshot is {self.last_snapshot}" if self.last_snapshot else "no snapshot was written"
+                raise TrainingDivergedError(
+                    f"Refusing to snapshot at iteration {self.iter}: the weights are not finite ({where}); {last}. "
+                    'on_divergence="continue" (--on_divergence continue) writes them anyway, as Caffe does.'
+                )
+            log.warning("Snapshot at iteration %d holds non-finite weights (%s)", self.iter, where)
+        path = _snapshot.save(self)
+        if path is not None:
+            self.last_snapshot = path
+        return path
 
     def restore(self, state_file: str) -> None:
         """Restore iteration, lr step, weights and history from a ``.solverstate`` / ``.solverstate.h5``.

@@ -1,4 +1,4 @@
-"""What the commands share: choosing the device, the net options, and opening a net from them."""
+"""What the commands share: choosing the device, the net options, consent to Python layers, opening a net."""
 
 from __future__ import annotations
 
@@ -8,27 +8,37 @@ from collections.abc import Sequence
 
 from .. import backend
 from ..errors import NetdefError
+from ..layers import python_layer
 from ..net import Net
 
 log = logging.getLogger("netdef")
 
 
-def select_device(gpu: str | None, solver_mode_gpu: bool = False, device_id: int = 0) -> None:
+def select_device(
+    gpu: str | None, solver_mode_gpu: bool = False, device_id: int = 0, solver_mode_given: bool = True
+) -> None:
     """Make the CPU or one GPU the default device, as Caffe's tools do, and log the choice.
 
     Args:
         gpu: the ``--gpu`` value: a device number, a comma-separated list (netdef
             uses the first) or ``all`` (device 0); None for the CPU unless the
             solver asks for the GPU.
-        solver_mode_gpu: the solver file says ``solver_mode: GPU``; used when ``gpu`` is
-            None and a device is available (with a warning and the CPU otherwise).
+        solver_mode_gpu: the solver's ``solver_mode`` is GPU; used when ``gpu`` is
+            None and a device is available (the CPU otherwise).
         device_id: the solver file's ``device_id``, for ``solver_mode_gpu``.
+        solver_mode_given: whether the solver file sets ``solver_mode`` itself. Only
+            then does a GPU request without a GPU warn; Caffe's default (GPU) falls
+            back to the CPU quietly, with an INFO line.
     """
     if gpu is None and solver_mode_gpu:
         if backend.gpu_available():
             gpu = str(device_id)
-        else:
+        elif solver_mode_given:
             log.warning("solver_mode is GPU but no CUDA device/CuPy is available: running on the CPU")
+        else:
+            log.info(
+                "solver_mode is not set (Caffe's default is GPU) and no CUDA device/CuPy is available: using the CPU"
+            )
     if gpu is None:
         backend.set_mode_cpu()
         log.info("Use CPU.")
@@ -47,9 +57,55 @@ def select_device(gpu: str | None, solver_mode_gpu: bool = False, device_id: int
     log.info("Use GPU with device ID %d", ids[0])
 
 
+class _AllowPythonLayers(argparse.Action):
+    """``--allow-python-layers``: takes effect as it is parsed, for whichever command runs."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        python_layer.allow_python_layers(True)
+        setattr(namespace, self.dest, True)
+
+
+class _PythonPath(argparse.Action):
+    """``--python-path DIR``: one more folder Python-layer modules are imported from."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            python_layer.add_python_layer_path(values)
+        except NetdefError as err:
+            parser.error(f"{option_string}: {err}")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+
+
+def add_python_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--allow-python-layers`` and ``--python-path DIR`` (repeatable)."""
+    parser.add_argument(
+        "--allow-python-layers",
+        "--allow_python_layers",
+        "-allow_python_layers",
+        action=_AllowPythonLayers,
+        help=(
+            'let the net\'s type: "Python" layers import their modules, which runs their code (only for nets you '
+            f"trust; also: {python_layer.ALLOW_ENV}=1)"
+        ),
+    )
+    parser.add_argument(
+        "--python-path",
+        "--python_path",
+        "-python_path",
+        metavar="DIR",
+        action=_PythonPath,
+        help="a folder to import Python-layer modules from (repeatable; e.g. --python-path . for the working "
+        "directory, which is not searched otherwise)",
+    )
+
+
 def add_gpu_argument(parser: argparse.ArgumentParser) -> None:
-    """``--gpu`` / ``-gpu``."""
+    """What every command that builds a net takes: ``--gpu`` / ``-gpu`` and the Python-layer options."""
     parser.add_argument("--gpu", "-gpu", help="GPU device id to use (CPU when omitted)")
+    add_python_layer_arguments(parser)
 
 
 def add_net_arguments(parser: argparse.ArgumentParser, model: bool = True) -> None:
@@ -74,4 +130,11 @@ def open_net(model: str, phase: int, weights: str | None = None, level: int = 0,
     return Net(model, phase, weights=weights, level=level, stages=list(stages))
 
 
-__all__ = ["add_gpu_argument", "add_net_arguments", "open_net", "select_device", "split_stages"]
+__all__ = [
+    "add_gpu_argument",
+    "add_net_arguments",
+    "add_python_layer_arguments",
+    "open_net",
+    "select_device",
+    "split_stages",
+]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import sys
 
 from ..errors import NetdefError
 from ..solvers import Solver, get_solver, handle_signals, load_solver_parameter
@@ -30,6 +32,8 @@ def train(
     gpu: str | None = None,
     sigint_effect: str = "stop",
     sighup_effect: str = "snapshot",
+    on_divergence: str = "stop",
+    allow_python_layers: bool | None = None,
 ) -> Solver:
     """Train to the solver's ``max_iter``, as ``caffe train`` does; returns the solver.
 
@@ -39,15 +43,20 @@ def train(
         weights: weights to fine-tune from: a ``.caffemodel``/``.h5`` path or a
             comma-separated list (``--weights``); not together with ``snapshot``.
         snapshot: a ``.solverstate(.h5)`` to resume from (``--snapshot``).
-        gpu: the ``--gpu`` value; None follows the solver's ``solver_mode``.
+        gpu: the ``--gpu`` value; None follows the solver's ``solver_mode`` (when the
+            file does not set it, a GPU if there is one, else quietly the CPU).
         sigint_effect: what Ctrl-C does while training: ``stop``, ``snapshot`` or ``none``.
         sighup_effect: what SIGHUP does while training.
+        on_divergence: ``stop`` (a NaN/inf loss or parameter ends training with a
+            TrainingDivergedError) or ``continue`` (Caffe's behaviour).
+        allow_python_layers: let ``type: "Python"`` layers import their modules (see
+            :mod:`netdef.layers.python_layer`); None follows the process setting.
     """
     if snapshot and weights:
         raise NetdefError("Give either --snapshot (resume training) or --weights (fine-tune from a model), not both")
     param, source = load_solver_parameter(solver, net)
-    select_device(gpu, param.solver_mode == param.GPU, param.device_id)
-    built = get_solver(param, source=source)
+    select_device(gpu, param.solver_mode == param.GPU, param.device_id, param.HasField("solver_mode"))
+    built = get_solver(param, source=source, on_divergence=on_divergence, allow_python_layers=allow_python_layers)
     if weights:
         built.load_weights(weights)
     with handle_signals(built, sigint_effect, sighup_effect):
@@ -56,12 +65,28 @@ def train(
     return built
 
 
+def resume_command(args: argparse.Namespace, state_file: str) -> str:
+    """The ``netdef train`` command line that resumes the run ``args`` started from ``state_file``."""
+    words = ["netdef", "train", args.solver or args.solver_pos, "--snapshot", state_file]
+    options = [("--net", args.net, None), ("--gpu", args.gpu, None), ("--level", args.level, 0)]
+    options += [("--stage", args.stage, None), ("--sigint_effect", args.sigint_effect, "stop")]
+    options += [("--sighup_effect", args.sighup_effect, "snapshot"), ("--on_divergence", args.on_divergence, "stop")]
+    for flag, value, default in options:
+        if value != default:
+            words += [flag, str(value)]
+    if getattr(args, "allow_python_layers", False):
+        words.append("--allow-python-layers")
+    for folder in getattr(args, "python_path", None) or []:
+        words += ["--python-path", folder]
+    return shlex.join(words)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``netdef train`` from parsed arguments."""
     solver_file = args.solver or args.solver_pos
     if not solver_file:
         raise NetdefError("train needs a solver file: netdef train solver.prototxt (or --solver FILE)")
-    train(
+    solver = train(
         solver_file,
         net=args.net,
         weights=args.weights,
@@ -69,7 +94,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         sigint_effect=args.sigint_effect,
         sighup_effect=args.sighup_effect,
+        on_divergence=args.on_divergence,
     )
+    if solver.requested_early_exit:
+        if solver.last_snapshot:
+            print(
+                f"netdef: training stopped at iteration {solver.iter}; resume it with:\n"
+                f"  {resume_command(args, solver.last_snapshot)}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"netdef: training stopped at iteration {solver.iter} without a snapshot (snapshot_after_train is "
+                "false), so it cannot be resumed from here",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -101,9 +140,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="snapshot",
         help="what SIGHUP does during training (default: snapshot)",
     )
+    p.add_argument(
+        "--on_divergence",
+        "--on-divergence",
+        "-on_divergence",
+        choices=("stop", "continue"),
+        default="stop",
+        help="what a NaN/inf loss or parameter does: stop with an error (default) or continue, as Caffe does",
+    )
     add_net_arguments(p, model=False)
     p.set_defaults(func=cmd_train)
     return p
 
 
-__all__ = ["add_parser", "cmd_train", "train"]
+__all__ = ["add_parser", "cmd_train", "resume_command", "train"]

@@ -150,6 +150,39 @@ def test_accuracy_spatial_axis():
     assert float(top[0].data) == pytest.approx(0.5)
 
 
+def test_accuracy_counts_non_finite_scores_as_wrong_and_warns_once(caplog):
+    scores = numpy.full((4, 3), numpy.nan)  # a diverged net: Caffe reports accuracy 1 here
+    scores[3] = [numpy.inf, 0.0, 1.0]
+    layer = make_layer(ACC + ' top: "per_class"')
+    with caplog.at_level("WARNING", logger="netdef"):
+        _, top = run_layer(layer, [scores, ACC_LABELS])
+        assert float(top[0].data) == 0.0
+        numpy.testing.assert_array_equal(top[1].data, [0.0, 0.0, 0.0])
+        mixed = ACC_SCORES.copy()
+        mixed[0, 0] = numpy.nan  # sample 0 (label 2) would be wrong anyway; sample 1 is right
+        mixed[1, 2] = numpy.nan  # ... and now is not
+        layer.forward(*make_blobs_pair(mixed))
+    warnings = [r.getMessage() for r in caplog.records if "NaN or infinite" in r.getMessage()]
+    assert warnings == ['Layer "L" (type Accuracy): 4 of 4 predictions have NaN or infinite scores; they count as '
+                        "wrong (has training diverged?)"]  # fmt: skip
+
+
+def test_accuracy_of_partly_non_finite_scores():
+    mixed = ACC_SCORES.copy()
+    mixed[1, 2] = numpy.nan  # the only right prediction now has a NaN score
+    mixed[3, 1] = -numpy.inf  # the label's score of a wrong prediction
+    _, top = forward(ACC, [mixed, ACC_LABELS])
+    assert float(top[0].data) == 0.0
+    _, top = forward(ACC + " accuracy_param { top_k: 2 }", [mixed, ACC_LABELS])
+    assert float(top[0].data) == pytest.approx(0.25)  # sample 0 stays right
+
+
+def make_blobs_pair(scores):
+    bottom = make_blobs([scores, ACC_LABELS], numpy.float64, numpy)
+    top = make_blobs([numpy.zeros(()), numpy.zeros(3)], numpy.float64, numpy)
+    return bottom, top
+
+
 def test_accuracy_has_no_gradient():
     layer = make_layer(ACC)
     assert not layer.allow_force_backward(0) and not layer.allow_force_backward(1)
