@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from . import threads
 from .errors import NetdefError
 from .logs import setup_logging
 
@@ -21,6 +22,18 @@ COMMAND_MODULES = (
     "timing",
     "upgrade",
     "classify",
+    "summary",
+    "plot",
+    "draw",
+    "visualize",
+    "device_query",
+    "parse_log",
+    "convert_imageset",
+    "compute_image_mean",
+    "convert_mnist",
+    "convert_cifar",
+    "extract_features",
+    "export",
 )
 COMMANDS = tuple(importlib.import_module(f"{__package__}.tools.{name}") for name in COMMAND_MODULES)
 
@@ -33,9 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Caffe's single-dash spellings (-solver, -weights, -model, ...) are accepted too.",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
+    p.add_argument(
+        "--threads",
+        type=int,
+        action=threads.ThreadsAction,
+        metavar="N",
+        help="BLAS threads (default: NETDEF_NUM_THREADS, else the cores not busy; see docs/performance.md)",
+    )
+    # the package front door is imported before any of its modules (and sits above cli in the layering)
+    version = getattr(sys.modules.get(__package__), "__version__", "unknown")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
-        command.add_parser(sub)
+        # -q also after the command name; SUPPRESS keeps a -q given before it
+        command.add_parser(sub).add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only print warnings and errors"
+        )
     return p
 
 

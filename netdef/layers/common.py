@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .. import backend
+from .. import backend, threads
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from .base import Layer, register_layer
@@ -61,6 +61,8 @@ class InnerProductLayer(Layer):
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
     def forward(self, bottom: Blobs, top: Blobs) -> None:
+        # an MLP has no convolution to keep the BLAS thread count in step with the machine's load
+        threads.refresh()
         x = bottom[0].data.reshape(-1, self.k)
         w = self.blobs[0].data
         y = x @ w if self.transpose else x @ w.T

@@ -1,8 +1,9 @@
 """Convolution layers: Convolution, Deconvolution and Im2col.
 
 All three are built on the kernels of :mod:`netdef.layers.im2col`: a convolution is one
-im2col gather and one GEMM per group over the whole batch (in chunks of samples when the
-column buffer would be too large), its input gradient a GEMM and one col2im.
+im2col gather and one GEMM per group and chunk of samples (``COL_CHUNK_BYTES``), its input
+gradient a GEMM and one col2im. Its forward pass lets :func:`netdef.threads.refresh` follow
+the machine's load.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .. import backend
+from .. import backend, threads
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
@@ -117,10 +118,10 @@ class _ConvolutionBase(Layer):
     def _col_bytes(self, itemsize: int) -> int:
         raise NotImplementedError
 
-    def _chunks(self, itemsize: int, column_spatial: Sequence[int]) -> list[tuple[slice, int, bool]]:
-        """``(samples, count, sample-last order)`` per chunk of the batch, columns over ``column_spatial``."""
+    def _chunks(self, x, column_spatial: Sequence[int]) -> list[tuple[slice, int, bool]]:
+        """``(samples, count, sample-last order)`` per chunk of the batch ``x``, columns over ``column_spatial``."""
         out = []
-        for sl in batch_chunks(self.num, self._col_bytes(itemsize)):
+        for sl in batch_chunks(self.num, self._col_bytes(x.itemsize), backend.array_module(x)):
             n = sl.stop - sl.start
             out.append((sl, n, use_batch_last(n, column_spatial)))
         return out
@@ -169,13 +170,14 @@ class ConvolutionLayer(_ConvolutionBase):
         return self.channels * math.prod(self.kernel) * math.prod(self.out_spatial) * itemsize
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        threads.refresh()
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
         bias = self.blobs[1].data if self.bias_term else None
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            chunks = self._chunks(x.itemsize, self.out_spatial)
+            chunks = self._chunks(x, self.out_spatial)
             y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
             self._cols[i] = None
             for sl, n, batch_last in chunks:
@@ -197,7 +199,7 @@ class ConvolutionLayer(_ConvolutionBase):
                 continue
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            chunks = self._chunks(x.itemsize, self.out_spatial)
+            chunks = self._chunks(x, self.out_spatial)
             dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
             for sl, n, batch_last in chunks:
                 dyc = batch_to_columns(dy[sl], batch_last)
@@ -258,7 +260,7 @@ class DeconvolutionLayer(_ConvolutionBase):
         bias = self.blobs[1].data.reshape((1, o) + (1,) * self.num_spatial) if self.bias_term else None
         for b, t in zip(bottom, top, strict=True):
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            chunks = self._chunks(x.itemsize, self.in_spatial)
+            chunks = self._chunks(x, self.in_spatial)
             y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
             for sl, n, batch_last in chunks:
                 xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
@@ -284,7 +286,7 @@ class DeconvolutionLayer(_ConvolutionBase):
                 continue
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            chunks = self._chunks(x.itemsize, self.in_spatial)
+            chunks = self._chunks(x, self.in_spatial)
             dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
             for sl, n, batch_last in chunks:
                 col = self._patches(dy[sl], self.in_spatial, batch_last).reshape(g, o // g * math.prod(self.kernel), -1)

@@ -1,7 +1,8 @@
 """The kernel library behind the convolution-like layers: im2col/col2im, GEMM helpers and geometry.
 
 Convolution, Deconvolution and Im2col share one im2col/col2im pair. The column matrix holds
-the whole batch, so a convolution is one GEMM ``(C_out, C_in*k) x (C_in*k, columns)``
+a chunk of samples (a few MiB on the CPU, so that it is still in cache when the GEMM reads
+it), so a convolution is one GEMM ``(C_out, C_in*k) x (C_in*k, columns)`` per chunk
 (batched over groups only). Its columns are ordered either sample-major (``(N, *out)``) or,
 when output rows are short, pixel-major with the sample last (``(*out, N)``): then the patch
 gather and the col2im adds move runs of ``out_width * N`` contiguous values instead of
@@ -22,8 +23,13 @@ from .. import backend
 from ..errors import ShapeMismatchError
 from .base import Layer
 
-#: Largest column buffer built at once; bigger batches are convolved in chunks of samples.
-COL_CHUNK_BYTES = 256 * 2**20
+#: Largest column buffer built at once on the CPU; bigger batches are convolved in chunks of
+#: samples. A chunk whose columns stay in the last-level cache between the im2col gather and
+#: the GEMM that reads them is faster than one pass over the whole batch, and a training
+#: step's peak memory no longer grows with the batch.
+COL_CHUNK_BYTES = 4 * 2**20
+#: The same on the GPU, where each chunk costs kernel launches and memory is plentiful.
+GPU_COL_CHUNK_BYTES = 256 * 2**20
 #: In TRAIN nets, column buffers up to this size are kept from forward for the weight gradient.
 COL_CACHE_BYTES = 64 * 2**20
 #: Output rows shorter than this use the pixel-major, sample-last column order.
@@ -227,9 +233,10 @@ def matmul_nt(a, b):
     return out
 
 
-def batch_chunks(n: int, bytes_per_sample: int) -> list[slice]:
-    """Split ``n`` samples so that one chunk's column buffer stays under COL_CHUNK_BYTES."""
-    per = max(1, COL_CHUNK_BYTES // max(bytes_per_sample, 1))
+def batch_chunks(n: int, bytes_per_sample: int, xp=numpy) -> list[slice]:
+    """Split ``n`` samples so that one chunk's column buffer stays under the limit for ``xp``'s device."""
+    limit = COL_CHUNK_BYTES if xp is numpy else GPU_COL_CHUNK_BYTES
+    per = max(1, limit // max(bytes_per_sample, 1))
     return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 

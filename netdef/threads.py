@@ -1,0 +1,250 @@
+"""How many threads the BLAS library (and other native thread pools) may use.
+
+NumPy's BLAS starts one thread per logical core and its idle threads spin for a while
+before they sleep. On a quiet machine that is right for large matrix products; on a busy
+one (other processes on every core, a container limited to fewer cores than the host
+has) the spinning threads fight each other and the other processes, and an iteration can
+take twenty times longer. netdef therefore chooses the count itself:
+
+1. An explicit count wins: :func:`apply_policy` with ``threads=N`` (the CLI's
+   ``--threads N``) or the environment variable ``NETDEF_NUM_THREADS``. It is never
+   changed afterwards. When instead the BLAS library's own variable is set
+   (``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_NUM_THREADS``), netdef leaves
+   the library alone.
+2. Otherwise the count is the number of cores this process may use -- the CPU affinity
+   mask and any cgroup CPU quota (containers), whichever is smaller -- minus the cores
+   that other processes keep busy right now (runnable tasks in ``/proc/loadavg`` that are
+   not this process's threads), and at least 1. Hot layers call :func:`refresh`, which
+   samples this again at most once per :data:`REFRESH_SECONDS`, so a long training run
+   follows the machine's load as it comes and goes.
+
+Setting the count needs the optional ``threadpoolctl`` package (``pip install
+threadpoolctl``); without it netdef leaves the BLAS library's own default alone and
+:func:`describe` says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+
+log = logging.getLogger("netdef")
+
+#: The environment variable that fixes the thread count (a positive integer).
+ENV_VAR = "NETDEF_NUM_THREADS"
+#: The thread-count variables of the BLAS libraries; when one is set, the user has chosen.
+BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS")
+#: Seconds between two samples of the machine's load by :func:`refresh`.
+REFRESH_SECONDS = 2.0
+
+
+class _State:
+    """The process's thread policy: the controller, the current count and whether it is fixed."""
+
+    def __init__(self) -> None:
+        self.controller = None
+        self.loaded = False
+        self.fixed = False
+        self.current: int | None = None
+        self.next_check = 0.0
+
+
+_state = _State()
+
+
+# --- cores ----------------------------------------------------------------------------
+def _affinity_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def cgroup_quota_cores(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (v2 ``cpu.max`` or v1 CFS files), or None."""
+    text = _read(os.path.join(root, "cpu.max"))
+    if text:
+        fields = text.split()
+        if len(fields) == 2 and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        return None
+    quota = _read(os.path.join(root, "cpu", "cpu.cfs_quota_us")) or _read(os.path.join(root, "cpu.cfs_quota_us"))
+    period = _read(os.path.join(root, "cpu", "cpu.cfs_period_us")) or _read(os.path.join(root, "cpu.cfs_period_us"))
+    if quota and period and int(quota) > 0 and int(period) > 0:
+        return int(quota) / int(period)
+    return None
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (at least 1)."""
+    cores = _affinity_cores()
+    quota = cgroup_quota_cores()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _own_running_threads() -> int:
+    """This process's threads that are running or runnable (Linux; 1 elsewhere)."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    running = 0
+    for tid in tids:
+        stat = _read(f"/proc/self/task/{tid}/stat")
+        # the state letter follows the parenthesised command name
+        if stat and stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R":
+            running += 1
+    return max(1, running)
+
+
+def busy_cores(samples: int = 3) -> int:
+    """Cores other processes keep busy now (Linux; else 0).
+
+    Runnable tasks system-wide minus this process's own, the least of a few samples so
+    that a short-lived process does not count.
+    """
+    return min(_busy_sample() for _ in range(max(1, samples)))
+
+
+def _busy_sample() -> int:
+    text = _read("/proc/loadavg")
+    if not text:
+        return 0
+    try:
+        runnable = int(text.split()[3].split("/")[0])
+    except (IndexError, ValueError):
+        return 0
+    return max(0, runnable - _own_running_threads())
+
+
+def auto_threads() -> int:
+    """The policy's count without an explicit setting: available cores not kept busy by others, at least 1."""
+    return max(1, available_cores() - busy_cores())
+
+
+# --- applying the count -------------------------------------------------------------------
+def _controller():
+    if not _state.loaded:
+        _state.loaded = True
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _state.controller = None
+        else:
+            _state.controller = ThreadpoolController()
+    return _state.controller
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{ENV_VAR} must be a positive integer. Received: {value!r}") from None
+    if n <= 0:
+        raise ValueError(f"{ENV_VAR} must be a positive integer. Received: {value!r}")
+    return n
+
+
+def _set(n: int) -> None:
+    if n == _state.current:
+        return
+    controller = _controller()
+    if controller is not None:
+        for lib in controller.lib_controllers:
+            lib.set_num_threads(n)
+    _state.current = n
+
+
+def apply_policy(threads: int | None = None) -> int:
+    """Set the thread count of the native thread pools; the count chosen.
+
+    Args:
+        threads: a fixed count (>= 1); None applies ``NETDEF_NUM_THREADS`` when it is set,
+            else the automatic policy (see the module docstring), which :func:`refresh`
+            then keeps up to date.
+
+    Raises:
+        ValueError: a count below 1, or a malformed ``NETDEF_NUM_THREADS``.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"the thread count must be at least 1. Received: {threads}")
+    if threads is None:
+        threads = _env_threads()
+    _state.fixed = threads is not None
+    _state.next_check = time.monotonic() + REFRESH_SECONDS
+    if threads is None and any(os.environ.get(name) for name in BLAS_ENV_VARS):
+        _state.fixed = True
+        return _library_threads()
+    n = threads if threads is not None else auto_threads()
+    _set(n)
+    return n
+
+
+def refresh() -> None:
+    """Re-apply the automatic policy when its last sample is older than REFRESH_SECONDS (cheap otherwise)."""
+    if _state.fixed:
+        return
+    now = time.monotonic()
+    if _state.current is None and _state.next_check == 0.0:
+        try:
+            apply_policy()
+        except ValueError as err:
+            log.warning("%s; choosing the thread count automatically", err)
+            _set(auto_threads())
+        return
+    if now < _state.next_check:
+        return
+    _state.next_check = now + REFRESH_SECONDS
+    _set(auto_threads())
+
+
+def _library_threads() -> int:
+    controller = _controller()
+    if controller is None or not controller.lib_controllers:
+        return available_cores()
+    return int(controller.lib_controllers[0].num_threads)
+
+
+def current() -> int | None:
+    """The count last set by netdef (None before the first :func:`apply_policy` / :func:`refresh`)."""
+    return _state.current
+
+
+def describe() -> str:
+    """One line: the count, where it came from, and the libraries it applies to."""
+    if _state.current is None and _state.next_check == 0.0:
+        apply_policy()
+    if _state.current is None:
+        return f"{_library_threads()} (the BLAS library's own variable is set; netdef leaves it alone)"
+    how = "fixed" if _state.fixed else "automatic"
+    controller = _controller()
+    if controller is None:
+        return f"{_state.current} ({how}); threadpoolctl not installed, so the BLAS library keeps its default"
+    libs = ", ".join(f"{lib.internal_api} {lib.version}" for lib in controller.lib_controllers) or "none found"
+    return f"{_state.current} ({how}; cores usable {available_cores()}, busy {busy_cores()}); libraries: {libs}"
+
+
+class ThreadsAction(argparse.Action):
+    """``--threads N`` on a command line: validates N and applies it at once (see :func:`apply_policy`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values < 1:
+            parser.error(f"{option_string} must be at least 1. Received: {values}")
+        apply_policy(values)
+        setattr(namespace, self.dest, values)

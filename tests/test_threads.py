@@ -1,0 +1,120 @@
+"""The BLAS thread policy: explicit counts, the environment, cores and load, and the CLI option."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from netdef import threads
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(monkeypatch):
+    """Each test starts without a policy applied and restores the library's count afterwards."""
+    monkeypatch.setattr(threads, "_state", threads._State())
+    for name in (threads.ENV_VAR, *threads.BLAS_ENV_VARS):
+        monkeypatch.delenv(name, raising=False)
+    before = threads._library_threads()
+    yield
+    threads._set(before)
+
+
+def test_explicit_count_is_applied_and_fixed(monkeypatch):
+    assert threads.apply_policy(1) == 1
+    assert threads.current() == 1
+    assert threads._library_threads() == 1 or threads._controller() is None
+    monkeypatch.setattr(threads, "auto_threads", lambda: 7)
+    monkeypatch.setattr(threads._state, "next_check", 0.0)
+    threads.refresh()
+    assert threads.current() == 1
+    assert "fixed" in threads.describe()
+
+
+def test_environment_variable_fixes_the_count(monkeypatch):
+    monkeypatch.setenv(threads.ENV_VAR, "1")
+    assert threads.apply_policy() == 1
+    assert threads._state.fixed
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bad_environment_value_is_named(monkeypatch, value):
+    monkeypatch.setenv(threads.ENV_VAR, value)
+    with pytest.raises(ValueError, match=f"NETDEF_NUM_THREADS must be a positive integer. Received: '{value}'"):
+        threads.apply_policy()
+
+
+def test_bad_count_is_rejected():
+    with pytest.raises(ValueError, match="at least 1. Received: 0"):
+        threads.apply_policy(0)
+
+
+def test_blas_variable_leaves_the_library_alone(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    threads.apply_policy()
+    assert threads.current() is None
+    assert "leaves it alone" in threads.describe()
+
+
+def test_automatic_count_subtracts_busy_cores(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.setattr(threads, "busy_cores", lambda samples=3: 3)
+    assert threads.auto_threads() == 5
+    monkeypatch.setattr(threads, "busy_cores", lambda samples=3: 12)
+    assert threads.auto_threads() == 1
+
+
+def test_refresh_follows_the_load_but_not_more_often_than_the_interval(monkeypatch):
+    load = {"n": 2}
+    monkeypatch.setattr(threads, "auto_threads", lambda: load["n"])
+    threads.refresh()  # the first call applies the policy
+    assert threads.current() == 2
+    load["n"] = 1
+    threads.refresh()  # within the interval: unchanged
+    assert threads.current() == 2
+    monkeypatch.setattr(threads._state, "next_check", 0.0)
+    threads.refresh()
+    assert threads.current() == 1
+
+
+def test_first_refresh_with_a_bad_variable_warns_and_goes_on(monkeypatch, caplog):
+    monkeypatch.setenv(threads.ENV_VAR, "many")
+    monkeypatch.setattr(threads, "auto_threads", lambda: 1)
+    threads.refresh()
+    assert threads.current() == 1
+    assert "NETDEF_NUM_THREADS" in caplog.text
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert threads.cgroup_quota_cores(str(tmp_path)) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads.cgroup_quota_cores(str(tmp_path)) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_quota_cores(str(v1)) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.cgroup_quota_cores(str(v1)) is None
+
+
+def test_available_cores_is_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(threads, "_affinity_cores", lambda: 16)
+    monkeypatch.setattr(threads, "cgroup_quota_cores", lambda: 2.5)
+    assert threads.available_cores() == 3
+    monkeypatch.setattr(threads, "cgroup_quota_cores", lambda: None)
+    assert threads.available_cores() == 16
+
+
+def test_busy_cores_is_never_negative():
+    assert threads.busy_cores() >= 0
+
+
+def test_cli_option_applies_the_count_and_rejects_zero():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, action=threads.ThreadsAction)
+    assert p.parse_args(["--threads", "1"]).threads == 1
+    assert threads.current() == 1 and threads._state.fixed
+    with pytest.raises(SystemExit):
+        p.parse_args(["--threads", "0"])
