@@ -184,3 +184,97 @@ def test_net_with_several_outputs_needs_output(tmp_path, capsys):
     assert main(args + ["--output", "a", "--top-k", "1", str(tmp_path / "img.npy")]) == 0
     # image (0, 0, 1) -> BGR (1, 0, 0) * 255: blob "a" holds 255 at the four B positions first
     assert capsys.readouterr().out.splitlines()[1:] == ['255.0000 - "0"']
+
+
+# --- preprocessing from the model folder (preprocess.yaml beside deploy.prototxt) -------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def random_weights(deploy, path, seed=0, std=0.3):
+    net = netdef.Net(str(deploy), netdef.TEST)
+    rng = numpy.random.default_rng(seed)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.normal(0, std, size=b.data.shape)
+    net.save(str(path))
+    return net
+
+
+def direct_scores(net, x):
+    out = net.forward(data=x[None])
+    return numpy.asarray(out["prob"][0], dtype=numpy.float64)
+
+
+def test_digits_model_takes_images_as_0_to_1(tmp_path):
+    from netdef.tools.classify import classify_files, model_preprocessing
+
+    deploy = REPO / "models" / "digits" / "deploy.prototxt"
+    assert model_preprocessing(str(deploy))["raw_scale"] == 1.0
+    net = random_weights(deploy, tmp_path / "w.caffemodel", std=0.1)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(REPO / "models" / "digits" / "test.h5", "r") as f:
+        digit = f["data"][0, 0]
+    numpy.save(tmp_path / "digit.npy", digit[:, :, None])  # H x W x 1 in [0, 1], taken as stored
+    expected = direct_scores(net, digit[None])
+    got = classify_files(str(deploy), str(tmp_path / "w.caffemodel"), [str(tmp_path / "digit.npy")], top=10)[0]
+    scores = numpy.zeros(10)
+    for score, label in got:
+        scores[int(label)] = score
+    # before preprocess.yaml the default raw scale 255 fed the net 255x its training range
+    numpy.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    wrong = direct_scores(net, digit[None] * 255)
+    assert not numpy.allclose(scores, wrong, atol=1e-3)
+    # an explicit option still overrides the model folder
+    got = classify_files(
+        str(deploy), str(tmp_path / "w.caffemodel"), [str(tmp_path / "digit.npy")], top=10, raw_scale=255
+    )[0]
+    scores = numpy.zeros(10)
+    for score, label in got:
+        scores[int(label)] = score
+    numpy.testing.assert_allclose(scores, wrong, rtol=1e-5, atol=1e-6)
+
+
+def test_cifar_model_keeps_rgb_and_subtracts_its_mean(tmp_path, monkeypatch, capsys):
+    from netdef.errors import MeanFileError
+    from netdef.tools.classify import classify_files
+
+    deploy = REPO / "models" / "cifar10_quick" / "deploy.prototxt"
+    net = random_weights(deploy, tmp_path / "w.caffemodel", seed=1, std=0.02)
+    rng = numpy.random.default_rng(2)
+    image = rng.random((32, 32, 3)).astype(numpy.float32)
+    numpy.save(tmp_path / "im.npy", image)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MeanFileError, match="data/cifar10/mean.npy.*convert_cifar"):
+        classify_files(str(deploy), "w.caffemodel", ["im.npy"])
+    assert main(["classify", "--model", str(deploy), "--weights", "w.caffemodel", "im.npy"]) == 1
+    assert "mean file not found: " in capsys.readouterr().err
+    mean = rng.random((3, 32, 32)).astype(numpy.float32) * 100
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    numpy.save(tmp_path / "data" / "cifar10" / "mean.npy", mean)
+    got = classify_files(str(deploy), "w.caffemodel", ["im.npy"], top=10)[0]
+    scores = numpy.zeros(10)
+    for score, label in got:
+        scores[int(label)] = score
+    expected = direct_scores(net, image.transpose(2, 0, 1) * 255 - mean)  # R, G, B as in the CIFAR files
+    numpy.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
+    swapped = direct_scores(net, image[:, :, ::-1].transpose(2, 0, 1) * 255 - mean)
+    assert not numpy.allclose(scores, swapped, atol=1e-4)
+
+
+def test_every_preprocess_file_is_valid():
+    from netdef.tools.classify import model_preprocessing
+
+    files = sorted((REPO / "models").glob("*/preprocess.yaml"))
+    assert {p.parent.name for p in files} >= {"digits", "cifar10_quick", "cifar10_full", "lenet"}
+    for path in files:
+        meta = model_preprocessing(str(path.parent / "deploy.prototxt"))
+        assert meta["source"] == str(path) and "raw_scale" in meta
+        assert "preprocess.yaml" in (path.parent / "README.md").read_text()
+
+
+def test_bad_preprocess_file_is_named(tmp_path, model):
+    from netdef.tools.classify import model_preprocessing
+
+    (model / "preprocess.yaml").write_text("raw_scale: 1\nswap: none\n")
+    with pytest.raises(netdef.errors.NetdefError, match="preprocess.yaml: unknown key\\(s\\) swap"):
+        model_preprocessing(str(model / "deploy.prototxt"))

@@ -5,7 +5,13 @@ import pytest
 
 import netdef
 from netdef.data import DataTransformer
-from netdef.errors import InvalidParameterError, ShapeMismatchError, WeightsFileError
+from netdef.errors import (
+    DataSourceError,
+    InvalidParameterError,
+    MeanFileError,
+    ShapeMismatchError,
+    WeightsFileError,
+)
 from netdef.io.blobproto import write_binaryproto
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
@@ -150,9 +156,18 @@ def test_error_mean_file_shape(tmp_path):
         t.transform(batch())
 
 
-def test_error_missing_mean_file(tmp_path):
-    with pytest.raises(WeightsFileError, match="not found"):
+def test_error_missing_mean_file_is_a_mean_file_error(tmp_path):
+    # it used to be a WeightsFileError ("BlobProto file not found"), which sends users to their weights
+    with pytest.raises(MeanFileError, match="mean_file not found: .*nope.binaryproto.*compute_image_mean") as info:
         DataTransformer(tparam(f'mean_file: "{tmp_path / "nope.binaryproto"}"'))
+    assert not isinstance(info.value, WeightsFileError)
+    assert isinstance(info.value, DataSourceError)
+
+
+def test_error_unreadable_mean_file_is_a_mean_file_error(tmp_path):
+    (tmp_path / "bad.binaryproto").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(MeanFileError, match="mean_file: .*bad.binaryproto"):
+        DataTransformer(tparam(f'mean_file: "{tmp_path / "bad.binaryproto"}"'))
 
 
 def test_error_names_the_layer_through_its_factory():

@@ -22,10 +22,12 @@ N mirror flags, then the N row offsets, then the N column offsets.
 
 from __future__ import annotations
 
+import os
+
 import numpy
 
 from .. import backend
-from ..errors import ShapeMismatchError, WeightsFileError
+from ..errors import MeanFileError, ShapeMismatchError, WeightsFileError
 from ..io.blobproto import read_binaryproto
 from ..io.paths import resolve_path
 from .errors import ErrorFactory, plain_error
@@ -34,11 +36,21 @@ TRAIN = 0
 
 
 def read_mean_file(path: str, error: ErrorFactory = plain_error) -> numpy.ndarray:
-    """A ``.binaryproto`` mean image as a C x H x W float32 array (a leading axis of 1 is dropped)."""
+    """A ``.binaryproto`` mean image as a C x H x W float32 array (a leading axis of 1 is dropped).
+
+    A missing or unreadable file is a :class:`~netdef.errors.MeanFileError` (a data problem,
+    not a weights one) that says how such a file is made.
+    """
+    if not os.path.isfile(path):
+        raise error(
+            f"transform_param.mean_file not found: {path} (looked in {os.getcwd()}, then beside the net file). "
+            "Make one with `netdef compute_image_mean`",
+            MeanFileError,
+        )
     try:
         mean = read_binaryproto(path)
     except WeightsFileError as err:
-        raise error(f"transform_param.mean_file: {err}", WeightsFileError) from None
+        raise error(f"transform_param.mean_file: {err}", MeanFileError) from None
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
     if mean.ndim == 2:
@@ -46,7 +58,7 @@ def read_mean_file(path: str, error: ErrorFactory = plain_error) -> numpy.ndarra
     if mean.ndim != 3:
         raise error(
             f"transform_param.mean_file {path} must hold one C x H x W image. Received: shape {mean.shape}",
-            ShapeMismatchError,
+            MeanFileError,
         )
     return numpy.asarray(mean, dtype=numpy.float32)
 

@@ -9,6 +9,15 @@ For each image it prints::
 
     ---------- Prediction for cat.png ----------
     0.8123 - "n02123045 tabby, tabby cat"
+
+The preprocessing a model needs is read from ``preprocess.yaml`` beside its deploy
+net when there is one (``models/digits``, ``models/lenet`` and the CIFAR models ship
+one), with keys ``raw_scale``, ``channel_swap`` (``none`` or an order such as
+``[2, 1, 0]``), ``mean`` (``none``, a ``.binaryproto``/``.npy`` path, relative to the
+working directory first and then to the model folder, or per-channel values) and
+``input_scale``. Options given on the command line (or to :func:`classify_files`)
+override it; without either, the defaults are pycaffe's ImageNet ones (RGB -> BGR for
+3 channels, raw scale 255, no mean).
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ import logging
 import os
 
 import numpy
+import yaml
 
 from .. import backend
-from ..errors import NetdefError, ShapeMismatchError
+from ..errors import MeanFileError, NetdefError, ShapeMismatchError, WeightsFileError
 from ..io.blobproto import read_binaryproto
+from ..io.paths import resolve_path
 from ..io.preprocessing import Transformer, load_image
 from ..net import TEST, Net
 from .common import add_gpu_argument, select_device
@@ -37,18 +48,87 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def load_mean(spec: str) -> numpy.ndarray:
-    """A mean from ``spec``: a .binaryproto or .npy file, or comma-separated per-channel values."""
+    """A mean from ``spec``: a .binaryproto or .npy file, or comma-separated per-channel values.
+
+    A file that is missing or unreadable is a :class:`~netdef.errors.MeanFileError`.
+    """
     if os.path.exists(spec):
-        if spec.lower().endswith(".npy"):
-            return numpy.load(spec, allow_pickle=False).astype(numpy.float32)
-        return read_binaryproto(spec).astype(numpy.float32)
+        try:
+            if spec.lower().endswith(".npy"):
+                return numpy.load(spec, allow_pickle=False).astype(numpy.float32)
+            return read_binaryproto(spec).astype(numpy.float32)
+        except (WeightsFileError, ValueError, OSError) as err:
+            raise MeanFileError(f"cannot read the mean file {spec}: {err}") from None
     try:
         return numpy.array([float(v) for v in spec.split(",")], dtype=numpy.float32)
     except ValueError:
-        raise NetdefError(
-            "--mean takes a .binaryproto or .npy mean file, or per-channel values such as 104,117,123. "
-            f"Received: {spec!r} (no such file)"
-        ) from None
+        pass
+    if spec.lower().endswith((".npy", ".binaryproto")) or os.sep in spec or "/" in spec:
+        raise MeanFileError(
+            f"mean file not found: {spec} (looked in {os.getcwd()}). Make one with `netdef compute_image_mean` "
+            "(or `netdef convert_cifar --backend hdf5` for the CIFAR models); --mean takes a .binaryproto or "
+            ".npy mean file, per-channel values such as 104,117,123, or none"
+        )
+    raise NetdefError(
+        "--mean takes a .binaryproto or .npy mean file, or per-channel values such as 104,117,123. "
+        f"Received: {spec!r} (no such file)"
+    )
+
+
+#: the file beside a deploy net that says how to preprocess images for it
+PREPROCESS_FILE = "preprocess.yaml"
+PREPROCESS_KEYS = ("raw_scale", "channel_swap", "mean", "input_scale")
+
+
+def _none_word(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() == "none")
+
+
+def model_preprocessing(model: str) -> dict:
+    """The preprocessing options ``preprocess.yaml`` beside ``model`` gives, in :func:`make_transformer`'s terms.
+
+    Returns ``{}`` when there is no such file. ``channel_swap`` and ``mean`` come back as
+    the strings the command-line options take (``"none"``, ``"2,1,0"``, a resolved path).
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(model)), PREPROCESS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise NetdefError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(meta, dict):
+        raise NetdefError(f"{path} must be a mapping of {', '.join(PREPROCESS_KEYS)}. Received: {type(meta).__name__}")
+    unknown = sorted(set(meta) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise NetdefError(f"{path}: unknown key(s) {', '.join(unknown)}. Valid: {', '.join(PREPROCESS_KEYS)}")
+    out: dict = {}
+    for key in ("raw_scale", "input_scale"):
+        if key in meta and not _none_word(meta[key]):
+            try:
+                out[key] = float(meta[key])
+            except (TypeError, ValueError):
+                raise NetdefError(f"{path}: {key} must be a number. Received: {meta[key]!r}") from None
+    if "channel_swap" in meta:
+        swap = meta["channel_swap"]
+        out["channel_swap"] = "none" if _none_word(swap) else ",".join(str(v) for v in _as_list(swap))
+    if "mean" in meta:
+        mean = meta["mean"]
+        if _none_word(mean):
+            out["mean"] = "none"
+        elif isinstance(mean, (list, tuple, int, float)):
+            out["mean"] = ",".join(str(float(v)) for v in _as_list(mean))
+        else:
+            out["mean"] = resolve_path(str(mean), path)
+    out["source"] = path
+    return out
+
+
+def _as_list(value) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def load_labels(path: str, count: int) -> list[str]:
@@ -104,7 +184,7 @@ def make_transformer(
         t.set_channel_swap(name, _int_list(channel_swap, "--channel-swap"))
     if raw_scale is not None:
         t.set_raw_scale(name, raw_scale)
-    if mean:
+    if mean and mean.lower() != "none":
         t.set_mean(name, load_mean(mean))
     if input_scale is not None:
         t.set_input_scale(name, input_scale)
@@ -161,7 +241,7 @@ def classify_files(
     top: int = 5,
     mean: str | None = None,
     channel_swap: str | None = None,
-    raw_scale: float | None = 255.0,
+    raw_scale: float | None = None,
     input_scale: float | None = None,
     input_name: str | None = None,
     output: str | None = None,
@@ -175,7 +255,10 @@ def classify_files(
         images: image files (PNG/JPEG via Pillow, or H x W x C ``.npy`` arrays in [0, 1]).
         labels: a file with one class name per line (default: the class numbers).
         top: how many classes per image.
-        mean, channel_swap, raw_scale, input_scale: preprocessing, see :func:`make_transformer`.
+        mean, channel_swap, raw_scale, input_scale: preprocessing, see :func:`make_transformer`;
+            each one left None comes from the model folder's ``preprocess.yaml`` (see
+            :func:`model_preprocessing`), else from pycaffe's defaults (raw scale 255,
+            RGB -> BGR for 3-channel inputs, no mean). ``mean="none"`` subtracts nothing.
         input_name: the input blob (default: the net's first input).
         output: the blob with the class scores (default: the only output, or ``prob``).
         gpu: the ``--gpu`` value (None: the CPU).
@@ -186,6 +269,13 @@ def classify_files(
     net = Net(model, TEST, weights=weights)
     input_name = _image_input(net, model, input_name)
     shape = net.blobs[input_name].shape
+    meta = model_preprocessing(model)
+    if meta:
+        log.info("Preprocessing from %s (options given explicitly override it)", meta["source"])
+    channel_swap = channel_swap if channel_swap is not None else meta.get("channel_swap")
+    raw_scale = raw_scale if raw_scale is not None else meta.get("raw_scale", 255.0)
+    mean = mean if mean is not None else meta.get("mean")
+    input_scale = input_scale if input_scale is not None else meta.get("input_scale")
     transformer = make_transformer(
         shape, input_name, channel_swap=channel_swap, raw_scale=raw_scale, mean=mean, input_scale=input_scale
     )
@@ -238,7 +328,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Run a deploy net on images (PNG/JPEG via Pillow, or H x W x C .npy arrays in [0, 1]) and print the "
             "k most likely classes of each. Preprocessing as pycaffe's classify.py: resize to the input's "
             "height and width, RGB -> BGR for 3-channel inputs, scale [0, 1] -> [0, 255], subtract the mean, "
-            "multiply by --input-scale."
+            "multiply by --input-scale; a preprocess.yaml beside the model (models/digits, models/lenet and the "
+            "CIFAR models have one) replaces these defaults, and the options override both."
         ),
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.png, .jpg, ... or .npy)")
@@ -263,7 +354,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "-mean",
         "--mean_file",
         dest="mean",
-        help="mean to subtract: .binaryproto or .npy file, or per-channel values such as 104,117,123",
+        help="mean to subtract: .binaryproto or .npy file, per-channel values such as 104,117,123, or 'none' "
+        "(default: preprocess.yaml beside the model, else none)",
     )
     p.add_argument("--labels", "-labels", help="class names, one per line (e.g. synset_words.txt)")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=5, help="classes to print (default 5)")
@@ -271,15 +363,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--channel-swap",
         "--channel_swap",
         dest="channel_swap",
-        help="channel order after loading as RGB (default 2,1,0 for 3-channel inputs; 'none' keeps RGB)",
+        help="channel order after loading as RGB (default: preprocess.yaml, else 2,1,0 for 3-channel inputs; "
+        "'none' keeps RGB)",
     )
     p.add_argument(
         "--raw-scale",
         "--raw_scale",
         dest="raw_scale",
         type=float,
-        default=255.0,
-        help="multiply the [0, 1] image by this before subtracting the mean (default 255)",
+        help="multiply the [0, 1] image by this before subtracting the mean (default: the model folder's "
+        "preprocess.yaml, else 255)",
     )
     p.add_argument(
         "--input-scale",
@@ -303,5 +396,6 @@ __all__ = [
     "load_labels",
     "load_mean",
     "make_transformer",
+    "model_preprocessing",
     "top_k",
 ]
