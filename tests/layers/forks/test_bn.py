@@ -4,14 +4,14 @@ import math
 
 import numpy
 import pytest
-from _segnet_pspnet_parity import case_net, parametrize, run_case
 
 import netdef
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.layers.forks.bn import PSPNetBNLayer, SegNetBNLayer, bn_variant
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
-from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer
+from netdef.testing import check_gpu_matches_cpu, check_gradient, forward_layer, make_layer, run_backward
+from netdef.testing.parity import check_fork_case, check_fork_refusal, parametrize_fork_cases
 
 X4 = [[[[1.0]]], [[[2.0]]], [[[3.0]]], [[[4.0]]]]  # N=4, C=1: mean 2.5, biased variance 1.25
 X_HAT = numpy.array([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(1.25)
@@ -19,24 +19,9 @@ X_HAT = numpy.array([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(1.25)
 
 def run(definition, bottoms, phase=pb.TRAIN, params=None, dy=None, num_top=1):
     """Set up one float64 layer, optionally set its blobs, run forward (and backward when dy is given)."""
-    layer = make_layer(definition, phase=phase)
-    bottom = []
-    for i, value in enumerate(bottoms):
-        value = numpy.asarray(value, dtype=numpy.float64)
-        bottom.append(netdef.Blob(value.shape, dtype=numpy.float64, name=f"b{i}"))
-        bottom[-1].data = value.copy()
-    top = [netdef.Blob((), dtype=numpy.float64, name=f"t{k}") for k in range(num_top)]
-    layer.layer_setup(bottom, top)
-    for blob, value in zip(layer.blobs, params or []):
-        blob.data[...] = value
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
+    layer, bottom, top = forward_layer(definition, bottoms, params, num_top, phase=phase)
     if dy is not None:
-        top[0].diff = numpy.asarray(dy, dtype=numpy.float64).reshape(top[0].shape)
-        for blob in layer.blobs:
-            blob.diff[...] = 0
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True] * len(bottom), bottom)
+        run_backward(layer, bottom, top, [dy] + [None] * (len(top) - 1))
     return layer, bottom, top
 
 
@@ -243,41 +228,26 @@ def test_segnet_inference_takes_one_top():
 
 
 REFUSALS = {
-    ("segnet", "bn_5d"): (ShapeMismatchError, "at most 4 axes"),
-    ("segnet", "bn_inference_3tops"): (BlobCountError, "INFERENCE produces exactly 1 top. Received: 3"),
-    ("pspnet", "bn_5d"): (ShapeMismatchError, "at most 4 axes"),
-    ("pspnet", "bn_two_bottoms"): (BlobCountError, "exactly 1 bottom"),
+    "bn_5d": (ShapeMismatchError, "at most 4 axes"),
+    "bn_inference_3tops": (BlobCountError, "INFERENCE produces exactly 1 top. Received: 3"),
+    "bn_two_bottoms": (BlobCountError, "exactly 1 bottom"),
 }
 
 
-@parametrize("segnet", {"BN"}, refusals=True)
-def test_segnet_refusals(case):
-    _check_refusal("segnet", case)
-
-
-@parametrize("pspnet", {"BN"}, refusals=True)
-def test_pspnet_refusals(case):
-    _check_refusal("pspnet", case)
-
-
-def _check_refusal(fork, case):
-    if case is None:
-        pytest.skip(f"shared/parity/forks/{fork} not available")
-    error, message = REFUSALS[(fork, case["case"])]
-    with pytest.raises(error, match=message):
-        net, _ = case_net(fork, case)
-        net.forward()
+@parametrize_fork_cases(["segnet", "pspnet"], {"BN"}, "refused")
+def test_fork_refusals(case):
+    check_fork_refusal(case, REFUSALS)
 
 
 # --- parity with the forks --------------------------------------------------------------------
-@parametrize("segnet", {"BN"})
+@parametrize_fork_cases("segnet", {"BN"})
 def test_segnet_parity(case):
-    run_case("segnet", case)
+    check_fork_case(case)
 
 
-@parametrize("pspnet", {"BN"})
+@parametrize_fork_cases("pspnet", {"BN"})
 def test_pspnet_parity(case):
-    run_case("pspnet", case)
+    check_fork_case(case)
 
 
 # --- GPU ----------------------------------------------------------------------------------------

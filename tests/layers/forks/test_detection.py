@@ -1,18 +1,16 @@
-"""Tests of the SSD detection layers (netdef/layers/forks/detection.py): DetectionOutput, MultiBoxLoss."""
+"""Tests of the SSD detection layers: DetectionOutput, DetectionEvaluate (netdef/layers/forks/detection.py)
+and MultiBoxLoss (netdef/layers/forks/multibox.py)."""
 
 import math
-import re
-from pathlib import Path
 
 import numpy
 import pytest
 
 import netdef
-from netdef import backend
-from netdef.errors import DataSourceError, InvalidParameterError, NetdefError, ShapeMismatchError
+from netdef.errors import DataSourceError, InvalidParameterError, ShapeMismatchError
 from netdef.testing import check_gradient, make_layer, run_layer
 from netdef.testing.gradient_check import check_gpu_matches_cpu
-from netdef.testing.parity import compare, parity_root, read_tsv
+from netdef.testing.parity import check_fork_case, check_fork_refusal, parametrize_fork_cases
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -289,85 +287,36 @@ def test_detection_output_gpu_matches_cpu():
 
 
 # --- parity with the SSD fork -----------------------------------------------------------------
-def fork_dir():
-    root = parity_root()
-    folder = (
-        (root / "forks" / "ssd")
-        if root is not None
-        else Path(__file__).resolve().parents[4] / "shared" / "parity" / "forks" / "ssd"
-    )
-    return folder if (folder / "INDEX.tsv").exists() else None
-
-
-def fork_cases(types, refused):
-    folder = fork_dir()
-    if folder is None:
-        return [pytest.param(None, id="no-parity-data")]
-    rows = [r for r in read_tsv(folder / "INDEX.tsv") if r["type"] in types]
-    rows = [r for r in rows if (folder / f"{r['case']}.npz").exists() != refused]
-    return [pytest.param(r, id=r["case"]) for r in rows]
-
-
-def load_net(folder, case):
-    phase = netdef.TRAIN if case["phase"].upper() == "TRAIN" else netdef.TEST
-    return netdef.Net(str(folder / f"{case['case']}.prototxt"), phase)
-
-
-@pytest.mark.parametrize("case", fork_cases({"DetectionOutput", "MultiBoxLoss"}, refused=False))
+@parametrize_fork_cases("ssd", {"DetectionOutput", "MultiBoxLoss"})
 def test_fork_parity(case):
-    folder = fork_dir()
-    if case is None or folder is None:
-        pytest.skip("shared/parity/forks/ssd not available")
-    d = numpy.load(folder / f"{case['case']}.npz")
-    net = load_net(folder, case)
-    for key in d:
-        if re.fullmatch(r"bottom_\d+", key):
-            name = f"b{key.split('_')[1]}"
-            net.blobs[name].data[...] = d[key]
-            if name in net.params:
-                net.params[name][0].data[...] = d[key]
-    net.forward()
-    compare(backend.to_numpy(net.blobs["t0"].data), d["top_0"])
-    if "top_diff_0" in d:
-        net.blobs["t0"].diff[...] = d["top_diff_0"]
-        net.backward()
-        for key in d:
-            if key.startswith("bottom_diff_"):
-                compare(backend.to_numpy(net.blobs[f"b{key.rsplit('_', 1)[1]}"].diff), d[key])
+    errors = check_fork_case(case)
+    assert "top_0" in errors
+    if case["type"] == "MultiBoxLoss":
+        assert "bottom_diff_0" in errors and "bottom_diff_1" in errors
 
 
 #: the named error each refused fork case must raise
-REFUSAL_CLASS = {
-    "detout_no_bg": InvalidParameterError,
-    "detout_prior_mismatch": ShapeMismatchError,
-    "mbox_bg_label_in_gt": DataSourceError,
+REFUSALS = {
+    "detout_no_bg": (InvalidParameterError, "background_label_id -1 .* needs share_location: false"),
+    "detout_prior_mismatch": (ShapeMismatchError, "the number of priors must match the location predictions"),
+    "mbox_bg_label_in_gt": (DataSourceError, "found the background label in the ground truth"),
 }
 
 
-def refused_bottoms(net, case_name):
+def refused_bottoms(net, case):
     """Feed a refused case well-formed values where the fork reads them (a gt row, priors)."""
-    for name in ("b2",):
-        if name in net.blobs:
-            blob = net.blobs[name].data
-            p = blob.shape[-1] // 4
-            boxes = numpy.tile([0.1, 0.1, 0.4, 0.4], p)
-            blob[...] = numpy.concatenate([boxes, numpy.full(p * 4, 0.1)]).reshape(blob.shape)
+    if "b2" in net.blobs:
+        blob = net.blobs["b2"].data
+        p = blob.shape[-1] // 4
+        boxes = numpy.tile([0.1, 0.1, 0.4, 0.4], p)
+        blob[...] = numpy.concatenate([boxes, numpy.full(p * 4, 0.1)]).reshape(blob.shape)
     if "b3" in net.blobs:
         net.blobs["b3"].data[...] = [0, 0, 0, 0.1, 0.1, 0.4, 0.4, 0]  # background label 0 in the ground truth
 
 
-@pytest.mark.parametrize("case", fork_cases({"DetectionOutput", "MultiBoxLoss"}, refused=True))
+@parametrize_fork_cases("ssd", {"DetectionOutput", "MultiBoxLoss"}, "refused")
 def test_fork_refusals(case):
-    folder = fork_dir()
-    if case is None or folder is None:
-        pytest.skip("shared/parity/forks/ssd not available")
-    with pytest.raises(NetdefError) as info:
-        net = load_net(folder, case)
-        refused_bottoms(net, case["case"])
-        net.forward()
-    want = REFUSAL_CLASS.get(case["case"])
-    assert type(info.value) is not NetdefError and (want is None or isinstance(info.value, want))
-    assert f"(type {case['type']})" in str(info.value)
+    check_fork_refusal(case, REFUSALS, feed=refused_bottoms)
 
 
 # --- DetectionEvaluate ------------------------------------------------------------------------

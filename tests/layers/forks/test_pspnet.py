@@ -2,12 +2,19 @@
 
 import numpy
 import pytest
-from _segnet_pspnet_parity import assert_finite_tops, case_net, parametrize, random_weights, realworld_nets, run_case
 
 import netdef
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.layers.forks.pspnet import interp_matrix
 from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
+from netdef.testing.parity import (
+    assert_finite_tops,
+    check_fork_case,
+    check_fork_refusal,
+    parametrize_fork_cases,
+    random_weights,
+    realworld_nets,
+)
 
 
 def interp(param, x, dy=None):
@@ -127,9 +134,9 @@ def test_refuses_five_axes_and_two_bottoms():
 
 
 # --- reference cases from the PSPNet fork -------------------------------------------------------
-@parametrize("pspnet", {"Interp"})
+@parametrize_fork_cases("pspnet", {"Interp"})
 def test_pspnet_parity(case):
-    run_case("pspnet", case)
+    check_fork_case(case)
 
 
 REFUSALS = {
@@ -145,14 +152,9 @@ REFUSALS = {
 }
 
 
-@parametrize("pspnet", {"Interp"}, refusals=True)
+@parametrize_fork_cases("pspnet", {"Interp"}, "refused")
 def test_pspnet_refusals(case):
-    if case is None:
-        pytest.skip("shared/parity/forks/pspnet not available")
-    error, message = REFUSALS[case["case"]]
-    with pytest.raises(error, match=message):
-        net, _ = case_net("pspnet", case)
-        net.forward()
+    check_fork_refusal(case, REFUSALS)
 
 
 # --- published PSPNet nets ------------------------------------------------------------------------

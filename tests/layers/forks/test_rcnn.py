@@ -12,11 +12,10 @@ import re
 import numpy
 import pytest
 
-import netdef
-from netdef.errors import DataSourceError, InvalidParameterError, NetdefError, ShapeMismatchError
+from netdef.errors import DataSourceError, InvalidParameterError, ShapeMismatchError
 from netdef.layers.forks import fork_layer_types
 from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
-from netdef.testing.parity import compare, parity_root, read_tsv
+from netdef.testing.parity import check_fork_case, check_fork_refusal, fork_case_net, parametrize_fork_cases
 
 ROI = 'type: "ROIPooling" roi_pooling_param {{ pooled_h: {ph} pooled_w: {pw} spatial_scale: {scale} }}'
 PSROI = 'type: "PSROIPooling" psroi_pooling_param {{ output_dim: {d} group_size: {g} spatial_scale: {scale} }}'
@@ -365,72 +364,35 @@ def test_psroi_gpu_matches_cpu():
 
 
 # --- parity with the Faster R-CNN fork -----------------------------------------------------------
-def frcnn_folder():
-    root = parity_root()
-    folder = root / "forks" / "frcnn" if root is not None else None
-    return folder if folder is not None and (folder / "INDEX.tsv").exists() else None
-
-
-def frcnn_cases(kind):
-    """INDEX rows of ROIPooling: 'data' (an npz), 'refused' (a CHECK failure), 'cuda' (stages the CPU lacks)."""
-    folder = frcnn_folder()
-    rows = [r for r in read_tsv(folder / "INDEX.tsv") if r["type"] == "ROIPooling"] if folder else []
-    picked = []
-    for r in rows:
-        if (folder / f"{r['case']}.npz").exists():
-            sort = "data"
-        else:
-            sort = "cuda" if "Not Implemented" in (folder / f"{r['case']}.error.txt").read_text() else "refused"
-        if sort == kind:
-            picked.append(r)
-    return pytest.mark.parametrize("case", picked or [None], ids=[r["case"] for r in picked] or ["no-parity-data"])
-
-
-def frcnn_net(case):
-    folder = frcnn_folder()
-    if case is None or folder is None:
-        pytest.skip("shared/parity/forks/frcnn not available")
-    return netdef.Net(str(folder / f"{case['case']}.prototxt"), netdef.TRAIN), folder
-
-
-@frcnn_cases("data")
+@parametrize_fork_cases("frcnn", {"ROIPooling"})
 def test_roi_parity_with_faster_rcnn_fork(case):
-    net, folder = frcnn_net(case)
-    d = numpy.load(folder / f"{case['case']}.npz")
-    for key in d:
-        if re.fullmatch(r"bottom_\d+", key):
-            net.blobs[f"b{key.split('_')[1]}"].data[...] = d[key]
-    net.forward()
-    compare(net.blobs["t0"].data, d["top_0"], rtol=1e-6, atol=1e-6)
+    assert "top_0" in check_fork_case(case, rtol=1e-6, atol=1e-6)
 
 
 #: what each refusal case needs in its inputs, and the error netdef gives
+REFUSAL_ROIS = {
+    "roi_batch_index_oob": [[0, 0, 0, 1, 1], [2, 0, 0, 1, 1]],
+    "roi_batch_index_neg": [[-1, 0, 0, 1, 1]],
+}
 REFUSALS = {
-    "roi_batch_index_oob": ([[0, 0, 0, 1, 1], [2, 0, 0, 1, 1]], DataSourceError, "Valid: 0 .. 1"),
-    "roi_batch_index_neg": ([[-1, 0, 0, 1, 1]], DataSourceError, "batch index -1"),
-    "roi_no_param": (None, InvalidParameterError, "pooled_h must be > 0"),
+    "roi_batch_index_oob": (DataSourceError, re.escape("Valid: 0 .. 1")),
+    "roi_batch_index_neg": (DataSourceError, re.escape("batch index -1")),
+    "roi_no_param": (InvalidParameterError, re.escape("pooled_h must be > 0")),
 }
 
 
-@frcnn_cases("refused")
+def feed_rois(net, case):
+    net.blobs["b1"].data[...] = REFUSAL_ROIS[case["case"]]
+
+
+@parametrize_fork_cases("frcnn", {"ROIPooling"}, "refused")
 def test_roi_fork_refusals_are_refused(case):
-    if case is not None and case["case"] not in REFUSALS:
-        pytest.fail(f"refusal case {case['case']} has no expectation here")
-    folder = frcnn_folder()
-    if case is None or folder is None:
-        pytest.skip("shared/parity/forks/frcnn not available")
-    rois, error, message = REFUSALS[case["case"]]
-    with pytest.raises(error, match=re.escape(message)) as info:
-        net = netdef.Net(str(folder / f"{case['case']}.prototxt"), netdef.TRAIN)
-        net.blobs["b1"].data[...] = rois
-        net.forward()
-    assert isinstance(info.value, NetdefError)
-    assert 'Layer "L" (type ROIPooling)' in str(info.value)
+    check_fork_refusal(case, REFUSALS, feed=feed_rois)
 
 
-@frcnn_cases("cuda")
+@parametrize_fork_cases("frcnn", {"ROIPooling"}, "cuda")
 def test_roi_backward_case_runs_like_the_cuda_kernel(case):
-    net, _ = frcnn_net(case)
+    net = fork_case_net(case)
     rng = numpy.random.default_rng(int.from_bytes(case["case"].encode(), "little") % 2**32)
     x = rng.permutation(net.blobs["b0"].count).reshape(net.blobs["b0"].shape).astype(numpy.float32)
     rois = random_rois(rng, net.blobs["b1"].shape[0], 1, 8, 1.0)

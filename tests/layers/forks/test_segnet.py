@@ -4,19 +4,19 @@ import re
 
 import numpy
 import pytest
-from _segnet_pspnet_parity import (
-    assert_finite_tops,
-    case_net,
-    fork_dir,
-    parametrize,
-    random_weights,
-    realworld_nets,
-    run_case,
-)
 
 import netdef
 from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
+from netdef.testing.parity import (
+    assert_finite_tops,
+    check_fork_case,
+    check_fork_refusal,
+    fork_dir,
+    parametrize_fork_cases,
+    random_weights,
+    realworld_nets,
+)
 
 
 def upsample(param, bottoms, dy=None):
@@ -154,9 +154,9 @@ def test_nearest_refusals():
 
 
 # --- reference cases from the SegNet fork -----------------------------------------------------
-@parametrize("segnet", {"Upsample", "Pooling"})
+@parametrize_fork_cases("segnet", {"Upsample", "Pooling"})
 def test_segnet_parity(case):
-    run_case("segnet", case)
+    check_fork_case(case)
 
 
 REFUSALS = {
@@ -170,18 +170,16 @@ REFUSALS = {
 }
 
 
-@parametrize("segnet", {"Upsample"}, refusals=True)
+def feed_out_of_range_mask(net, case):
+    if case["case"] == "up_direct_oob":
+        net.blobs["b1"].data[...] = numpy.array([0, 1, 16, 3]).reshape(1, 1, 2, 2)
+
+
+@parametrize_fork_cases("segnet", {"Upsample"}, "refused")
 def test_segnet_refusals(case):
     if case is not None and case["case"] == "up_chain_hw_odd_backward":
         pytest.skip("not refused on purpose: see test_hw_backward_is_a_plain_gather")
-    if case is None:
-        pytest.skip("shared/parity/forks/segnet not available")
-    error, message = REFUSALS[case["case"]]
-    with pytest.raises(error, match=message):
-        net, _ = case_net("segnet", case)
-        if case["case"] == "up_direct_oob":
-            net.blobs["b1"].data[...] = numpy.array([0, 1, 16, 3]).reshape(1, 1, 2, 2)
-        net.forward()
+    check_fork_refusal(case, REFUSALS, feed=feed_out_of_range_mask)
 
 
 def test_hw_backward_is_a_plain_gather():

@@ -11,11 +11,16 @@ import re
 import numpy
 import pytest
 
-import netdef
-from netdef.errors import BlobCountError, InvalidParameterError, NetdefError, ShapeMismatchError
+from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.layers.forks import fork_layer_types
 from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
-from netdef.testing.parity import compare, parity_root, read_tsv
+from netdef.testing.parity import (
+    check_fork_case,
+    check_fork_refusal,
+    fork_case_net,
+    fork_dir,
+    parametrize_fork_cases,
+)
 
 SL1 = 'type: "SmoothL1Loss"'
 
@@ -162,54 +167,14 @@ def test_gpu_matches_cpu():
 
 
 # --- parity with the forks ----------------------------------------------------------------------
-def fork_folder(fork):
-    root = parity_root()
-    folder = root / "forks" / fork if root is not None else None
-    return folder if folder is not None and (folder / "INDEX.tsv").exists() else None
+@parametrize_fork_cases(["ssd"], {"SmoothL1Loss"})
+def test_parity_with_the_forks(case):
+    errors = check_fork_case(case)
+    assert "top_0" in errors and "bottom_diff_0" in errors
 
 
-def fork_cases(fork, kind):
-    """SmoothL1Loss rows of a fork folder: 'data' (an npz), 'refused' (a CHECK failure) or 'cuda'
-    (the Faster R-CNN fork set the net up but has no CPU forward: netdef follows the CUDA kernels)."""
-    folder = fork_folder(fork)
-    rows = [r for r in read_tsv(folder / "INDEX.tsv") if r["type"] == "SmoothL1Loss"] if folder else []
-    picked = []
-    for r in rows:
-        if (folder / f"{r['case']}.npz").exists():
-            sort = "data"
-        else:
-            sort = "cuda" if "Not Implemented" in (folder / f"{r['case']}.error.txt").read_text() else "refused"
-        if sort == kind:
-            picked.append(r)
-    ids = [f"{fork}/{r['case']}" for r in picked] or [f"{fork}/no-parity-data"]
-    return [pytest.param(fork, r, id=i) for r, i in zip(picked, ids)] or [pytest.param(fork, None, id=ids[0])]
-
-
-def load_net(fork, case):
-    folder = fork_folder(fork)
-    if case is None or folder is None:
-        pytest.skip(f"shared/parity/forks/{fork} not available")
-    return netdef.Net(str(folder / f"{case['case']}.prototxt"), netdef.TRAIN), folder
-
-
-@pytest.mark.parametrize("fork,case", fork_cases("ssd", "data"))
-def test_parity_with_the_forks(fork, case):
-    net, folder = load_net(fork, case)
-    d = numpy.load(folder / f"{case['case']}.npz")
-    for key in d:
-        if re.fullmatch(r"bottom_\d+", key):
-            net.blobs[f"b{key.split('_')[1]}"].data[...] = d[key]
-    net.forward()
-    compare(net.blobs["t0"].data, d["top_0"])
-    net.blobs["t0"].diff[...] = d["top_diff_0"]
-    net.backward()
-    for key in d:
-        if key.startswith("bottom_diff_"):
-            compare(net.blobs[f"b{key.rsplit('_', 1)[1]}"].diff, d[key])
-
-
-#: the error netdef gives for each case a fork refuses
-REFUSALS = {
+#: the error netdef gives for each case a fork refuses, and a literal part of its message
+REFUSAL_TEXT = {
     "smoothl1_weights": (BlobCountError, "Received: 3 bottoms"),
     "smoothl1_shape_mismatch": (ShapeMismatchError, "target (bottom 1) must have the shape of pred"),
     "sl1_3b_sigma1": (BlobCountError, "needs both inside and outside weights. Received: 3 bottoms"),
@@ -218,19 +183,12 @@ REFUSALS = {
     "sl1_num_mismatch": (ShapeMismatchError, "same first dimension (batch size). Received: (4, 8) and (3, 8)"),
     "sl1_4b_weight_shape_mismatch": (ShapeMismatchError, "outside weights (bottom 3)"),
 }
+REFUSALS = {name: (error, re.escape(text)) for name, (error, text) in REFUSAL_TEXT.items()}
 
 
-@pytest.mark.parametrize("fork,case", fork_cases("ssd", "refused") + fork_cases("frcnn", "refused"))
-def test_fork_refusals_are_refused(fork, case):
-    if case is not None and case["case"] not in REFUSALS:
-        pytest.fail(f"refusal case {case['case']} has no expectation here")
-    if case is None or fork_folder(fork) is None:
-        pytest.skip(f"shared/parity/forks/{fork} not available")
-    error, message = REFUSALS[case["case"]]
-    with pytest.raises(error, match=re.escape(message)) as info:
-        load_net(fork, case)
-    assert isinstance(info.value, NetdefError)
-    assert 'Layer "L" (type SmoothL1Loss)' in str(info.value)
+@parametrize_fork_cases(["ssd", "frcnn"], {"SmoothL1Loss"}, "refused")
+def test_fork_refusals_are_refused(case):
+    check_fork_refusal(case, REFUSALS, forward=False)
 
 
 def smooth_l1_kernels(pred, target, w_in, w_out, sigma):
@@ -249,10 +207,10 @@ def smooth_l1_kernels(pred, target, w_in, w_out, sigma):
     return loss / n, grad
 
 
-@pytest.mark.parametrize("fork,case", fork_cases("frcnn", "cuda"))
-def test_faster_rcnn_cases_follow_the_cuda_kernels(fork, case):
-    net, _ = load_net(fork, case)
-    text = (fork_folder(fork) / f"{case['case']}.prototxt").read_text()
+@parametrize_fork_cases(["frcnn"], {"SmoothL1Loss"}, "cuda")
+def test_faster_rcnn_cases_follow_the_cuda_kernels(case):
+    net = fork_case_net(case)
+    text = (fork_dir(case["fork"]) / f"{case['case']}.prototxt").read_text()
     found = re.search(r"sigma:\s*([0-9.]+)", text)
     sigma = float(found.group(1)) if found else 1.0
     rng = numpy.random.default_rng(len(text))

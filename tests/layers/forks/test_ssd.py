@@ -1,45 +1,28 @@
 """Tests of the SSD fork's Permute, Normalize and PriorBox layers (netdef/layers/forks/ssd.py).
 
-The fork reference cases live in ``shared/parity/forks/ssd``; ``netdef.testing.parity``
-only runs BVLC's ``layers/`` folder, so ``_run_fork_case`` below runs a fork case the same way.
+The fork reference cases live in ``shared/parity/forks/ssd`` (run by ``netdef.testing.parity``;
+skipped cleanly when the folder is absent).
 """
 
 import math
-import re
-from pathlib import Path
 
 import numpy
 import pytest
 
-import netdef
-from netdef.errors import BlobCountError, InvalidParameterError, NetdefError, ShapeMismatchError
+from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from netdef.layers.forks import fork_layer_types
 from netdef.proto import netdef_pb2 as pb
-from netdef.testing import check_gpu_matches_cpu, check_gradient, make_layer, run_layer
-from netdef.testing.parity import compare, parity_root, read_tsv
+from netdef.testing import check_gpu_matches_cpu, check_gradient, forward_layer, make_layer, run_backward, run_layer
+from netdef.testing.parity import check_fork_case, check_fork_refusal, parametrize_fork_cases
 
 TYPES = {"Permute", "Normalize", "PriorBox"}
 
 
 def run(definition, bottoms, params=None, dy=None, phase=pb.TRAIN):
     """Set up one float64 layer, optionally set its blobs, run forward (and backward when dy is given)."""
-    layer = make_layer(definition, phase=phase)
-    bottom = []
-    for i, value in enumerate(bottoms):
-        value = numpy.asarray(value, dtype=numpy.float64)
-        bottom.append(netdef.Blob(value.shape, dtype=numpy.float64, name=f"b{i}"))
-        bottom[-1].data = value.copy()
-    top = [netdef.Blob((), dtype=numpy.float64, name="t0")]
-    layer.layer_setup(bottom, top)
-    for blob, value in zip(layer.blobs, params or []):
-        blob.data[...] = value
-    layer.forward_step(bottom, top)
+    layer, bottom, top = forward_layer(definition, bottoms, params, 1, phase=phase)
     if dy is not None:
-        top[0].diff = numpy.asarray(dy, dtype=numpy.float64)
-        for blob in layer.blobs:
-            blob.diff[...] = 0
-        layer.param_propagate_down = [True] * len(layer.blobs)
-        layer.backward(top, [True] * len(bottom), bottom)
+        run_backward(layer, bottom, top, [dy])
     return layer, bottom, top
 
 
@@ -345,57 +328,9 @@ def test_gpu_matches_cpu(definition, shapes):
 
 
 # --- parity with the fork -------------------------------------------------------------------------
-def fork_dir() -> Path | None:
-    root = parity_root()
-    folder = root / "forks" / "ssd" if root is not None else None
-    return folder if folder is not None and (folder / "INDEX.tsv").exists() else None
-
-
-def fork_rows():
-    folder = fork_dir()
-    return [r for r in read_tsv(folder / "INDEX.tsv") if r["type"] in TYPES] if folder else []
-
-
-def _cases(refused: bool):
-    folder = fork_dir()
-    rows = [r for r in fork_rows() if (folder / f"{r['case']}.npz").exists() != refused]
-    return pytest.mark.parametrize("case", rows or [None], ids=[r["case"] for r in rows] or ["no-parity-data"])
-
-
-def _run_fork_case(folder: Path, case: str, phase: str) -> dict[str, float]:
-    """The fork-folder twin of netdef.testing.parity.run_layer_case (which only reads layers/)."""
-    d = numpy.load(folder / f"{case}.npz")
-    net = netdef.Net(str(folder / f"{case}.prototxt"), netdef.TRAIN if phase.upper() == "TRAIN" else netdef.TEST)
-    for i in range(sum(1 for k in d if re.fullmatch(r"bottom_\d+", k))):
-        net.blobs[f"b{i}"].data[...] = d[f"bottom_{i}"]
-    params = net.params.get("L", [])
-    for j in range(sum(1 for k in d if re.fullmatch(r"param_\d+", k))):
-        params[j].data[...] = d[f"param_{j}"]
-    net.forward()
-    errors = {}
-    k = 0
-    while f"top_{k}" in d:
-        errors[f"top_{k}"] = compare(net.blobs[f"t{k}"].data, d[f"top_{k}"])
-        k += 1
-    if "top_diff_0" in d:
-        k = 0
-        while f"top_diff_{k}" in d:
-            net.blobs[f"t{k}"].diff[...] = d[f"top_diff_{k}"]
-            k += 1
-        net.backward()
-        for key in d:
-            if key.startswith("bottom_diff_"):
-                errors[key] = compare(net.blobs[f"b{key.rsplit('_', 1)[1]}"].diff, d[key])
-            elif key.startswith("param_diff_"):
-                errors[key] = compare(params[int(key.rsplit("_", 1)[1])].diff, d[key])
-    return errors
-
-
-@_cases(refused=False)
+@parametrize_fork_cases("ssd", TYPES)
 def test_parity_with_ssd_fork(case):
-    if case is None:
-        pytest.skip("shared/parity/forks/ssd not available")
-    errors = _run_fork_case(fork_dir(), case["case"], case["phase"])
+    errors = check_fork_case(case)
     assert "top_0" in errors
     if case["type"] != "PriorBox":
         assert "bottom_diff_0" in errors
@@ -413,14 +348,6 @@ REFUSAL_MESSAGES = {
 }
 
 
-@_cases(refused=True)
+@parametrize_fork_cases("ssd", TYPES, "refused")
 def test_fork_refusals_are_refused(case):
-    if case is None:
-        pytest.skip("shared/parity/forks/ssd not available")
-    folder = fork_dir()
-    assert (folder / f"{case['case']}.error.txt").exists()
-    cls, message = REFUSAL_MESSAGES[case["case"]]
-    with pytest.raises(cls, match=message) as info:
-        netdef.Net(str(folder / f"{case['case']}.prototxt"), netdef.TRAIN if case["phase"] == "TRAIN" else netdef.TEST)
-    assert isinstance(info.value, NetdefError)
-    assert 'Layer "L"' in str(info.value) and case["type"] in str(info.value)
+    check_fork_refusal(case, REFUSAL_MESSAGES, forward=False)
