@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy
 
-from . import backend
-from .errors import InvalidParameterError, ShapeMismatchError
+from . import backend, limits
+from .errors import InvalidParameterError, ResourceLimitError, ShapeMismatchError
 
 
 def canonical_axis_index(axis: int, num_axes: int, field: str = "axis", owner: str = "") -> int:
@@ -40,9 +40,7 @@ class Blob:
         self.xp = xp or backend.default_xp()
         self.dtype = numpy.dtype(dtype)
         self.name = name
-        shape = tuple(int(s) for s in shape)
-        self.data = self.xp.zeros(shape, dtype=self.dtype)
-        self.diff = self.xp.zeros(shape, dtype=self.dtype)
+        self.data, self.diff = self._allocate(self._checked_shape(shape))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -71,12 +69,71 @@ class Blob:
         """
         if len(shape) == 1 and not isinstance(shape[0], (int, numpy.integer)):
             shape = shape[0]
+        shape = self._checked_shape(shape)
+        if shape != tuple(self.data.shape):
+            self.data, self.diff = self._allocate(shape)
+
+    def _checked_shape(self, shape) -> tuple[int, ...]:
+        """``shape`` as ints, refused when negative or when data + diff would pass netdef.limits' bound."""
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ShapeMismatchError(f"blob '{self.name}' cannot take negative shape {shape}")
-        if shape != tuple(self.data.shape):
-            self.data = self.xp.zeros(shape, dtype=self.dtype)
-            self.diff = self.xp.zeros(shape, dtype=self.dtype)
+        limits.check_bytes(f"blob '{self.name}'", shape, self.dtype.itemsize, copies=2, available=self._device_bytes())
+        return shape
+
+    def _device_bytes(self) -> int | None:
+        """Memory of the GPU the blob lives on (None on the CPU, where netdef.limits' default applies)."""
+        if self.xp is numpy:
+            return None
+        try:
+            return int(self.xp.cuda.Device().mem_info[1])
+        except Exception:  # a CuPy without a usable device: leave the bound to the host's limit
+            return None
+
+    def _allocate(self, shape: tuple[int, ...]):
+        try:
+            return self.xp.zeros(shape, dtype=self.dtype), self.xp.zeros(shape, dtype=self.dtype)
+        except MemoryError:  # below the limit, yet more than is free now (CuPy's OutOfMemoryError included)
+            need = limits.human_bytes(2 * limits.shape_count(shape) * self.dtype.itemsize)
+            raise ResourceLimitError(
+                f"blob '{self.name}': shape {shape} needs {need} (data and diff), more memory than is free. "
+                "Valid: a smaller shape (e.g. batch size)"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Blob(name={self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    # pycaffe's legacy 4-D accessors (Caffe's Blob::LegacyShape) ------------------------
+    def legacy_shape(self, index: int) -> int:
+        """Axis ``index`` of the blob seen as N x C x H x W: axes it lacks count as 1 (Caffe's LegacyShape).
+
+        Like Caffe, this refuses blobs with more than 4 axes.
+        """
+        if self.num_axes > 4:
+            raise ShapeMismatchError(
+                f"blob '{self.name}' has {self.num_axes} axes {self.shape}; num/channels/height/width describe "
+                "blobs of at most 4 axes (use .shape)"
+            )
+        if index >= self.num_axes or index < -self.num_axes:
+            return 1
+        return int(self.shape[index])
+
+    @property
+    def num(self) -> int:
+        """Axis 0 (1 for a blob without it), pycaffe's ``blob.num``."""
+        return self.legacy_shape(0)
+
+    @property
+    def channels(self) -> int:
+        """Axis 1 (1 for a blob without it), pycaffe's ``blob.channels``."""
+        return self.legacy_shape(1)
+
+    @property
+    def height(self) -> int:
+        """Axis 2 (1 for a blob without it), pycaffe's ``blob.height``."""
+        return self.legacy_shape(2)
+
+    @property
+    def width(self) -> int:
+        """Axis 3 (1 for a blob without it), pycaffe's ``blob.width``."""
+        return self.legacy_shape(3)

@@ -88,7 +88,7 @@ class MeanFileError(DataSourceError):
 
 
 class DatasetError(NetdefError):
-    """A dataset tool's input (image list, idx or CIFAR file, database) is malformed, or its output cannot be written."""
+    """A dataset tool's input (image list, idx or CIFAR file, database) is bad, or its output cannot be written."""
 
 
 class PythonLayerNotAllowedError(NetdefError):

@@ -191,3 +191,188 @@ def test_truncated_caffemodel_is_a_named_error(tmp_path):
     path.write_bytes(data[: len(data) - 7])
     with pytest.raises(WeightsFileError, match="w.caffemodel"):
         make().copy_from(str(path))
+
+
+# --- damaged and hostile weights, states and mean files ------------------------------------------------
+def test_empty_caffemodel_is_a_named_error(tmp_path):
+    path = tmp_path / "empty.caffemodel"
+    path.write_bytes(b"")
+    with pytest.raises(WeightsFileError, match=r"empty.caffemodel: the weights file is empty \(0 bytes\)"):
+        make().copy_from(str(path))
+
+
+def test_hdf5_data_file_given_as_weights_is_named(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "train.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = numpy.zeros((4, 3), numpy.float32)
+        f["label"] = numpy.zeros(4, numpy.float32)
+    with pytest.raises(WeightsFileError, match="train.h5: not an HDF5 weights file.*HDF5 data file"):
+        make().copy_from(str(path))
+
+
+def _h5_weights(path, odd):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        group = f.create_group("data").create_group("ip")
+        group["0"] = numpy.zeros((4, 3), numpy.float32)
+        odd(f, group)
+
+
+@pytest.mark.parametrize(
+    ("odd", "expected"),
+    [
+        (lambda f, g: g.__setitem__("1", __import__("h5py").SoftLink("/data/ip/1")), 'dataset "data/ip/1"'),
+        (
+            lambda f, g: g.create_dataset("1", data=["a", "b"], dtype=__import__("h5py").string_dtype()),
+            'dataset "data/ip/1" holds string values',
+        ),
+        (lambda f, g: g.create_dataset("1", data=numpy.float32(3)), r"shape \(\)"),
+        (
+            lambda f, g: g.create_dataset("1", shape=(1 << 24, 1 << 12), dtype="f4", chunks=(1, 16)),
+            r'dataset "data/ip/1": shape \(16777216, 4096\) needs 256.0 GiB',
+        ),
+        (lambda f, g: g.__setitem__("1", __import__("h5py").ExternalLink("nowhere.h5", "/x")), 'dataset "data/ip/1"'),
+    ],
+    ids=["softlink-loop", "vlen-strings", "scalar", "declares-256GiB", "dangling-external-link"],
+)
+def test_corrupt_hdf5_weights_are_named(tmp_path, odd, expected):
+    pytest.importorskip("h5py")
+    path = tmp_path / "w.h5"
+    _h5_weights(path, odd)
+    from netdef import limits
+
+    limits.set_max_array_bytes("1G")
+    try:
+        with pytest.raises((WeightsFileError, ShapeMismatchError), match=expected):
+            make().copy_from(str(path))
+    finally:
+        limits.set_max_array_bytes(None)
+
+
+def test_hdf5_weights_with_a_bad_header_are_named(tmp_path):
+    pytest.importorskip("h5py")
+    path = tmp_path / "w.h5"
+    make().save(str(path))
+    raw = bytearray(path.read_bytes())
+    raw[8:40] = b"\xff" * 32
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsFileError, match="w.h5"):
+        make().copy_from(str(path))
+
+
+def _h5_state(path, **entries):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["iter"] = numpy.array([5], numpy.int32)
+        f.create_group("history")["0"] = numpy.zeros(3, numpy.float32)
+        for name, value in entries.items():
+            del f[name]
+            value(f, name)
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ({"iter": lambda f, n: f.create_dataset(n, data=b"12")}, 'dataset "iter" holds string values'),
+        ({"iter": lambda f, n: f.create_dataset(n, data=numpy.zeros(0, "i4"))}, "must hold one integer"),
+        ({"iter": lambda f, n: f.__setitem__(n, __import__("h5py").SoftLink("/iter"))}, 'dataset "iter"'),
+        ({"history": lambda f, n: f.create_dataset(n, data=[1.0])}, '"history" must be a group'),
+    ],
+    ids=["iter-as-string", "iter-empty", "iter-softlink-loop", "history-not-a-group"],
+)
+def test_corrupt_hdf5_solverstate_is_named(tmp_path, entries, expected):
+    pytest.importorskip("h5py")
+    from netdef.io.solverstate import read_solverstate
+
+    path = tmp_path / "s.solverstate.h5"
+    _h5_state(path, **entries)
+    with pytest.raises(WeightsFileError, match=expected):
+        read_solverstate(str(path))
+
+
+def test_hdf5_solverstate_learned_net_not_utf8_is_named(tmp_path):
+    pytest.importorskip("h5py")
+    from netdef.io.solverstate import read_solverstate
+
+    path = tmp_path / "s.solverstate.h5"
+    _h5_state(path)
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f["learned_net"] = numpy.bytes_(b"\xff\xfe")
+    with pytest.raises(WeightsFileError, match='dataset "learned_net" is not UTF-8'):
+        read_solverstate(str(path))
+
+
+@pytest.mark.parametrize("dims", [[1 << 62, 1 << 62], [-2, -3], [1 << 40, 0]])
+def test_blob_dims_that_overflow_are_named(tmp_path, dims):
+    from netdef.io.solverstate import read_solverstate
+
+    blob = pb.BlobProto(data=[1.0, 2.0])
+    blob.shape.dim.extend(dims)
+    mean = tmp_path / "mean.binaryproto"
+    mean.write_bytes(blob.SerializeToString())
+    with pytest.raises(WeightsFileError, match="mean.binaryproto.*out of range|mean.binaryproto.*needs"):
+        read_binaryproto(str(mean))
+    state = tmp_path / "s.solverstate"
+    state.write_bytes(pb.SolverState(iter=3, history=[blob]).SerializeToString())
+    with pytest.raises(WeightsFileError, match="s.solverstate: history blob 0"):
+        read_solverstate(str(state))
+    model = tmp_path / "w.caffemodel"
+    param = pb.NetParameter()
+    param.layer.add(name="ip", type="InnerProduct", blobs=[blob])
+    model.write_bytes(param.SerializeToString())
+    with pytest.raises(WeightsFileError, match="w.caffemodel"):
+        make().copy_from(str(model))
+
+
+def test_weights_matching_no_layer_or_part_warn_which_keep_their_values(tmp_path, caplog):
+    other = make(NET.replace('name: "ip"', 'name: "fc"'))
+    path = tmp_path / "other.caffemodel"
+    other.save(str(path))
+    net = make()
+    before = net.params["ip"][0].data.copy()
+    with caplog.at_level("WARNING", logger="netdef"):
+        net.copy_from(str(path))
+    assert "No layer of the net matched a layer in" in caplog.text and "(ip)" in caplog.text
+    numpy.testing.assert_array_equal(net.params["ip"][0].data, before)
+    caplog.clear()
+    two = (
+        NET + 'layer { name: "ip2" type: "InnerProduct" bottom: "ip" top: "ip2" inner_product_param { num_output: 2 } }'
+    )
+    with caplog.at_level("WARNING", logger="netdef"):
+        make(two).copy_from(_saved(tmp_path))
+    assert "1 of 2 layers with parameters are not in" in caplog.text and "ip2" in caplog.text
+
+
+def _saved(tmp_path):
+    path = tmp_path / "mine.caffemodel"
+    make().save(str(path))
+    return str(path)
+
+
+def test_sidecar_that_is_not_an_object_is_named(tmp_path):
+    from netdef.io.solverstate import read_sidecar, sidecar_path
+
+    state = tmp_path / "s.solverstate"
+    with open(sidecar_path(str(state)), "w") as f:
+        f.write("[1, 2]")
+    with pytest.raises(WeightsFileError, match="not a netdef resume sidecar \\(a JSON list, not an object\\)"):
+        read_sidecar(str(state))
+
+
+def test_missing_leveldb_is_named_before_the_missing_package(tmp_path, monkeypatch):
+    import sys
+
+    from netdef.data.sources import LevelDBReader
+    from netdef.errors import DataSourceError
+
+    monkeypatch.setitem(sys.modules, "plyvel", None)
+    with pytest.raises(DataSourceError, match="LevelDB database not found: .*nodb"):
+        LevelDBReader(str(tmp_path / "nodb"))
+    (tmp_path / "db").mkdir()
+    with pytest.raises(DataSourceError, match="needs the plyvel package"):
+        LevelDBReader(str(tmp_path / "db"))

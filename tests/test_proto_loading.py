@@ -5,7 +5,7 @@ import json
 import pytest
 
 import netdef
-from netdef.errors import NetdefError, PrototxtSyntaxError, UnknownFieldError
+from netdef.errors import NetdefError, PrototxtSyntaxError, ResourceLimitError, UnknownFieldError
 from netdef.proto import load_net, load_solver, netdef_pb2, parse_text, to_text
 
 NET = """name: "tiny"
@@ -109,3 +109,79 @@ def test_ceil_mode_from_a_caffe_fork_is_accepted():
             netdef_pb2.NetParameter(),
             "densenet.prototxt",
         )
+
+
+# --- hostile definitions: named errors, bounded work -------------------------------------------------
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_non_utf8_definition_is_a_named_error(tmp_path, suffix):
+    path = tmp_path / f"n{suffix}"
+    path.write_bytes(b'{"name": "ok",\n "layer": [{"name": "\xff\xfe"}]}')
+    with pytest.raises(PrototxtSyntaxError, match=rf"n\{suffix}:2: .*must be UTF-8 text"):
+        load_net(str(path))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [(".json", '{"layer": [' * 1000 + "{}" + "]}" * 1000), (".yaml", "layer: " + "[" * 500 + "]" * 500)],
+)
+def test_deep_nesting_is_refused_without_recursionerror(tmp_path, suffix, text):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(text)
+    with pytest.raises(PrototxtSyntaxError, match="nests deeper than its schema allows.*at most 9 levels"):
+        load_net(str(path))
+
+
+def test_nesting_just_past_the_schema_is_refused_and_a_real_net_is_not(tmp_path):
+    deep = tmp_path / "d.json"
+    deep.write_text('{"layer": [' * 6 + "{}" + "]}" * 6)
+    with pytest.raises(PrototxtSyntaxError, match="nests deeper"):
+        load_net(str(deep))
+    yaml = pytest.importorskip("yaml")
+    data = {
+        "name": "t",
+        "layer": [{"name": "i", "type": "Input", "top": ["x"], "input_param": {"shape": [{"dim": [1]}]}}],
+    }
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump(data))
+    assert load_net(str(ok)).layer[0].input_param.shape[0].dim == [1]
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    lines.append("name: *a8")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines))
+    assert path.stat().st_size < 4000  # expands to 9**9 strings
+    start = time.perf_counter()
+    with pytest.raises(ResourceLimitError, match="bomb.yaml: aliases expand the definition to more than"):
+        load_net(str(path))
+    assert time.perf_counter() - start < 5
+
+
+def test_yaml_recursive_alias_and_control_characters_are_named(tmp_path):
+    rec = tmp_path / "rec.yaml"
+    rec.write_text("name: x\nlayer: &a [*a]\n")
+    with pytest.raises(PrototxtSyntaxError, match="refers to a node that contains it"):
+        load_net(str(rec))
+    ctrl = tmp_path / "ctrl.yaml"
+    ctrl.write_bytes(b"name: x\x1a\n")
+    with pytest.raises(PrototxtSyntaxError, match="ctrl.yaml: invalid YAML"):
+        load_net(str(ctrl))
+
+
+def test_binary_definition_with_non_utf8_string_is_named(tmp_path):
+    param = netdef_pb2.NetParameter(name="ab")
+    param.layer.add(name="x", type="ReLU", top=["t"])
+    raw = param.SerializeToString().replace(b'"\x01t', b'"\x01\xe2')
+    path = tmp_path / "n.binaryproto"
+    path.write_bytes(raw)
+    with pytest.raises(PrototxtSyntaxError, match=r"field NetParameter\.layer\[0\]\.top is not UTF-8"):
+        load_net(str(path))
+
+
+def test_definition_path_that_is_a_folder_is_named(tmp_path):
+    with pytest.raises(NetdefError, match="cannot read the file"):
+        load_net(str(tmp_path))

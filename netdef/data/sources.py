@@ -232,6 +232,8 @@ class LMDBReader(DatabaseReader):
 
     def __init__(self, path: str, error: ErrorFactory = plain_error):
         super().__init__(path, error)
+        if not os.path.exists(path):
+            raise error(f"LMDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
             import lmdb  # optional (the db extra), imported when an LMDB database is opened
         except ImportError:
@@ -240,8 +242,6 @@ class LMDBReader(DatabaseReader):
                 '`pip install "netdef[db]"` (or `pip install lmdb`)',
                 DataSourceError,
             ) from None
-        if not os.path.exists(path):
-            raise error(f"LMDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
             handle = _acquire(
                 "lmdb",
@@ -288,6 +288,9 @@ class LevelDBReader(DatabaseReader):
 
     def __init__(self, path: str, error: ErrorFactory = plain_error):
         super().__init__(path, error)
+        # a missing database is the problem to name first, whether or not plyvel is installed
+        if not os.path.exists(path):
+            raise error(f"LevelDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
             import plyvel  # optional, imported when a LevelDB database is opened
         except ImportError:
@@ -297,8 +300,6 @@ class LevelDBReader(DatabaseReader):
                 "-backend lmdb) and set data_param { backend: LMDB }",
                 DataSourceError,
             ) from None
-        if not os.path.exists(path):
-            raise error(f"LevelDB database not found: {path} (looked in {os.getcwd()})", DataSourceError)
         try:
             handle = _acquire("leveldb", path, lambda: plyvel.DB(path, create_if_missing=False))
         except Exception as err:  # plyvel raises its own Error classes and IOError

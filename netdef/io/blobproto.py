@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import numpy
 
+from .. import limits
 from ..errors import WeightsFileError
 from ..proto import netdef_pb2 as pb
+
+#: Largest dimension a stored blob may have (Caffe's Blob keeps dimensions and counts in an int).
+MAX_DIM = (1 << 31) - 1
+
+
+def check_stored_shape(shape: tuple[int, ...], values: int, what: str = "BlobProto") -> tuple[int, ...]:
+    """Refuse a stored blob shape with negative or oversized dims, or that does not hold ``values`` values."""
+    bad = [d for d in shape if not 0 <= d <= MAX_DIM]
+    if bad:
+        raise WeightsFileError(
+            f"{what} has shape {shape}, with dimension {bad[0]} out of range. Valid: dimensions in 0 .. {MAX_DIM}"
+        )
+    expected = limits.shape_count(shape)
+    if values != expected:
+        raise WeightsFileError(f"{what} holds {values} values but its shape {shape} needs {expected}")
+    return shape
 
 
 def blob_shape(proto) -> tuple[int, ...]:
@@ -26,11 +43,8 @@ def proto_to_array(proto, diff: bool = False) -> numpy.ndarray:
     else:
         values = proto.double_data if len(proto.double_data) else proto.data
     dtype = numpy.float64 if (len(proto.double_diff) if diff else len(proto.double_data)) else numpy.float32
-    arr = numpy.asarray(values, dtype=dtype)
-    expected = int(numpy.prod(shape, dtype=numpy.int64))
-    if arr.size != expected:
-        raise WeightsFileError(f"BlobProto holds {arr.size} values but its shape {shape} needs {expected}")
-    return arr.reshape(shape)
+    check_stored_shape(shape, len(values))
+    return numpy.asarray(values, dtype=dtype).reshape(shape)
 
 
 def array_to_proto(data, diff=None, proto=None):
@@ -61,7 +75,10 @@ def read_binaryproto(path: str) -> numpy.ndarray:
         raise WeightsFileError(f"BlobProto file not found: {path}") from None
     except Exception as err:  # protobuf raises DecodeError with little context
         raise WeightsFileError(f"{path}: not a valid binary BlobProto ({err})") from None
-    return proto_to_array(proto)
+    try:
+        return proto_to_array(proto)
+    except WeightsFileError as err:
+        raise WeightsFileError(f"{path}: {err}") from None
 
 
 def write_binaryproto(path: str, array) -> None:

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import numpy
 
 from .. import backend
-from ..errors import ShapeMismatchError, WeightsFileError
+from ..errors import PrototxtSyntaxError, ShapeMismatchError, WeightsFileError
+from ..proto import check_text_fields
 from ..proto import netdef_pb2 as pb
 from ..proto.upgrade import upgrade_net
-from . import wire
+from . import h5, wire
 from .atomic import atomic_target
 from .blobproto import array_to_proto, blob_shape, encode_blob, length_delimited, proto_to_array
 
@@ -101,38 +102,75 @@ def read_weight_blobs(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
     if not os.path.exists(path):
         raise WeightsFileError(f"Weights file not found: {path}")
     if is_hdf5(path):
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                if "data" not in f:
-                    raise WeightsFileError(
-                        f"{path}: HDF5 weights need a /data group (Caffe's layout /data/<layer>/<i>)"
-                    )
-                return {
-                    name: [(numpy.asarray(group[str(i)]), False) for i in range(len(group))]
-                    for name, group in f["data"].items()
-                }
-        except OSError as err:
-            raise WeightsFileError(f"{path}: cannot read HDF5 weights: {err}") from None
+        return _read_hdf5_weights(path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise WeightsFileError(f"{path}: the weights file is empty (0 bytes). Valid: a .caffemodel written by a solver")
     try:
         return wire.read_layers(path)
     except wire.Unsupported:
         pass  # legacy V0 layers or unpacked values: protobuf reads those
+    except OSError as err:
+        raise WeightsFileError(f"cannot read weights file {path}: {err.strerror or err}") from None
+    except WeightsFileError as err:
+        raise WeightsFileError(f"{path}: {err}") from None
     except (IndexError, ValueError) as err:
         raise WeightsFileError(f"{path}: not a binary .caffemodel (NetParameter) file: {err}") from None
+    return _read_with_protobuf(path)
+
+
+def _read_with_protobuf(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
     param = pb.NetParameter()
     try:
         with open(path, "rb") as f:
             param.ParseFromString(f.read())
     except Exception as err:
         raise WeightsFileError(f"{path}: not a binary .caffemodel (NetParameter) file: {err}") from None
+    try:
+        check_text_fields(param, path)
+    except PrototxtSyntaxError as err:
+        raise WeightsFileError(str(err)) from None
     upgrade_net(param, path)
-    return {
-        layer.name: [(proto_to_array(b), not b.HasField("shape")) for b in layer.blobs]
-        for layer in param.layer
-        if layer.blobs
-    }
+    try:
+        return {
+            layer.name: [(proto_to_array(b), not b.HasField("shape")) for b in layer.blobs]
+            for layer in param.layer
+            if layer.blobs
+        }
+    except WeightsFileError as err:
+        raise WeightsFileError(f"{path}: {err}") from None
+
+
+def _read_hdf5_weights(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
+    """Caffe's HDF5 weights layout ``/data/<layer>/<i>``; anything else is a WeightsFileError naming the entry."""
+    import h5py
+
+    with h5.open_file(path, WeightsFileError, "HDF5 weights file") as f:
+        with h5.h5_errors(path, 'group "/data"', WeightsFileError):
+            data = f.get("data")
+        if not isinstance(data, h5py.Group):
+            hint = " It looks like an HDF5 data file (for an HDF5Data layer)" if isinstance(data, h5py.Dataset) else ""
+            raise WeightsFileError(
+                f"{path}: not an HDF5 weights file: it has no /data group.{hint} Valid: Caffe's layout "
+                "/data/<layer name>/<blob index>, as written by Net.save(...h5)"
+            )
+        with h5.h5_errors(path, 'group "/data"', WeightsFileError):
+            names = list(data.keys())
+        return {name: _hdf5_layer_blobs(data, name, path) for name in names}
+
+
+def _hdf5_layer_blobs(data, name: str, path: str) -> list[tuple[numpy.ndarray, bool]]:
+    import h5py
+
+    with h5.h5_errors(path, f'group "/data/{name}"', WeightsFileError):
+        group = data[name]
+        keys = list(group.keys()) if isinstance(group, h5py.Group) else None
+    if keys is None:
+        raise WeightsFileError(f'{path}: "/data/{name}" must be a group of blobs named 0, 1, ... Received: a dataset')
+    if sorted(keys, key=lambda k: (len(k), k)) != [str(i) for i in range(len(keys))]:
+        raise WeightsFileError(
+            f'{path}: the blobs of "/data/{name}" must be named 0..{len(keys) - 1}. Received: {", ".join(keys[:20])}'
+        )
+    return [(h5.read_array(group, str(i), path, WeightsFileError), False) for i in range(len(keys))]
 
 
 def read_weights(path: str) -> dict[str, list[numpy.ndarray]]:
@@ -150,14 +188,36 @@ def _shapes_match(target: tuple, source: tuple, legacy: bool) -> bool:
     return extra >= 0 and all(d == 1 for d in source[:extra]) and source[extra:] == target
 
 
+def _warn_unmatched(kept: list[str], with_params: int, path: str) -> None:
+    """One loud warning naming the layers that keep their initial values (none or only some matched)."""
+    if not kept:
+        return
+    names = ", ".join(kept[:20]) + (f", ... ({len(kept)} in all)" if len(kept) > 20 else "")
+    if len(kept) == with_params:
+        log.warning(
+            "No layer of the net matched a layer in %s: every layer keeps its initial values (%s). Weights are "
+            "copied by layer name; is this the file for this net?",
+            path,
+            names,
+        )
+    else:
+        log.warning(
+            "%d of %d layers with parameters are not in %s and keep their initial values: %s",
+            len(kept),
+            with_params,
+            path,
+            names,
+        )
+
+
 def load_weights(net, path: str) -> None:
     """Copy parameters into ``net`` by layer name; Caffe's CopyTrainedLayersFrom rules."""
     weights = read_weight_blobs(path)
     used = set()
+    kept = [layer.name for layer in net.layers if layer.blobs and layer.name not in weights]
+    _warn_unmatched(kept, sum(1 for layer in net.layers if layer.blobs), path)
     for layer in net.layers:
         if layer.name not in weights or not layer.blobs:
-            if layer.blobs:
-                log.info("Layer %s: not in %s, keeps its initial values", layer.name, path)
             continue
         arrays = weights[layer.name]
         used.add(layer.name)

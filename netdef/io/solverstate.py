@@ -27,6 +27,7 @@ import numpy
 
 from ..errors import WeightsFileError
 from ..proto import netdef_pb2 as pb
+from . import h5
 from .atomic import atomic_target, atomic_write_bytes, staged_files
 from .blobproto import encode_blob, length_delimited, proto_to_array, varint
 
@@ -123,31 +124,57 @@ def _write_c_string(f, name: str, text: str) -> None:
 def _read_hdf5(path: str) -> SolverStateData:
     import h5py
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise WeightsFileError(f"cannot open HDF5 solver state {path}: {err}") from None
-    with f:
+    with h5.open_file(path, WeightsFileError, "HDF5 solver state") as f:
+        with h5.h5_errors(path, "the top-level entries", WeightsFileError):
+            keys = sorted(f.keys())
         for key in ("iter", "history"):
-            if key not in f:
+            if key not in keys:
                 raise WeightsFileError(
-                    f'{path}: not a solver state file (no "{key}" entry; found: {", ".join(sorted(f.keys()))})'
+                    f'{path}: not a solver state file (no "{key}" entry; found: {", ".join(keys[:20]) or "nothing"})'
                 )
-        it = int(numpy.asarray(f["iter"][()]).ravel()[0])
-        step = int(numpy.asarray(f["current_step"][()]).ravel()[0]) if "current_step" in f else 0
-        learned = None
-        if "learned_net" in f:
-            raw = f["learned_net"][()]
-            raw = raw.tobytes() if isinstance(raw, numpy.ndarray) else raw
-            learned = (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).rstrip("\0")
-        group = f["history"]
-        names = list(group.keys())
+        it = _hdf5_int(f, "iter", path)
+        step = _hdf5_int(f, "current_step", path) if "current_step" in keys else 0
+        learned = _hdf5_text(f, "learned_net", path) if "learned_net" in keys else None
+        with h5.h5_errors(path, 'group "history"', WeightsFileError):
+            group = f["history"]
+            names = list(group.keys()) if isinstance(group, h5py.Group) else None
+        if names is None:
+            raise WeightsFileError(f'{path}: "history" must be a group of datasets 0, 1, .... Received: a dataset')
         if sorted(names, key=_int_or_inf) != [str(i) for i in range(len(names))]:
             raise WeightsFileError(
-                f"{path}: history datasets must be named 0..{len(names) - 1}. Received: {', '.join(names)}"
+                f"{path}: history datasets must be named 0..{len(names) - 1}. Received: {', '.join(names[:20])}"
             )
-        history = [numpy.asarray(group[str(i)]) for i in range(len(names))]
+        history = [h5.read_array(group, str(i), path, WeightsFileError) for i in range(len(names))]
     return SolverStateData(it, learned, history, step)
+
+
+def _hdf5_int(f, name: str, path: str) -> int:
+    """An integer counter stored as a one-element (or scalar) integer dataset, as Caffe writes ``iter``."""
+    obj = h5.dataset(f, name, path, WeightsFileError)
+    if obj.dtype.kind not in "iu" or obj.size != 1:
+        raise WeightsFileError(
+            f'{path}: dataset "{name}" must hold one integer. Received: {obj.dtype} values of shape {obj.shape}'
+        )
+    with h5.h5_errors(path, f'dataset "{name}"', WeightsFileError):
+        return int(numpy.asarray(obj[()]).ravel()[0])
+
+
+def _hdf5_text(f, name: str, path: str) -> str:
+    """A string dataset (fixed-length, NUL-terminated or variable-length) as text."""
+    import h5py
+
+    where = f'dataset "{name}"'
+    with h5.h5_errors(path, where, WeightsFileError):
+        obj = f[name]
+        raw = obj[()] if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "SOU" and obj.size == 1 else None
+    if raw is None:
+        raise WeightsFileError(f"{path}: {where} must hold one string (the weights file's name)")
+    raw = numpy.asarray(raw).ravel()[0] if isinstance(raw, numpy.ndarray) else raw
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError:
+        raise WeightsFileError(f"{path}: {where} is not UTF-8 text") from None
+    return text.rstrip("\0")
 
 
 def _int_or_inf(name: str) -> float:
@@ -193,7 +220,10 @@ def read_sidecar(state_path: str) -> dict | None:
     except (OSError, ValueError) as err:
         raise WeightsFileError(f"{path}: unreadable netdef resume sidecar ({err})") from None
     if not isinstance(data, dict) or data.get("kind") != SIDECAR_KIND:
-        raise WeightsFileError(f"{path}: not a netdef resume sidecar (kind {data.get('kind')!r})")
+        kind = (
+            f"kind {data.get('kind')!r}" if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
+        )
+        raise WeightsFileError(f"{path}: not a netdef resume sidecar ({kind})")
     return data
 
 

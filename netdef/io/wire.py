@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy
 
-from ..errors import WeightsFileError
+from .blobproto import check_stored_shape
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
@@ -109,10 +109,9 @@ def _blob(buf, start: int, end: int) -> tuple[numpy.ndarray, bool]:
         shape, is_legacy = tuple(legacy), True
     else:
         shape, is_legacy = (arr.size,) if arr.size else (), True
-    if int(numpy.prod(shape, dtype=numpy.int64)) != arr.size:
-        raise WeightsFileError(
-            f"a blob holds {arr.size} values but its shape {shape} needs {int(numpy.prod(shape, dtype=numpy.int64))}"
-        )
+    # varints are unsigned here; protobuf reads dims of 2**63 and more as negative int64 values
+    shape = tuple(d - (1 << 64) if d >= 1 << 63 else d for d in shape)
+    check_stored_shape(shape, arr.size, "a blob")
     return arr.reshape(shape), is_legacy
 
 
@@ -123,7 +122,7 @@ def read_layers(path: str) -> dict[str, list[tuple[numpy.ndarray, bool]]]:
     """
     with open(path, "rb") as f:
         if f.seek(0, 2) == 0:
-            return {}
+            raise Unsupported("an empty file")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     out: dict[str, list[tuple[numpy.ndarray, bool]]] = {}
     size = len(buf)

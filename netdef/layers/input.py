@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy
 
 from .. import backend, fillers
+from ..errors import ResourceLimitError, ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, register_layer
+
+
+def _shape_top(layer, top, shape) -> None:
+    """``top.reshape(shape)`` for a shape the definition declares; a refusal names the layer too."""
+    try:
+        top.reshape(tuple(shape))
+    except (ResourceLimitError, ShapeMismatchError) as err:
+        raise layer.error(f"declared shape: {err}", type(err)) from None
 
 
 def _per_top(layer, values, n_top: int, what: str) -> list:
@@ -34,7 +43,7 @@ class InputLayer(Layer):
         if not shapes:
             raise self.error("input_param needs at least one shape { dim: ... }")
         for t, shape in zip(top, _per_top(self, shapes, len(top), "input_param shapes")):
-            t.reshape(tuple(shape.dim))
+            _shape_top(self, t, shape.dim)
 
     def reshape(self, bottom, top):
         """Input shapes are whatever the user last set; nothing to do."""
@@ -67,7 +76,7 @@ class DummyDataLayer(Layer):
         self.fillers = _per_top(self, p.data_filler or [default], n, "data_filler entries")
         self.refill = [f.type != "constant" for f in self.fillers]
         for t, shape, f in zip(top, shapes, self.fillers):
-            t.reshape(shape)
+            _shape_top(self, t, shape)
             fillers.fill(t, f, self.rng.numpy)
 
     def reshape(self, bottom, top):
@@ -101,8 +110,8 @@ class MemoryDataLayer(Layer):
         self.data = None
         self.labels = None
         self.pos = 0
-        top[0].reshape(dims)
-        top[1].reshape((p.batch_size, 1, 1, 1))
+        _shape_top(self, top[0], dims)
+        _shape_top(self, top[1], (p.batch_size, 1, 1, 1))
 
     def set_input_arrays(self, data, labels) -> None:
         """Use ``data`` (N, C, H, W) and ``labels`` (N,) from now on; N must be a multiple of batch_size."""

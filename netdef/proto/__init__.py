@@ -15,7 +15,8 @@ import re
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError, Message
 
-from ..errors import NetdefError, PrototxtSyntaxError, UnknownFieldError, did_you_mean
+from .. import limits
+from ..errors import NetdefError, PrototxtSyntaxError, ResourceLimitError, UnknownFieldError, did_you_mean
 from . import netdef_pb2
 
 TEXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt", ".solver", ".pt")
@@ -131,29 +132,37 @@ def parse_mapping(data, message: Message, source: str = "<mapping>") -> Message:
     return message
 
 
-def read_message(path: str, message: Message) -> Message:
-    """Read ``path`` into ``message``: text, YAML or JSON by suffix, binary otherwise or on failure."""
+def _read_bytes(path: str) -> bytes:
     if not os.path.exists(path):
         raise NetdefError(f"File not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise NetdefError(f"{path}: cannot read the file: {err.strerror or err}") from None
+
+
+def _decode_utf8(raw: bytes, path: str, what: str) -> str:
+    """``raw`` as text; bytes that are not UTF-8 become an error naming the line (their bytes are not shown)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise PrototxtSyntaxError(
+            f"{path}:{line}: {what} must be UTF-8 text; byte {err.start} is not. Received: a byte sequence that "
+            "is not UTF-8. Valid: save the file as UTF-8"
+        ) from None
+
+
+def read_message(path: str, message: Message) -> Message:
+    """Read ``path`` into ``message``: text, YAML or JSON by suffix, binary otherwise or on failure."""
+    raw = _read_bytes(path)
     lower = path.lower()
     if lower.endswith(YAML_SUFFIXES):
-        import yaml
-
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as err:
-                raise PrototxtSyntaxError(f"{path}: invalid YAML: {err}") from None
+        data = load_yaml(_decode_utf8(raw, path, "a YAML definition"), path, schema_depth(message.DESCRIPTOR))
         return parse_mapping(data or {}, message, path)
     if lower.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise PrototxtSyntaxError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
-        return parse_mapping(data, message, path)
-    with open(path, "rb") as f:
-        raw = f.read()
+        return parse_mapping(load_json(_decode_utf8(raw, path, "a JSON definition"), path, message), message, path)
     if lower.endswith(TEXT_SUFFIXES) or not _looks_binary(raw):
         try:
             text = raw.decode("utf-8")
@@ -161,6 +170,163 @@ def read_message(path: str, message: Message) -> Message:
             raise PrototxtSyntaxError(f"{path}: not UTF-8 text and not a binary protobuf") from None
         return parse_text(text, message, path)
     return parse_binary(raw, message, path)
+
+
+def schema_depth(descriptor, _seen: frozenset = frozenset()) -> int:
+    """How deep a YAML/JSON tree for ``descriptor`` can nest: a level per message, per list and for the values."""
+    if descriptor.full_name in _seen:
+        return limits.MAX_NESTING  # a message that contains itself: the fixed cap applies
+    seen = _seen | {descriptor.full_name}
+    depth = 0
+    for field in descriptor.fields:
+        inner = schema_depth(field.message_type, seen) if field.message_type is not None else 1
+        depth = max(depth, inner + int(field.is_repeated))
+    return min(1 + depth, limits.MAX_NESTING)
+
+
+def _children(node) -> list:
+    if isinstance(node, dict):
+        return list(node.values())
+    return list(node) if isinstance(node, list) else []
+
+
+def check_nesting(data, limit: int, source: str) -> None:
+    """Raise PrototxtSyntaxError when the tree ``data`` nests deeper than ``limit`` (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > limit:
+            raise PrototxtSyntaxError(
+                f"{source}: the definition nests deeper than its schema allows. Received: more than {limit} "
+                f"levels. Valid: at most {limit} levels of mappings and lists"
+            )
+        stack.extend((child, depth + 1) for child in _children(node))
+
+
+def load_json(text: str, source: str, message: Message) -> object:
+    """Parse JSON text, refusing nesting deeper than ``message``'s schema (never a RecursionError)."""
+    limit = schema_depth(message.DESCRIPTOR)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PrototxtSyntaxError(f"{source}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    except RecursionError:
+        raise PrototxtSyntaxError(
+            f"{source}: the definition nests deeper than its schema allows. Received: hundreds of levels. "
+            f"Valid: at most {limit} levels of mappings and lists"
+        ) from None
+    check_nesting(data, limit, source)
+    return data
+
+
+class _YamlLimit(Exception):
+    """The YAML composer stopped at a bound; ``resource`` tells an alias bomb from deep nesting."""
+
+    def __init__(self, message: str, resource: bool):
+        super().__init__(message)
+        self.resource = resource
+
+
+_YAML_LOADER = None
+
+
+def _yaml_loader_class():
+    """A SafeLoader that counts nesting and aliases while it composes (PyYAML's composer recurses per level)."""
+    global _YAML_LOADER
+    if _YAML_LOADER is not None:
+        return _YAML_LOADER
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream, depth_limit: int):
+            super().__init__(stream)
+            self.depth_limit = depth_limit
+            self.depth = 0
+            self.aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > limits.MAX_YAML_ALIASES:
+                    raise _YamlLimit(
+                        f"more than {limits.MAX_YAML_ALIASES} aliases (*name). Valid: at most "
+                        f"{limits.MAX_YAML_ALIASES}",
+                        resource=True,
+                    )
+                return super().compose_node(parent, index)
+            self.depth += 1
+            try:
+                if self.depth > self.depth_limit:
+                    raise _YamlLimit(
+                        f"line {self.peek_event().start_mark.line + 1}: the definition nests deeper than its schema "
+                        f"allows. Valid: at most {self.depth_limit} levels of mappings, lists and values",
+                        resource=False,
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    _YAML_LOADER = BoundedLoader
+    return BoundedLoader
+
+
+def _yaml_children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def check_yaml_expansion(root, limit: int) -> None:
+    """Refuse a composed YAML graph whose aliases expand to more than ``limit`` nodes, or that refers to itself."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in _yaml_children(node))
+            if sizes[key] > limit:
+                raise _YamlLimit(
+                    f"aliases expand the definition to more than {limit} values (an alias bomb?). Valid: at most "
+                    f"{limit} values once every alias is expanded",
+                    resource=True,
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise _YamlLimit("an alias refers to a node that contains it (a recursive structure)", resource=False)
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _yaml_children(node) if id(c) not in sizes)
+
+
+def load_yaml(text: str, source: str, depth_limit: int = limits.MAX_NESTING) -> object:
+    """Parse YAML safely: plain data only, nesting and alias expansion bounded (no RecursionError, no alias bomb)."""
+    import yaml
+
+    try:
+        loader = _yaml_loader_class()(text, depth_limit)
+    except yaml.YAMLError as err:  # the reader refuses control characters before parsing starts
+        raise PrototxtSyntaxError(f"{source}: invalid YAML: {err}") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_yaml_expansion(node, limits.MAX_DEFINITION_VALUES)
+        return loader.construct_document(node)
+    except _YamlLimit as err:
+        raise (ResourceLimitError if err.resource else PrototxtSyntaxError)(f"{source}: {err}") from None
+    except yaml.YAMLError as err:
+        raise PrototxtSyntaxError(f"{source}: invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
 
 
 def _looks_binary(raw: bytes) -> bool:
@@ -172,7 +338,25 @@ def parse_binary(raw: bytes, message: Message, source: str = "<bytes>") -> Messa
         message.ParseFromString(raw)
     except DecodeError as err:
         raise PrototxtSyntaxError(f"{source}: not a valid binary {message.DESCRIPTOR.name}: {err}") from None
+    check_text_fields(message, source)
     return message
+
+
+def check_text_fields(message: Message, source: str) -> None:
+    """Refuse a parsed binary message whose string fields are not UTF-8 (protobuf hands those back as bytes)."""
+    stack = [(message, message.DESCRIPTOR.name)]
+    while stack:
+        msg, path = stack.pop()
+        for field, value in msg.ListFields():
+            values = list(value) if field.is_repeated else [value]
+            where = f"{path}.{field.name}"
+            if field.message_type is not None:
+                stack.extend((v, f"{where}[{i}]" if field.is_repeated else where) for i, v in enumerate(values))
+            elif field.type == field.TYPE_STRING and any(isinstance(v, bytes) for v in values):
+                raise PrototxtSyntaxError(
+                    f"{source}: field {where} is not UTF-8 text. Received: bytes that are not UTF-8. "
+                    "Valid: UTF-8 strings (the file may be damaged)"
+                )
 
 
 def load_net(path_or_text: str) -> netdef_pb2.NetParameter:

@@ -60,3 +60,17 @@ def test_memorydata_serves_batches_in_order():
         n.set_input_arrays(data[:3], numpy.zeros(3))
     with pytest.raises(InvalidParameterError, match="set_input_arrays"):
         make_net(MEMORY).forward()
+
+
+def test_input_declared_shapes_are_checked_with_the_layer_named():
+    from netdef import limits
+    from netdef.errors import ResourceLimitError, ShapeMismatchError
+
+    with pytest.raises(ShapeMismatchError, match=r'Layer "in" \(type Input\): declared shape: .*negative'):
+        make_net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: -3 } } }')
+    limits.set_max_array_bytes("1M")
+    try:
+        with pytest.raises(ResourceLimitError, match=r'Layer "in" \(type Input\): declared shape: blob \'x\''):
+            make_net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1000 dim: 1000 } } }')
+    finally:
+        limits.set_max_array_bytes(None)
