@@ -67,6 +67,10 @@ class _ConvolutionBase(Layer):
         self.axis, self.num_spatial = _channel_axis(self, x, cp.axis)
         self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, self.num_spatial)
         self.channels = x.shape[self.axis]
+        if self.channels <= 0:
+            raise self.error(
+                f"the bottom has no channels on axis {self.axis}. Received: shape {x.shape}", ShapeMismatchError
+            )
         self.num_output = int(cp.num_output)
         if self.num_output <= 0:
             raise self.error(f"num_output must be positive. Received: {cp.num_output}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .. import backend
+from .. import backend, limits
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
@@ -381,12 +381,18 @@ class LRNLayer(Layer):
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         check_4d(self, bottom[0])
+        x = bottom[0]
         if self.within:
-            in_hw = bottom[0].shape[2:]
+            in_hw = x.shape[2:]
             if self.windows is None or self.windows.in_hw != in_hw:
                 half = (self.size - 1) // 2
                 self.windows = PoolWindows(in_hw, (self.size,) * 2, (1, 1), (half, half))
-        top[0].reshape(bottom[0].shape)
+            scratch = (*x.shape[:2], *self.windows.padded_hw)
+        else:
+            scratch = (x.shape[0], x.shape[1] + self.size - 1, *x.shape[2:])
+        # a local_size far beyond the input would make the zero-padded working array huge
+        limits.check_bytes(f"{self.describe()} padded input", scratch, x.dtype.itemsize)
+        top[0].reshape(x.shape)
 
     def _channel_window_sum(self, a):
         """``sum_{|c' - c| <= n//2} a[:, c']`` with zeros beyond the channel edges."""

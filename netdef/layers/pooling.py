@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy
 
-from .. import backend
+from .. import backend, limits
 from ..blob import Blob
 from ..errors import BlobCountError, ShapeMismatchError
 from ..proto import netdef_pb2 as pb
@@ -409,6 +409,10 @@ class PoolingLayer(Layer):
                     ShapeMismatchError,
                 )
             self.pooler = _Pooler(self.method, windows, self.phase == pb.TRAIN, self.rng)
+        # a stride or pad far beyond the input would make the padded working grid huge
+        limits.check_bytes(
+            f"{self.describe()} padded input", (*x.shape[:2], *self.pooler.windows.padded_hw), x.dtype.itemsize
+        )
         for t in top:
             t.reshape((*x.shape[:2], *self.pooler.windows.out_hw))
 

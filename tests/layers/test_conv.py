@@ -480,3 +480,8 @@ def test_reshape_checks():
 )
 def test_gpu_matches_cpu(definition, shape):
     check_gpu_matches_cpu(definition, [RNG.standard_normal(shape)])
+
+
+def test_bottom_without_channels_is_refused():
+    with pytest.raises(ShapeMismatchError, match=r"no channels on axis 1. Received: shape \(1, 0, 5, 5\)"):
+        conv_layer("num_output: 2 kernel_size: 3", [numpy.ones((1, 0, 5, 5))])

@@ -236,6 +236,7 @@ def test_data_error_backend_mismatch_and_missing_packages(u8db, monkeypatch):
     with pytest.raises(DataSourceError, match="LMDB database but data_param.backend is LEVELDB"):
         make_net('layer { name: "d" type: "Data" top: "data" data_param { source: "db" batch_size: 1 } }')
     monkeypatch.setitem(sys.modules, "plyvel", None)
+    (u8db / "ldb").mkdir()  # an existing LevelDB folder: only the missing package is the problem
     with pytest.raises(DataSourceError, match="needs the plyvel package.*convert the database to LMDB"):
         make_net('layer { name: "d" type: "Data" top: "data" data_param { source: "ldb" batch_size: 1 } }')
     monkeypatch.setitem(sys.modules, "lmdb", None)

@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 import netdef
-from netdef.errors import InvalidParameterError, ShapeMismatchError
+from netdef.errors import InvalidParameterError, ResourceLimitError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.proto import parse_text
 from netdef.testing import (
@@ -484,3 +484,10 @@ def test_lrn_invalid_parameters(definition, shapes, error, needle):
 )
 def test_lrn_gpu_matches_cpu(definition):
     check_gpu_matches_cpu(definition, [LRN_RNG.standard_normal((2, 6, 5, 4))])
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_absurd_local_size_is_refused_before_allocating(region):
+    layer = make_layer(f'type: "LRN" lrn_param {{ local_size: 2147483647 norm_region: {region} }}')
+    with pytest.raises(ResourceLimitError, match=r'Layer "L" \(type LRN\) padded input'):
+        run_layer(layer, [numpy.ones((1, 3, 5, 5))])

@@ -4,7 +4,7 @@ import numpy
 import pytest
 
 from netdef import backend
-from netdef.errors import BlobCountError, InvalidParameterError, ShapeMismatchError
+from netdef.errors import BlobCountError, InvalidParameterError, ResourceLimitError, ShapeMismatchError
 from netdef.proto import netdef_pb2 as pb
 from netdef.testing import (
     check_empty_batch,
@@ -293,3 +293,12 @@ def test_spp_invalid(definition, shape, error, needle):
 )
 def test_gpu_matches_cpu(definition):
     check_gpu_matches_cpu(definition, [RNG.standard_normal((2, 3, 7, 6))])
+
+
+def test_absurd_stride_is_refused_before_allocating():
+    # the second window starts 2^31 rows down: Caffe keeps it (value -FLT_MAX); the padded grid would be huge
+    with pytest.raises(ResourceLimitError, match=r'Layer "L" \(type Pooling\) padded input'):
+        run_layer(
+            make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2147483647 }'),
+            [numpy.ones((1, 1, 5, 5))],
+        )
