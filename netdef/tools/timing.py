@@ -21,6 +21,7 @@ from .. import backend
 from ..errors import NetdefError
 from ..net import TEST, TRAIN
 from .common import add_net_arguments, open_net, select_device, split_stages
+from .progress import Progress, print_results
 
 log = logging.getLogger("netdef")
 
@@ -79,6 +80,8 @@ def time_net(
         gpu: the ``--gpu`` value (None: the CPU).
         level, stages: the net state for include/exclude rules.
     """
+    if iterations < 1:
+        raise NetdefError(f"--iterations must be at least 1. Received: {iterations}")
     select_device(gpu)
     net = open_net(model, TEST if phase == "TEST" else TRAIN, weights, level, stages)
     n = len(net.layers)
@@ -89,6 +92,9 @@ def time_net(
     report = TimingReport(list(net.layer_names), numpy.zeros(n), numpy.zeros(n), numpy.zeros(iterations))
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
+    progress = Progress(iterations, "Timing")
+    # on a terminal the bar stands in for the per-iteration lines
+    iteration_level = logging.DEBUG if progress.enabled else logging.INFO
     for it in range(iterations):
         t_iter = time.perf_counter()
         for i, rec in enumerate(net.records):
@@ -102,7 +108,9 @@ def time_net(
             _sync()
             report.backward[i] += time.perf_counter() - t0
         report.iterations[it] = time.perf_counter() - t_iter
-        log.info("Iteration: %d forward-backward time: %.3f ms.", it + 1, report.iterations[it] * 1e3)
+        log.log(iteration_level, "Iteration: %d forward-backward time: %.3f ms.", it + 1, report.iterations[it] * 1e3)
+        progress.update()
+    progress.close()
     log.info("Average time per layer: ")
     for line in report.lines():
         log.info(line)
@@ -111,7 +119,7 @@ def time_net(
 
 
 def cmd_time(args: argparse.Namespace) -> int:
-    """Run ``netdef time`` from parsed arguments; prints the per-layer report."""
+    """Run ``netdef time`` from parsed arguments; prints the per-layer report unless the log showed it."""
     if not args.model:
         raise NetdefError("time needs --model NET.prototxt")
     report = time_net(
@@ -123,8 +131,7 @@ def cmd_time(args: argparse.Namespace) -> int:
         level=args.level,
         stages=split_stages(args.stage),
     )
-    for line in report.lines():
-        print(line)
+    print_results(report.lines())
     return 0
 
 
