@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from .errors import InvalidParameterError
+
 log = logging.getLogger("netdef")
 
 
@@ -57,4 +59,37 @@ def setup_logging(quiet: bool = False) -> None:
     log.propagate = False
 
 
-__all__ = ["GlogFormatter", "format_g", "output_line", "setup_logging"]
+#: glog's minimum levels as pycaffe's ``init_log`` takes them
+GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+
+
+def init_log(level: int = 0, stderr: bool = True) -> None:
+    """pycaffe's ``caffe.init_log``: start logging at glog's minimum ``level`` (0 INFO ... 3 FATAL).
+
+    With ``stderr`` (the default, where glog would log to files unless told
+    otherwise) the ``netdef`` logger writes glog-formatted lines to stderr; with
+    ``stderr=False`` it writes nothing itself and hands its records to the
+    application's logging configuration (the root logger).
+    """
+    if level not in GLOG_LEVELS:
+        raise InvalidParameterError(
+            "init_log: level is glog's minimum level 0 (INFO), 1 (WARNING), 2 (ERROR) or 3 (FATAL). "
+            f"Received: {level!r}"
+        )
+    if stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(GlogFormatter())
+        log.handlers[:] = [handler]
+        log.propagate = False
+    else:
+        log.handlers[:] = []
+        log.propagate = True
+    log.setLevel(GLOG_LEVELS[level])
+
+
+def log_info(message: str) -> None:
+    """Log ``message`` at INFO on the ``netdef`` logger (pycaffe's ``caffe.log``)."""
+    log.info("%s", message)
+
+
+__all__ = ["GLOG_LEVELS", "GlogFormatter", "format_g", "init_log", "log_info", "output_line", "setup_logging"]

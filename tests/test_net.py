@@ -1,5 +1,8 @@
 """Net engine: DAG construction, splits, in-place, sharing, phases/stages, pruning, loss weights."""
 
+import logging
+from collections import OrderedDict
+
 import numpy
 import pytest
 
@@ -7,9 +10,12 @@ import netdef
 from netdef.errors import (
     BlobCountError,
     DuplicateTopBlobError,
+    InvalidParameterError,
+    NetdefError,
     ShapeMismatchError,
     UnknownBottomBlobError,
     UnknownLayerTypeError,
+    WeightsFileError,
 )
 from netdef.net import filter_net, insert_splits, state_meets_rule
 from netdef.proto import net_from_text
@@ -363,3 +369,211 @@ def test_unknown_layer_type_names_file_line_layer_fork_and_the_python_layer_way(
     path.write_text(fixed)
     with pytest.raises(UnknownLayerTypeError, match=r':8: Layer "c" \(type Convolutoin\).*Did you mean "Convolution"'):
         netdef.Net(str(path), netdef.TEST)
+
+
+# --- pycaffe's call forms and names ---------------------------------------------------------
+@pytest.fixture
+def mlp_files(tmp_path):
+    model = tmp_path / "mlp.prototxt"
+    model.write_text(MLP)
+    source = netdef.Net(str(model), netdef.TEST)
+    weights = tmp_path / "mlp.caffemodel"
+    source.save(str(weights))
+    return model, weights, source.params["ip1"][0].data.copy()
+
+
+def _loaded(net, expected):
+    return numpy.array_equal(net.params["ip1"][0].data, expected)
+
+
+def test_every_pycaffe_call_form_builds_the_net(mlp_files):
+    model, weights, expected = mlp_files
+    m, w = str(model), str(weights)
+    assert _loaded(netdef.Net(m, w, netdef.TEST), expected)  # legacy: weights second
+    assert _loaded(netdef.Net(m, netdef.TEST, weights=w), expected)
+    assert _loaded(netdef.Net(m, phase=netdef.TEST, weights=w), expected)
+    assert _loaded(netdef.Net(m, netdef.TEST, 0, None, w), expected)  # pycaffe's full positional order
+    assert _loaded(netdef.Net(m, netdef.TEST, w), expected)  # netdef's own older order
+    assert _loaded(netdef.Net(model, weights, netdef.TRAIN), expected)  # path objects too
+    assert netdef.Net(m, w, netdef.TRAIN).phase == netdef.TRAIN
+    assert netdef.Net(m, "test").phase == netdef.TEST
+    assert not _loaded(netdef.Net(m, netdef.TEST), expected)
+
+
+def test_level_and_stages_by_position_follow_pycaffe():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }
+    layer { name: "deep" type: "ReLU" bottom: "data" top: "deep" include { min_level: 2 } }
+    layer { name: "staged" type: "ReLU" bottom: "data" top: "staged" include { stage: "extra" } }
+    """
+    param = net_from_text(text)
+    assert netdef.Net(param, netdef.TEST).layer_names == ["data"]
+    assert netdef.Net(param, netdef.TEST, 2).layer_names == ["data", "deep"]
+    assert netdef.Net(param, netdef.TEST, 0, ["extra"]).layer_names == ["data", "staged"]
+
+
+def test_bad_call_forms_are_named(mlp_files):
+    model, weights, _ = mlp_files
+    with pytest.raises(InvalidParameterError, match=r"phase must be netdef.TRAIN \(0\) or netdef.TEST \(1\).*7"):
+        netdef.Net(str(model), 7)
+    with pytest.raises(InvalidParameterError, match="weights is given twice"):
+        netdef.Net(str(model), str(weights), netdef.TEST, weights=str(weights))
+    with pytest.raises(InvalidParameterError, match="phase is given twice"):
+        netdef.Net(str(model), netdef.TEST, phase=netdef.TEST)
+    with pytest.raises(InvalidParameterError, match=r"Received: 2\.5"):
+        netdef.Net(str(model), netdef.TEST, 2.5)
+    with pytest.raises(InvalidParameterError, match="at most the phase after the weights"):
+        netdef.Net(str(model), str(weights), netdef.TEST, 0)
+
+
+def test_pycaffe_names_of_layers_blobs_and_indices():
+    net = make_net(MLP)
+    assert [layer.type for layer in net.layers] == ["Input", "InnerProduct", "ReLU", "InnerProduct", "EuclideanLoss"]
+    assert net._layer_names == ["data", "ip1", "relu1", "ip2", "loss"]
+    assert net._blob_names == ["data", "label", "ip1", "ip2", "loss"]
+    assert net._blobs[2] is net.blobs["ip1"]
+    assert (net._inputs, net._outputs) == ([0, 1], [4])
+    assert net._top_ids(2) == [2] and net._bottom_ids(4) == [3, 1]
+    assert isinstance(net.top_names, OrderedDict) and list(net.top_names) == net._layer_names
+    assert net.top_names["data"] == ["data", "label"] and net.bottom_names["loss"] == ["ip2", "label"]
+    assert net.blob_loss_weights == OrderedDict(
+        [("data", 0.0), ("label", 0.0), ("ip1", 0.0), ("ip2", 0.0), ("loss", 1.0)]
+    )
+    assert net._blob_loss_weights == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert net._forward(0, 4) == pytest.approx(float(net.blobs["loss"].data))
+
+
+def test_blob_loss_weights_follow_the_split_of_a_read_loss():
+    text = """
+    layer { name: "data" type: "Input" top: "a" top: "b"
+            input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "a" top: "ip" loss_weight: 3 inner_product_param { num_output: 3 } }
+    layer { name: "relu" type: "ReLU" bottom: "ip" top: "r" }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "r" bottom: "b" top: "loss" loss_weight: 2 }
+    layer { name: "twice" type: "Power" bottom: "loss" top: "twice" power_param { scale: 2 } }
+    """
+    weights = make_net(text).blob_loss_weights
+    assert weights["ip"] == 0.0 and weights["ip_ip_0_split_0"] == 3.0 and weights["ip_ip_0_split_1"] == 0.0
+    # Caffe's quirk: the split takes the explicit weight, and the loss layer, left without one, falls back to 1
+    assert weights["loss"] == 1.0
+    assert weights["loss_loss_0_split_0"] == 2.0 and weights["loss_loss_0_split_1"] == 0.0
+    assert weights["twice"] == 0.0
+
+
+def test_blob_legacy_accessors():
+    net = make_net(MLP)
+    data = net.blobs["data"]
+    assert (data.num, data.channels, data.height, data.width, data.count) == (4, 3, 1, 1, 12)
+    loss = net.blobs["loss"]
+    assert (loss.num, loss.channels, loss.count) == (1, 1, 1)
+    four = netdef.Blob((2, 3, 4, 5))
+    assert (four.num, four.channels, four.height, four.width) == (2, 3, 4, 5)
+    with pytest.raises(ShapeMismatchError, match="at most 4 axes"):
+        netdef.Blob((1, 1, 1, 1, 2)).num  # noqa: B018
+
+
+def test_construction_logs_caffes_top_shape_lines():
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("netdef")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        make_net(MLP)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [r.getMessage() for r in records]
+    start = lines.index("Setting up data")
+    assert lines[start : start + 4] == [
+        "Setting up data",
+        "Top shape: 4 3 (12)",
+        "Top shape: 4 2 (8)",
+        "Memory required for data: 80",
+    ]
+    loss = lines.index("Setting up loss")
+    assert lines[loss : loss + 4] == [
+        "Setting up loss",
+        "Top shape: (1)",
+        "    with loss weight 1",
+        # data 12 + label 8 + ip1 20 + relu1 (in place, counted again) 20 + ip2 8 + loss 1 = 69 floats
+        "Memory required for data: 276",
+    ]
+    assert lines[-1] == "Network initialization done."
+
+
+def test_save_hdf5_and_load_hdf5_whatever_the_name(tmp_path):
+    a = make_net(MLP)
+    path = tmp_path / "weights.caffemodel.hdf"
+    a.save_hdf5(str(path))
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x89HDF"
+    b = make_net(MLP)
+    b.load_hdf5(path)
+    numpy.testing.assert_array_equal(b.params["ip2"][0].data, a.params["ip2"][0].data)
+    c = make_net(MLP)
+    a.save_hdf5(str(tmp_path / "w.h5"))
+    c.load_hdf5(str(tmp_path / "w.h5"))
+    numpy.testing.assert_array_equal(c.params["ip1"][1].data, a.params["ip1"][1].data)
+    a.save(str(tmp_path / "binary.caffemodel"))
+    with pytest.raises(WeightsFileError, match="not an HDF5 file.*copy_from"):
+        c.load_hdf5(str(tmp_path / "binary.caffemodel"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.caffemodel", "w.h5", "weights.caffemodel.hdf"]
+
+
+def test_forward_takes_broadcastable_inputs_with_the_batch_size():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }
+    layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }
+    """
+    net = make_net(text, netdef.TEST)
+    out = net.forward(data=numpy.array([[[1.0, -2.0], [3.0, -4.0]]]))  # (1, 2, 2) into (1, 1, 2, 2)
+    assert out["out"].tolist() == [[[[1.0, 0.0], [3.0, 0.0]]]]
+    with pytest.raises(ShapeMismatchError, match="net.reshape"):
+        net.forward(data=numpy.zeros((2, 1, 2, 2)))
+
+
+def test_forward_backward_all_batches_inputs_and_top_diffs():
+    text = """
+    force_backward: true
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+    """
+    net = make_net(text, netdef.TEST)
+    x = numpy.arange(30, dtype=numpy.float32).reshape(10, 3)
+    dy = numpy.ones((10, 2), dtype=numpy.float32)
+    outs, diffs = net.forward_backward_all(data=x, ip=dy)
+    w = net.params["ip"][0].data
+    numpy.testing.assert_allclose(outs["ip"], x @ w.T, rtol=1e-5)
+    numpy.testing.assert_allclose(diffs["data"], dy @ w, rtol=1e-5)
+    assert diffs["data"].shape == (10, 3)
+    with pytest.raises(NetdefError, match="Received: nope"):
+        net.forward_backward_all(nope=x)
+
+
+def test_layer_callbacks_see_every_index_in_order():
+    net = make_net(MLP)
+    seen = []
+    net.before_forward(lambda i: seen.append(("bf", i)))
+    net.after_forward(lambda i: seen.append(("af", i)))
+    net.after_backward(lambda i: seen.append(("ab", i)))
+    net.forward(start="ip2")
+    assert seen == [("bf", 3), ("af", 3), ("bf", 4), ("af", 4)]
+    seen.clear()
+    net.backward(end="ip2")
+    assert seen == [("ab", 4), ("ab", 3)]
+
+
+def test_forward_all_gives_a_scalar_output_once_per_batch():
+    net = make_net(MLP, netdef.TEST)
+    rng = numpy.random.default_rng(0)
+    x, y = rng.random((10, 3), dtype=numpy.float32), rng.random((10, 2), dtype=numpy.float32)
+    out = net.forward_all(data=x, label=y)
+    assert out["loss"].shape == (3,)  # batches of 4, 4 and 2 (+2 zero rows)
+    last = net.forward(
+        data=numpy.concatenate([x[8:], numpy.zeros((2, 3))]), label=numpy.concatenate([y[8:], numpy.zeros((2, 2))])
+    )
+    assert out["loss"][2] == pytest.approx(float(last["loss"]))

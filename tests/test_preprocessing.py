@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from netdef.errors import InvalidParameterError, NetdefError, ShapeMismatchError
-from netdef.io.preprocessing import Transformer, load_image, resize_image
+from netdef.io.preprocessing import Transformer, load_image, oversample, resize_image
 
 
 def imagenet_style(shape=(1, 3, 2, 2)):
@@ -166,3 +166,42 @@ def test_load_image_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(NetdefError, match="needs Pillow.*pip install pillow"):
         load_image(str(tmp_path / "x.png"))
+
+
+def test_oversample_order_is_corners_centre_then_mirrors():
+    image = numpy.arange(5 * 6, dtype=numpy.float32).reshape(5, 6, 1)
+    crops = oversample([image, image + 100], (3, 4))
+    assert crops.shape == (20, 3, 4, 1) and crops.dtype == numpy.float32
+    expected = [image[0:3, 0:4], image[0:3, 2:6], image[2:5, 0:4], image[2:5, 2:6]]
+    # centre: int(5/2 - 3/2) = 1 and int(6/2 - 4/2) = 1, pycaffe's rounding
+    expected.append(image[1:4, 1:5])
+    expected += [e[:, ::-1] for e in expected]
+    numpy.testing.assert_array_equal(crops[:10], numpy.stack(expected))
+    numpy.testing.assert_array_equal(crops[10:], numpy.stack(expected) + 100)
+
+
+def test_oversample_of_whole_images_repeats_them_and_their_mirrors():
+    image = numpy.random.default_rng(0).random((4, 4, 3)).astype(numpy.float32)
+    crops = oversample(numpy.stack([image]), (4, 4))
+    for k in range(5):
+        numpy.testing.assert_array_equal(crops[k], image)
+        numpy.testing.assert_array_equal(crops[5 + k], image[:, ::-1])
+
+
+def test_oversample_errors_name_the_sizes():
+    with pytest.raises(ShapeMismatchError, match=r"must fit the images of size \(4, 4\)"):
+        oversample([numpy.zeros((4, 4, 1))], (5, 2))
+    with pytest.raises(ShapeMismatchError, match="one size"):
+        oversample([numpy.zeros((4, 4, 1)), numpy.zeros((5, 4, 1))], (2, 2))
+    with pytest.raises(ShapeMismatchError, match="at least one image"):
+        oversample([], (2, 2))
+
+
+def test_resize_image_nearest_and_constant_images():
+    image = numpy.array([[1.0, 2.0], [3.0, 4.0]], dtype=numpy.float32)[:, :, None]
+    nearest = resize_image(image, (4, 4), interp_order=0)
+    assert nearest[:, :, 0].tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    flat = resize_image(numpy.full((3, 5, 2), 7.0), (6, 2))
+    assert flat.shape == (6, 2, 2) and numpy.all(flat == 7.0)
+    with pytest.raises(InvalidParameterError, match="interp_order must be 0 .* or 1 .*Received: 3"):
+        resize_image(image, (4, 4), interp_order=3)

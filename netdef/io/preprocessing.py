@@ -28,12 +28,21 @@ import numpy
 from ..errors import InvalidParameterError, NetdefError, ShapeMismatchError
 
 
-def resize_image(image: numpy.ndarray, new_dims: Sequence[int]) -> numpy.ndarray:
-    """Bilinear resize of an H x W x K array to ``new_dims`` = (height, width), float32.
+def resize_image(image: numpy.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> numpy.ndarray:
+    """Resize an H x W x K array to ``new_dims`` = (height, width), float32 (pycaffe's ``caffe.io.resize_image``).
 
-    Sample positions use pixel centres and clamp at the border (OpenCV's
-    INTER_LINEAR, which Caffe's image data layers use); no anti-aliasing.
+    ``interp_order`` 1 (the default) is bilinear, 0 nearest neighbour. Sample
+    positions use pixel centres and clamp at the border (OpenCV's INTER_LINEAR,
+    which Caffe's image data layers use); no anti-aliasing. pycaffe resized with
+    scikit-image (``mode="constant"``, so an enlarged image's outermost pixels blend
+    towards its minimum) or, for K other than 1 and 3, with ``scipy.ndimage.zoom``;
+    values inside the image agree, borders may differ slightly. Any K works, and a
+    constant image stays constant, as in pycaffe.
     """
+    if interp_order not in (0, 1):
+        raise InvalidParameterError(
+            f"resize_image: interp_order must be 0 (nearest) or 1 (bilinear). Received: {interp_order!r}"
+        )
     image = numpy.asarray(image)
     if image.ndim != 3:
         raise ShapeMismatchError(f"resize_image needs an H x W x K array. Received: shape {image.shape}")
@@ -46,6 +55,10 @@ def resize_image(image: numpy.ndarray, new_dims: Sequence[int]) -> numpy.ndarray
     image = image.astype(numpy.float32, copy=False)
     if (h, w) == (new_h, new_w):
         return image.copy()
+    if interp_order == 0:
+        rows = numpy.minimum(((numpy.arange(new_h) + 0.5) * (h / new_h)).astype(numpy.intp), h - 1)
+        cols = numpy.minimum(((numpy.arange(new_w) + 0.5) * (w / new_w)).astype(numpy.intp), w - 1)
+        return image[rows][:, cols].copy()
     y0, y1, wy = _sample_positions(h, new_h)
     x0, x1, wx = _sample_positions(w, new_w)
     wy = wy[:, None, None]
@@ -63,12 +76,61 @@ def _sample_positions(size: int, new_size: int) -> tuple[numpy.ndarray, numpy.nd
     return lo, hi, (pos - lo).astype(numpy.float32)
 
 
+def oversample(images, crop_dims: Sequence[int]) -> numpy.ndarray:
+    """Ten crops of each image: four corners, centre, and the same five mirrored (pycaffe's ``caffe.io.oversample``).
+
+    Args:
+        images: a sequence (or N x H x W x K array) of H x W x K images; as in pycaffe,
+            all are taken to have the first image's size.
+        crop_dims: (height, width) of the crops.
+
+    Returns:
+        a 10N x height x width x K float32 array: per image the crops at the top-left,
+        top-right, bottom-left and bottom-right corners, the centre crop, then those
+        five flipped left-right. The centre crop starts at ``int(centre - crop / 2)``
+        on each axis, pycaffe's rounding.
+    """
+    if len(images) == 0:
+        raise ShapeMismatchError("oversample needs at least one image. Received: none")
+    first = numpy.asarray(images[0])
+    if first.ndim != 3:
+        raise ShapeMismatchError(f"oversample needs H x W x K images. Received: shape {first.shape}")
+    h, w = first.shape[:2]
+    ch, cw = (int(d) for d in crop_dims)
+    if not (0 < ch <= h and 0 < cw <= w):
+        raise ShapeMismatchError(
+            f"oversample: crops of (height, width) {(ch, cw)} must fit the images of size {(h, w)}. "
+            f"Received: crop_dims {tuple(crop_dims)}"
+        )
+    centre_y, centre_x = int(h / 2.0 - ch / 2.0), int(w / 2.0 - cw / 2.0)
+    corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), (centre_y, centre_x)]
+    shapes = [numpy.shape(im) for im in images]
+    if any(shape != first.shape for shape in shapes):
+        raise ShapeMismatchError(f"oversample needs images of one size. Received: shapes {shapes}")
+    batch = numpy.asarray(images, dtype=numpy.float32)
+    crops = numpy.stack([batch[:, y : y + ch, x : x + cw] for y, x in corners], axis=1)
+    crops = numpy.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
+    return numpy.ascontiguousarray(crops.reshape((-1, ch, cw) + batch.shape[3:]))
+
+
 class Transformer:
     """Format arrays for a net's inputs (pycaffe's ``caffe.io.Transformer``).
 
     Args:
         inputs: ``{input blob name: blob shape (N, C, H, W)}``, for example
             ``{"data": net.blobs["data"].data.shape}``.
+
+    The order of operations, the settings and their attribute dictionaries
+    (``transformer.mean["data"]`` ...) are pycaffe's, including its habits: the
+    channel swap applies after the transpose (so it indexes the first axis), the
+    raw scale applies before the mean and the input scale after it, and a mean
+    image of another size is resized to the input's. Where pycaffe misbehaves,
+    netdef does not copy it: pycaffe's ``preprocess`` scales a float32 image of the
+    input's size in place (the caller's array changes), and its ``deprocess``
+    squeezes every axis of length 1 (so a one-channel item loses its channel axis
+    and the transpose back fails); here ``preprocess`` never writes into its
+    argument and ``deprocess`` drops only leading batch axes. Settings are checked
+    when made (a transpose must be a permutation), where pycaffe checked lengths only.
     """
 
     def __init__(self, inputs: Mapping[str, Sequence[int]]):
@@ -225,6 +287,13 @@ def load_image(path: str, color: bool = True) -> numpy.ndarray:
     Reads PNG, JPEG and the other formats Pillow knows (``pip install pillow``).
     A ``.npy`` file holding an H x W or H x W x K array is read with NumPy and
     taken as is (no rescaling), so pipelines can run without Pillow.
+
+    This is pycaffe's ``caffe.io.load_image`` (8-bit files scaled by 1/255, 16-bit
+    by 1/65535, alpha dropped, grey files repeated to three channels when ``color``).
+    One difference: a colour file read with ``color=False`` becomes grey with the
+    ITU-R 601 weights that OpenCV, and so Caffe's ImageData layer, use; pycaffe's
+    scikit-image used the Rec. 709 weights (0.2125, 0.7154, 0.0721), so grey values
+    of strongly coloured pixels differ by a few percent.
     """
     if not os.path.exists(path):
         raise NetdefError(f"Image file not found: {path}")
@@ -276,4 +345,4 @@ def _read_with_pillow(path: str, color: bool) -> numpy.ndarray:
         raise NetdefError(f"{path}: cannot read the image ({err})") from None
 
 
-__all__ = ["Transformer", "load_image", "resize_image"]
+__all__ = ["Transformer", "load_image", "oversample", "resize_image"]
