@@ -21,6 +21,7 @@ from .blob import Blob
 from .classifier import Classifier, Detector
 from .errors import InvalidParameterError, MissingDependencyError, NetdefError
 from .layers import Layer, layer_type_list, register_layer
+from .layers.python_layer import add_python_layer_path, allow_python_layers, python_layers_allowed
 from .logs import init_log
 from .logs import log_info as log
 from .net import TEST, TRAIN, Net
@@ -148,6 +149,8 @@ __all__ = [
     "TEST",
     "TRAIN",
     "Timer",
+    "add_python_layer_path",
+    "allow_python_layers",
     "backend",
     "get_solver",
     "has_nccl",
@@ -156,6 +159,7 @@ __all__ = [
     "layer_type_list",
     "log",
     "params",
+    "python_layers_allowed",
     "register_layer",
     "set_device",
     "set_mode_cpu",

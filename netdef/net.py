@@ -32,8 +32,11 @@ from .errors import (
 )
 from .layers import layer_class
 from .layers.forks import fork_hint
+from .layers.python_layer import python_layers_allowed
 from .logs import format_g
+from .proto import load_net
 from .proto import netdef_pb2 as pb
+from .summary import summarize
 
 log = logging.getLogger("netdef")
 
@@ -340,6 +343,8 @@ class Net:
         rng: the random streams its layers draw from (fillers, Dropout, shuffling);
             by default new ones following ``netdef.set_random_seed``. A solver passes
             one set to all its nets.
+        allow_python_layers: let ``type: "Python"`` layers import their modules (None: the
+            process-wide setting, see :func:`netdef.allow_python_layers`).
     """
 
     def __init__(
@@ -353,9 +358,8 @@ class Net:
         dtype=numpy.float32,
         xp=None,
         rng: backend.RandomStreams | None = None,
+        allow_python_layers: bool | None = None,
     ):
-        from .proto import load_net
-
         phase, weights, level, stages = _call_form(args, phase, weights, level, stages)
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
@@ -384,7 +388,8 @@ class Net:
             "before_backward": [],
             "after_backward": [],
         }
-        self._init(insert_splits(filter_net(param, state)))
+        with python_layers_allowed(allow_python_layers):
+            self._init(insert_splits(filter_net(param, state)))
         if weights:
             self.copy_from(weights)
 
@@ -927,6 +932,10 @@ class Net:
         for layer in self.layers:
             if layer.name in self.params:
                 layer.blobs = self.params[layer.name]
+
+    def summary(self, input_shapes: dict | None = None):
+        """A table of layers, top shapes, parameters, state, multiply-adds and memory (see :mod:`netdef.summary`)."""
+        return summarize(self, input_shapes)
 
     def __repr__(self) -> str:
         return f"<Net {self.name!r}: {len(self.layers)} layers, phase {'TRAIN' if self.phase == TRAIN else 'TEST'}>"

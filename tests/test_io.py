@@ -376,3 +376,17 @@ def test_missing_leveldb_is_named_before_the_missing_package(tmp_path, monkeypat
     (tmp_path / "db").mkdir()
     with pytest.raises(DataSourceError, match="needs the plyvel package"):
         LevelDBReader(str(tmp_path / "db"))
+
+
+def test_weights_named_hdf5_are_written_as_hdf5(tmp_path):
+    net = netdef.Net(
+        net_from_text(
+            'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }'
+        ),
+        netdef.TEST,
+    )
+    path = tmp_path / "w.hdf5"
+    net.save(str(path))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89HDF\r\n\x1a\n"  # the HDF5 signature, not a binary NetParameter

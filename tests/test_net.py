@@ -577,3 +577,29 @@ def test_forward_all_gives_a_scalar_output_once_per_batch():
         data=numpy.concatenate([x[8:], numpy.zeros((2, 3))]), label=numpy.concatenate([y[8:], numpy.zeros((2, 2))])
     )
     assert out["loss"][2] == pytest.approx(float(last["loss"]))
+
+
+def test_python_layers_need_consent_per_net(tmp_path, monkeypatch):
+    (tmp_path / "consent_layer.py").write_text(
+        "import netdef\n\n\nclass Twice(netdef.Layer):\n"
+        "    def reshape(self, bottom, top):\n        top[0].reshape(bottom[0].shape)\n\n"
+        "    def forward(self, bottom, top):\n        top[0].data[...] = 2 * bottom[0].data\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = """
+    layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 } } }
+    layer { name: "t" type: "Python" bottom: "x" top: "y" python_param { module: "consent_layer" layer: "Twice" } }
+    """
+    with pytest.raises(netdef.errors.PythonLayerNotAllowedError, match='Layer "t"'):
+        make_net(text)
+    net = make_net(text, allow_python_layers=True)
+    assert net.forward(x=numpy.array([1.0, 2.0]))["y"].tolist() == [2.0, 4.0]
+    with pytest.raises(netdef.errors.PythonLayerNotAllowedError):  # the consent was for that net only
+        make_net(text)
+
+
+def test_summary_counts_the_parameters():
+    net = make_net(MLP)
+    table = net.summary()
+    assert table.learnable == sum(b.count for b in net.learnable_params) > 0
+    assert "total" in str(table)

@@ -11,10 +11,10 @@ from ..errors import WeightsFileError
 
 
 def temp_path_for(path: str) -> str:
-    """A fresh temporary name in ``path``'s folder that keeps a trailing ``.h5`` (writers choose formats by it)."""
+    """A fresh temporary name in ``path``'s folder that keeps an HDF5 suffix (writers choose formats by it)."""
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)  # e.g. snapshot_prefix: "snapshots/run1" in a fresh checkout
-    suffix = ".h5" if name.endswith(".h5") else ""
+    suffix = next((s for s in (".h5", ".hdf5") if name.lower().endswith(s)), "")
     return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
 
 
