@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy
 
+from .errors import NetdefError, install_hint
+
 try:  # CuPy is optional: the project runs and tests on NumPy alone.
     import cupy  # type: ignore
 except Exception:  # pragma: no cover - depends on the machine
@@ -37,12 +39,10 @@ def set_mode_cpu() -> None:
 
 def set_mode_gpu() -> None:
     """Create new blobs as CuPy arrays on the current device."""
-    from .errors import NetdefError
-
     if not gpu_available():
         raise NetdefError(
             "GPU mode was requested but CuPy or a CUDA device is not available. "
-            "Install the 'gpu' extra (pip install netdef[gpu]) on a machine with an NVIDIA GPU, "
+            f"Install CuPy ({install_hint('gpu', 'cupy-cuda12x')}) on a machine with an NVIDIA GPU, "
             "or use CPU mode."
         )
     _state["mode"] = "GPU"

@@ -73,6 +73,17 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+#: the name this project is installed under (PyPI's "netdef" is an unrelated project); the import name and
+#: the command stay "netdef"
+DISTRIBUTION = "netdef-caffe"
+
+
+def install_hint(extra: str, *packages: str) -> str:
+    """How to get an optional dependency: the plain package(s), or the project's extra from a checkout."""
+    plain = " ".join(packages)
+    return f'`pip install {plain}` (the "{extra}" extra of {DISTRIBUTION}: `pip install ".[{extra}]"` in a checkout)'
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ' Did you mean "x"?' for the closest candidate, or an empty string."""
     best = closest(name, candidates)

@@ -167,6 +167,16 @@ def test_layer_modules_stay_small_and_tests_mirror_them():
     assert strays == []
 
 
+def test_install_hints_never_name_the_unrelated_pypi_project():
+    # PyPI's "netdef" is someone else's project: a hint like `pip install netdef[db]` installs it.
+    offenders = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "netdef[" in line.replace(" ", ""):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}")
+    assert offenders == []
+
+
 def _ruff() -> list[str]:
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed (it comes with the test extra)")

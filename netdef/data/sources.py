@@ -6,7 +6,7 @@ as ``data`` bytes (uint8) or ``float_data``, a ``label``, and with ``encoded``
 set, ``data`` holding a whole JPEG/PNG file. Records are read in key order and
 the cursor starts again from the first record after the last, as in Caffe.
 
-Backends: LMDB (package ``lmdb``: ``pip install "netdef[db]"``) and LevelDB
+Backends: LMDB (package ``lmdb``, the ``db`` extra) and LevelDB
 (package ``plyvel``, when installed). Both modules are imported only when a
 database of that kind is opened.
 """
@@ -19,7 +19,7 @@ import os
 
 import numpy
 
-from ..errors import DataSourceError, InvalidParameterError
+from ..errors import DataSourceError, InvalidParameterError, install_hint
 from ..proto import netdef_pb2 as pb
 from .errors import ErrorFactory, plain_error
 
@@ -42,7 +42,7 @@ def decode_image_bytes(data: bytes, color: bool | None = None) -> numpy.ndarray:
     except ImportError:
         raise DataSourceError(
             "decoding encoded datums (JPEG/PNG bytes) needs Pillow, which is not installed: run "
-            '`pip install "netdef[image]"` (or `pip install pillow`)'
+            + install_hint("image", "pillow")
         ) from None
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -239,7 +239,7 @@ class LMDBReader(DatabaseReader):
         except ImportError:
             raise error(
                 f"reading the LMDB database {path} needs the lmdb package, which is not installed: run "
-                '`pip install "netdef[db]"` (or `pip install lmdb`)',
+                + install_hint("db", "lmdb"),
                 DataSourceError,
             ) from None
         try:

@@ -7,7 +7,7 @@ import os
 
 import numpy
 
-from ..errors import DatasetError
+from ..errors import DatasetError, install_hint
 from ..io.preprocessing import resize_image
 
 
@@ -43,8 +43,8 @@ def _pillow():
         from PIL import Image  # optional (the image extra), imported when images are read or written
     except ImportError:
         raise DatasetError(
-            'reading and writing image files needs Pillow, which is not installed: run `pip install "netdef[image]"` '
-            "(or `pip install pillow`)"
+            "reading and writing image files needs Pillow, which is not installed: run "
+            + install_hint("image", "pillow")
         ) from None
     return Image
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy
 
-from ..errors import DatasetError
+from ..errors import DatasetError, install_hint
 from ..io.atomic import temp_path_for
 
 log = logging.getLogger("netdef")
@@ -115,7 +115,7 @@ class LMDBWriter(DatabaseWriter):
         except ImportError:
             raise DatasetError(
                 f"writing the LMDB database {path} needs the lmdb package, which is not installed: run "
-                '`pip install "netdef[db]"` (or `pip install lmdb`)'
+                + install_hint("db", "lmdb")
             ) from None
         super().__init__(path)
         self.lmdb = lmdb

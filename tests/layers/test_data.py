@@ -240,7 +240,7 @@ def test_data_error_backend_mismatch_and_missing_packages(u8db, monkeypatch):
     with pytest.raises(DataSourceError, match="needs the plyvel package.*convert the database to LMDB"):
         make_net('layer { name: "d" type: "Data" top: "data" data_param { source: "ldb" batch_size: 1 } }')
     monkeypatch.setitem(sys.modules, "lmdb", None)
-    with pytest.raises(DataSourceError, match=r'pip install "netdef\[db\]"'):
+    with pytest.raises(DataSourceError, match=r'`pip install lmdb` \(the "db" extra of netdef-caffe'):
         make_net(DATA.format(b=1, extra="", transform=""))
 
 
