@@ -80,7 +80,7 @@ def test_lmdb_without_lmdb_names_the_extra(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_lmdb)
-    with pytest.raises(DatasetError, match="netdef\\[db\\]"):
+    with pytest.raises(DatasetError, match=r"`pip install lmdb` \(the \"db\" extra"):
         open_db_writer(str(tmp_path / "db"), "lmdb")
 
 
