@@ -32,6 +32,7 @@ from .errors import (
 )
 from .layers import layer_class
 from .layers.forks import fork_hint
+from .layers.pooling import using_pooling_rule
 from .layers.python_layer import python_layers_allowed
 from .logs import format_g
 from .proto import load_net
@@ -345,6 +346,8 @@ class Net:
             one set to all its nets.
         allow_python_layers: let ``type: "Python"`` layers import their modules (None: the
             process-wide setting, see :func:`netdef.allow_python_layers`).
+        pooling_rule: ``"bvlc"`` or ``"caffe-yolov3"`` (that port's patched output size); None: the
+            process-wide setting (:func:`netdef.layers.pooling.set_pooling_rule`, ``NETDEF_POOLING_RULE``).
     """
 
     def __init__(
@@ -359,6 +362,7 @@ class Net:
         xp=None,
         rng: backend.RandomStreams | None = None,
         allow_python_layers: bool | None = None,
+        pooling_rule: str | None = None,
     ):
         phase, weights, level, stages = _call_form(args, phase, weights, level, stages)
         if isinstance(model, os.PathLike):
@@ -388,7 +392,7 @@ class Net:
             "before_backward": [],
             "after_backward": [],
         }
-        with python_layers_allowed(allow_python_layers):
+        with python_layers_allowed(allow_python_layers), using_pooling_rule(pooling_rule):
             self._init(insert_splits(filter_net(param, state)))
         if weights:
             self.copy_from(weights)

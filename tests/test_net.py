@@ -603,3 +603,13 @@ def test_summary_counts_the_parameters():
     table = net.summary()
     assert table.learnable == sum(b.count for b in net.learnable_params) > 0
     assert "total" in str(table)
+
+
+def test_pooling_rule_is_chosen_per_net():
+    text = """
+    layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 13 dim: 13 } } }
+    layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 stride: 1 } }
+    """
+    assert make_net(text).blobs["y"].shape == (1, 1, 12, 12)  # BVLC's rule
+    assert make_net(text, pooling_rule="caffe-yolov3").blobs["y"].shape == (1, 1, 13, 13)
+    assert make_net(text).blobs["y"].shape == (1, 1, 12, 12)  # the choice was for that net only

@@ -337,4 +337,4 @@ def test_deeplab_v1_layer_types_keep_their_fork_names(caplog):
         ("pad", "Padding"),
     ]
     assert param.layer[1].interp_param.zoom_factor == 2
-    assert "padding_param has no current equivalent" in caplog.text
+    assert param.layer[2].padding_param.pad_beg == 1

@@ -3,18 +3,27 @@
 Pooling is separable: a window maximum (or sum) is taken along the width, then along the
 height, each a loop over the kernel offsets of one axis, with strided views of the whole
 batch. The argmax is the first maximum in row-major scan order, as in Caffe.
+
+The output size follows BVLC's rule. One fork rule can be switched on for the nets built
+while it is in force (:func:`using_pooling_rule`, :func:`set_pooling_rule` or the environment
+variable ``NETDEF_POOLING_RULE``): ``caffe-yolov3``, the patched Pooling of the
+``ChenYingpeng/caffe-yolov3`` port, which darknet's size-2 stride-1 max pool needs to keep its size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy
 
 from .. import backend, limits
 from ..blob import Blob
-from ..errors import BlobCountError, ShapeMismatchError
+from ..errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, register_layer
 from .im2col import interior
@@ -22,19 +31,82 @@ from .im2col import interior
 _MAX, _AVE, _STOCHASTIC = pb.PoolingParameter.MAX, pb.PoolingParameter.AVE, pb.PoolingParameter.STOCHASTIC
 _POOL_NAMES = {_MAX: "MAX", _AVE: "AVE", _STOCHASTIC: "STOCHASTIC"}
 
+log = logging.getLogger("netdef")
+
+#: the output-size rules Pooling knows: BVLC's, and the caffe-yolov3 port's patched one
+BVLC_RULE, YOLOV3_RULE = "bvlc", "caffe-yolov3"
+POOLING_RULES = (BVLC_RULE, YOLOV3_RULE)
+#: the environment variable that names the rule when no API call has set one
+POOLING_RULE_ENV = "NETDEF_POOLING_RULE"
+_process_rule: str | None = None
+_scoped_rule: contextvars.ContextVar[str | None] = contextvars.ContextVar("pooling_rule", default=None)
+_hinted = False
+
+
+def _checked_rule(rule: str, where: str) -> str:
+    if rule not in POOLING_RULES:
+        raise InvalidParameterError(
+            f"{where}: unknown pooling rule. Received: {rule!r}. Valid: {', '.join(repr(r) for r in POOLING_RULES)}"
+        )
+    return rule
+
+
+def set_pooling_rule(rule: str | None) -> None:
+    """Use ``rule`` for the Pooling layers of every net this process builds from now on.
+
+    ``"bvlc"`` (BVLC Caffe's output size, the default) or ``"caffe-yolov3"`` (see
+    :func:`pooled_shape`). None forgets the setting, so that ``NETDEF_POOLING_RULE`` decides
+    again. A :func:`using_pooling_rule` block (and so ``Net(..., pooling_rule=...)``) wins over it.
+    """
+    global _process_rule
+    _process_rule = None if rule is None else _checked_rule(rule, "set_pooling_rule")
+
+
+@contextlib.contextmanager
+def using_pooling_rule(rule: str | None) -> Iterator[None]:
+    """Use ``rule`` for the Pooling layers of the nets built inside the block; None changes nothing."""
+    if rule is None:
+        yield
+        return
+    token = _scoped_rule.set(_checked_rule(rule, "using_pooling_rule"))
+    try:
+        yield
+    finally:
+        _scoped_rule.reset(token)
+
+
+def current_pooling_rule() -> str:
+    """The rule a Pooling layer set up now uses: the block's, else the process's, else the environment's."""
+    for rule in (_scoped_rule.get(), _process_rule):
+        if rule is not None:
+            return rule
+    value = os.environ.get(POOLING_RULE_ENV, "").strip()
+    return _checked_rule(value, POOLING_RULE_ENV) if value else BVLC_RULE
+
 
 def pooled_shape(
-    in_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], ceil_mode: bool = True
+    in_hw: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pad: Sequence[int],
+    ceil_mode: bool = True,
+    rule: str = BVLC_RULE,
 ) -> tuple[int, int]:
     """Caffe's pooled (height, width).
 
-    Rounded up by default (down with ``ceil_mode=False``). With any padding, a last window that would
-    start inside the bottom/right padding is dropped, on both axes.
+    Rounded up by default (down with ``ceil_mode=False``). With ``rule="caffe-yolov3"``, one
+    is then added to both sizes whenever ``kernel_h - stride_h`` is odd and positive (the port's
+    patch; its extra window is clipped at the bottom/right edge, as darknet's max pool is). With
+    any padding, a last window that would start inside the bottom/right padding is then dropped,
+    on both axes.
     """
     out = []
     for s, k, st, p in zip(in_hw, kernel, stride, pad, strict=True):
         span = s + 2 * p - k
         out.append((-(-span // st) if ceil_mode else span // st) + 1)
+    # C++'s % keeps the sign, so the port's test "(kernel_h - stride_h) % 2 == 1" fails for negative odd differences
+    if rule == YOLOV3_RULE and kernel[0] - stride[0] > 0 and (kernel[0] - stride[0]) % 2 == 1:
+        out = [o + 1 for o in out]
     if any(pad):
         out = [o - 1 if (o - 1) * st >= s + p else o for o, st, s, p in zip(out, stride, in_hw, pad, strict=True)]
     return tuple(out)
@@ -60,12 +132,13 @@ class PoolWindows:
         stride: Sequence[int],
         pad: Sequence[int],
         ceil_mode: bool = True,
+        rule: str = BVLC_RULE,
     ):
         self.in_hw = tuple(int(v) for v in in_hw)
         self.kernel = tuple(int(v) for v in kernel)
         self.stride = tuple(int(v) for v in stride)
         self.pad = tuple(int(v) for v in pad)
-        self.out_hw = pooled_shape(self.in_hw, self.kernel, self.stride, self.pad, ceil_mode)
+        self.out_hw = pooled_shape(self.in_hw, self.kernel, self.stride, self.pad, ceil_mode, rule)
         # Rows/cols the windows touch: top/left padding, the image, and any bottom/right overhang.
         self.padded_hw = tuple(
             max(p + s, (o - 1) * st + k)
@@ -335,6 +408,10 @@ class PoolingLayer(Layer):
     STOCHASTIC samples an element with probability proportional to its value in TRAIN and returns
     ``sum(x^2) / sum(x)`` in TEST.
 
+    The output-size rule in force when the layer is set up (:func:`current_pooling_rule`) is kept
+    in ``pooling_rule``: ``"bvlc"``, or ``"caffe-yolov3"``, which adds one output row and column
+    whenever ``kernel_h - stride_h`` is odd (not for global pooling).
+
     Bottom: ``(N, C, H, W)``. Tops: ``(N, C, PH, PW)``; for MAX an optional second top with the argmax
     as a float flat index ``h * W + w`` within each channel plane.
     """
@@ -393,21 +470,49 @@ class PoolingLayer(Layer):
             raise self.error(problem)
         # ceil_mode: false (the fork field of BVLC PR #3057, in many MobileNet/SSD ports) means round_mode: FLOOR
         self.ceil_mode = pp.round_mode == pb.PoolingParameter.CEIL and pp.ceil_mode
+        try:
+            self.pooling_rule = current_pooling_rule()
+        except InvalidParameterError as err:
+            raise self.error(str(err)) from None
+        self._hint_rule()
         self.pooler: _Pooler | None = None
+
+    def _hint_rule(self) -> None:
+        """Say once per process when a pool looks like darknet's size-keeping one but BVLC's rule shrinks it."""
+        global _hinted
+        darknet_like = self.kernel and self.stride[0] == 1 and self.kernel[0] % 2 == 0 and not any(self.pad)
+        if darknet_like and self.pooling_rule == BVLC_RULE and not _hinted:
+            _hinted = True
+            log.warning(
+                "%s: kernel %s with stride 1 makes the output one smaller than the input under BVLC's rule. "
+                "Nets converted from darknet by caffe-yolov3 expect that port's rule, which keeps the size: "
+                "%s=%s, netdef.layers.pooling.set_pooling_rule(%r), or a using_pooling_rule block",
+                self.describe(),
+                list(self.kernel),
+                POOLING_RULE_ENV,
+                YOLOV3_RULE,
+                YOLOV3_RULE,
+            )
+
+    def _windows(self, in_hw: tuple[int, ...]) -> PoolWindows:
+        kernel = in_hw if self.global_pooling else self.kernel
+        # the port's patch would also grow global pooling of even-sized inputs to 2 x 2; that is not kept
+        rule = BVLC_RULE if self.global_pooling else self.pooling_rule
+        windows = PoolWindows(in_hw, kernel, self.stride, self.pad, self.ceil_mode, rule)
+        if min(in_hw) <= 0 or min(windows.out_hw) <= 0:
+            raise self.error(
+                f"the pooling window does not fit the input. Received: input {in_hw}, kernel {list(kernel)}, "
+                f"pad {list(self.pad)}, stride {list(self.stride)} -> output {windows.out_hw}",
+                ShapeMismatchError,
+            )
+        return windows
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         x = bottom[0]
         check_4d(self, x)
         in_hw = x.shape[2:]
         if self.pooler is None or self.pooler.windows.in_hw != in_hw:
-            kernel = in_hw if self.global_pooling else self.kernel
-            windows = PoolWindows(in_hw, kernel, self.stride, self.pad, self.ceil_mode)
-            if min(in_hw) <= 0 or min(windows.out_hw) <= 0:
-                raise self.error(
-                    f"the pooling window does not fit the input. Received: input {in_hw}, kernel {list(kernel)}, "
-                    f"pad {list(self.pad)}, stride {list(self.stride)} -> output {windows.out_hw}",
-                    ShapeMismatchError,
-                )
+            windows = self._windows(in_hw)
             self.pooler = _Pooler(self.method, windows, self.phase == pb.TRAIN, self.rng)
         # a stride or pad far beyond the input would make the padded working grid huge
         limits.check_bytes(

@@ -5,6 +5,7 @@ import pytest
 
 from netdef import backend
 from netdef.errors import BlobCountError, InvalidParameterError, ResourceLimitError, ShapeMismatchError
+from netdef.layers import pooling
 from netdef.proto import netdef_pb2 as pb
 from netdef.testing import (
     check_empty_batch,
@@ -302,3 +303,76 @@ def test_absurd_stride_is_refused_before_allocating():
             make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2147483647 }'),
             [numpy.ones((1, 1, 5, 5))],
         )
+
+
+# --- the caffe-yolov3 output-size rule (opt-in) --------------------------------------------
+def test_yolov3_rule_keeps_13x13_for_2x2_stride_1_max_pool():
+    x = grid(13, 13)
+    (y,), _ = pool("pool: MAX kernel_size: 2 stride: 1", x)
+    assert y.shape == (1, 1, 12, 12)  # BVLC's rule: ceil((13 - 2) / 1) + 1
+    assert y[0, 0, 0, :3].tolist() == [14.0, 15.0, 16.0] and y[0, 0, -1, -1] == 168.0
+    with pooling.using_pooling_rule("caffe-yolov3"):
+        (y, mask), dx = pool("pool: MAX kernel_size: 2 stride: 1", x, num_top=2, dy=numpy.ones((1, 1, 13, 13)))
+    assert y.shape == (1, 1, 13, 13)
+    # the extra last row and column pool windows clipped at the edge, as darknet's max pool does
+    assert y[0, 0, -1, -3:].tolist() == [167.0, 168.0, 168.0]
+    assert y[0, 0, :3, -1].tolist() == [25.0, 38.0, 51.0]
+    assert y[0, 0, 0, :3].tolist() == [14.0, 15.0, 16.0]
+    assert mask[0, 0, -1, -1] == 168.0 and mask[0, 0, -1, -2] == 168.0
+    # the bottom-right pixel wins four windows; the first row and column win none
+    assert dx[0, 0, -1, -1] == 4.0 and dx[0, 0, 0].sum() == 0.0 and dx.sum() == 169.0
+
+
+def test_yolov3_rule_ave_divisor_and_which_pools_it_changes():
+    with pooling.using_pooling_rule("caffe-yolov3"):
+        (y,), _ = pool("pool: AVE kernel_size: 2 stride: 1", grid(3, 3))
+        assert y[0, 0].tolist() == [[2.0, 3.0, 3.5], [5.0, 6.0, 6.5], [6.5, 7.5, 8.0]]
+        # kernel - stride odd: 3x3 stride 2 on 13 gives ceil(10 / 2) + 1 + 1 = 7
+        assert pool("pool: MAX kernel_size: 3 stride: 2", grid(13, 13))[0][0].shape == (1, 1, 7, 7)
+        # even (2x2 stride 2) and negative (1x1 stride 2) differences keep BVLC's size
+        assert pool("pool: MAX kernel_size: 2 stride: 2", grid(13, 13))[0][0].shape == (1, 1, 7, 7)
+        assert pool("pool: MAX kernel_size: 1 stride: 2", grid(13, 13))[0][0].shape == (1, 1, 7, 7)
+        # the port tests kernel_h - stride_h and grows both axes
+        assert pool("pool: MAX kernel_h: 2 kernel_w: 3 stride: 1", grid(6, 6))[0][0].shape == (1, 1, 6, 5)
+        assert pool("pool: MAX global_pooling: true", grid(4, 4))[0][0].shape == (1, 1, 1, 1)
+        # on 14 the added window starts past the input: the port's Caffe leaves its initial value there
+        (y,), _ = pool("pool: MAX kernel_size: 3 stride: 2", grid(14, 14))
+        assert y.shape == (1, 1, 8, 8) and y[0, 0, 0, -2:].tolist() == [41.0, -numpy.finfo(numpy.float64).max]
+
+
+def test_pooling_rule_settings_order_and_refusals(monkeypatch):
+    monkeypatch.delenv(pooling.POOLING_RULE_ENV, raising=False)
+    assert pooling.current_pooling_rule() == "bvlc"
+    monkeypatch.setenv(pooling.POOLING_RULE_ENV, "caffe-yolov3")
+    layer = make_layer('type: "Pooling" pooling_param { kernel_size: 2 stride: 1 }')
+    run_layer(layer, [grid(13, 13)])
+    assert layer.pooling_rule == "caffe-yolov3"
+    try:
+        pooling.set_pooling_rule("bvlc")
+        assert pooling.current_pooling_rule() == "bvlc"  # the process setting wins over the environment
+        with pooling.using_pooling_rule("caffe-yolov3"):
+            assert pooling.current_pooling_rule() == "caffe-yolov3"  # a block wins over both
+            with pooling.using_pooling_rule(None):
+                assert pooling.current_pooling_rule() == "caffe-yolov3"
+        assert pooling.current_pooling_rule() == "bvlc"
+    finally:
+        pooling.set_pooling_rule(None)
+    assert pooling.current_pooling_rule() == "caffe-yolov3"
+    monkeypatch.setenv(pooling.POOLING_RULE_ENV, "darknet")
+    with pytest.raises(InvalidParameterError, match=r"\(type Pooling\): NETDEF_POOLING_RULE: unknown pooling rule"):
+        run_layer(make_layer('type: "Pooling" pooling_param { kernel_size: 2 }'), [grid(4, 4)])
+    with pytest.raises(InvalidParameterError, match="Received: 'yolo'. Valid: 'bvlc', 'caffe-yolov3'"):
+        pooling.set_pooling_rule("yolo")
+    with pytest.raises(InvalidParameterError, match="using_pooling_rule: unknown pooling rule"):
+        with pooling.using_pooling_rule("BVLC"):
+            pass
+
+
+def test_darknet_like_pool_under_bvlc_rule_hints_at_the_switch(caplog, monkeypatch):
+    monkeypatch.delenv(pooling.POOLING_RULE_ENV, raising=False)
+    monkeypatch.setattr(pooling, "_hinted", False)
+    pool("pool: MAX kernel_size: 3 stride: 2", grid(5, 5))
+    assert "caffe-yolov3" not in caplog.text
+    pool("pool: MAX kernel_size: 2 stride: 1", grid(5, 5))
+    pool("pool: MAX kernel_size: 2 stride: 1", grid(5, 5))
+    assert caplog.text.count("NETDEF_POOLING_RULE=caffe-yolov3") == 1

@@ -30,10 +30,7 @@ KNOWN_ELSEWHERE: dict[str, str] = {
     "Proposal": "C++ ports of py-faster-rcnn's proposal layer",
     "Region": "YOLO v2 ports of Caffe",
     "Reorg": "YOLO v2 ports of Caffe",
-    "ImageSegData": "DeepLab v1 (a data layer for image/segmentation-label pairs)",
     "SegAccuracy": "DeepLab v1",
-    "Padding": "DeepLab v1",
-    "MatWrite": "DeepLab v1 (writes .mat files)",
     "MarginInnerProduct": "SphereFace (wy1iu/sphereface)",
 }
 
