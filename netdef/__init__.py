@@ -22,7 +22,7 @@ from .classifier import Classifier, Detector
 from .errors import InvalidParameterError, MissingDependencyError, NetdefError
 from .layers import Layer, layer_type_list, register_layer
 from .layers.python_layer import add_python_layer_path, allow_python_layers, python_layers_allowed
-from .logs import init_log
+from .logs import init_log, quiet, set_log_level
 from .logs import log_info as log
 from .net import TEST, TRAIN, Net
 from .netspec import NetSpec, to_proto
@@ -160,8 +160,10 @@ __all__ = [
     "log",
     "params",
     "python_layers_allowed",
+    "quiet",
     "register_layer",
     "set_device",
+    "set_log_level",
     "set_mode_cpu",
     "set_mode_gpu",
     "set_multiprocess",

@@ -120,3 +120,7 @@ class LogFormatError(NetdefError):
 
 class MissingDependencyError(NetdefError):
     """An optional package or program a feature needs is not installed; the message says how to get it."""
+
+
+class ParallelError(NetdefError):
+    """Data-parallel training cannot go on: the ranks disagree, or one of them died or stopped answering."""

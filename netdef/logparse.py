@@ -41,7 +41,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import LogFormatError
 
@@ -60,13 +60,33 @@ _STAMP = re.compile(r"^[IWEF](\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{6})")
 
 @dataclass
 class Record:
-    """One display (train) or one test: where the run was and what the net output."""
+    """One display (train) or one test: where the run was and what the net output.
+
+    ``test_net`` says which test net a test record is of; ``iters_per_s`` is the speed a
+    display reports (None when unknown, as at the first display).
+    """
 
     iteration: int
     seconds: float
     lr: float
     phase: str
     outputs: dict[str, float] = field(default_factory=dict)
+    test_net: int = 0
+    iters_per_s: float | None = None
+
+    def line(self, seconds_offset: float = 0.0) -> str:
+        """This record as one run-record line (see :func:`record_line`), ``seconds_offset`` added to its time."""
+        extra: dict[str, object] = {}
+        if self.phase == "test":
+            extra["test_net"] = self.test_net
+        if self.iters_per_s is not None:
+            extra["iters_per_s"] = round(float(self.iters_per_s), 6)
+        lr = None if self.lr is None or math.isnan(self.lr) else self.lr
+        return record_line(self.iteration, self.seconds + seconds_offset, lr, self.phase, self.outputs, **extra)
+
+    def shifted(self, seconds: float) -> Record:
+        """A copy ``seconds`` later."""
+        return replace(self, seconds=self.seconds + seconds, outputs=dict(self.outputs))
 
 
 @dataclass
@@ -107,18 +127,23 @@ class History:
         return xs, ys
 
 
+def _digits9(value) -> float:
+    """``value`` to 9 significant digits: every float32 exactly, without a float64 mean's noise."""
+    return float(f"{float(value):.9g}")
+
+
 def record_line(
     iteration: int, seconds: float, lr: float | None, phase: str, outputs: dict[str, float], **extra
 ) -> str:
-    """One run-record line (without the newline) in the format above."""
+    """One run-record line (without the newline) in the format above; numbers keep 9 significant digits."""
     if phase not in ("train", "test"):
         raise ValueError(f'phase must be "train" or "test". Received: {phase!r}')
     obj = {
         "iteration": int(iteration),
         "seconds": round(float(seconds), 6),
-        "lr": None if lr is None else float(lr),
+        "lr": None if lr is None else _digits9(lr),
         "phase": phase,
-        "outputs": {k: float(v) for k, v in outputs.items()},
+        "outputs": {k: _digits9(v) for k, v in outputs.items()},
     }
     obj.update(extra)
     return json.dumps(obj, allow_nan=True)
@@ -230,6 +255,8 @@ def parse_records(path: str, text: str | None = None) -> History:
                     math.nan if lr is None else float(lr),
                     str(obj["phase"]),
                     {str(k): float(v) for k, v in (obj.get("outputs") or {}).items()},
+                    int(obj.get("test_net") or 0),
+                    None if obj.get("iters_per_s") is None else float(obj["iters_per_s"]),
                 )
             )
         except (KeyError, TypeError, ValueError) as err:

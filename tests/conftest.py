@@ -1,7 +1,23 @@
+import os
+
 import numpy
 import pytest
 
 from netdef import backend
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_records_outside_the_checkout(tmp_path_factory):
+    """netdef train records runs under ./runs by default; tests that train from the repository root must not
+    leave them in the checkout (subprocesses inherit the variable)."""
+    root = tmp_path_factory.mktemp("runs")
+    old = os.environ.get("NETDEF_RUNS_ROOT")
+    os.environ["NETDEF_RUNS_ROOT"] = str(root)
+    yield
+    if old is None:
+        os.environ.pop("NETDEF_RUNS_ROOT", None)
+    else:
+        os.environ["NETDEF_RUNS_ROOT"] = old
 
 
 @pytest.fixture(autouse=True)

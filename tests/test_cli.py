@@ -125,7 +125,7 @@ def _train_until(digits, effect):
 
     solver = short_solver(digits, max_iter=100000).replace(str(digits) + os.sep, "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "netdef", "train", solver, "--sigint_effect", effect],
+        [sys.executable, "-m", "netdef", "train", solver, "--sigint_effect", effect, "--run-dir", "runs/r"],
         cwd=digits,
         stderr=subprocess.PIPE,
         text=True,
@@ -148,7 +148,8 @@ def test_ctrl_c_stops_cleanly_with_a_final_snapshot(digits):
     iteration = state.name[len("digits_iter_") : -len(".solverstate")]
     assert err.endswith(
         f"netdef: training stopped at iteration {iteration}; resume it with:\n"
-        f"  netdef train short_solver.prototxt --snapshot models/digits/digits_iter_{iteration}.solverstate\n"
+        f"  netdef train short_solver.prototxt --snapshot models/digits/digits_iter_{iteration}.solverstate "
+        "--run-dir runs/r\n"
     )
 
 
@@ -255,3 +256,15 @@ def test_an_exception_in_a_python_layer_is_one_line(python_layer_net, capsys):
         "[Errno 2] No such file or directory: 'settings.json' "
         f"(at {python_layer_net / 'layers' / 'cli_layers.py'} line 13, in forward)"
     )
+
+
+def test_pooling_rule_option_sets_the_rule_for_the_nets_a_command_builds(tmp_path):
+    from netdef.cli import build_parser
+    from netdef.layers import pooling
+
+    try:
+        build_parser().parse_args(["time", "--model", "x.prototxt", "--pooling-rule", "caffe-yolov3"])
+        assert pooling.current_pooling_rule() == "caffe-yolov3"
+    finally:
+        pooling.set_pooling_rule(None)
+    assert pooling.current_pooling_rule() == "bvlc"

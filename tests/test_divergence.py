@@ -126,7 +126,7 @@ def test_the_cli_exits_non_zero_with_the_message(tmp_path, capsys):
         f'snapshot_prefix: "{tmp_path}/s" snapshot_after_train: false solver_mode: CPU'
     )
     assert param.base_lr == 1e6
-    assert main(["train", str(solver_file)]) == 1
+    assert main(["train", str(solver_file), "--no-record"]) == 1
     err = capsys.readouterr().err
     assert "netdef: error: Training diverged at iteration" in err and "Traceback" not in err
     assert main(["train", str(solver_file), "--on_divergence", "continue"]) == 0

@@ -7,7 +7,15 @@ import pytest
 
 from netdef.cli import main
 from netdef.errors import LogFormatError
-from netdef.logparse import RECORDS_FILE, parse_caffe_log, parse_records, read_history, record_line, write_csv_tables
+from netdef.logparse import (
+    RECORDS_FILE,
+    Record,
+    parse_caffe_log,
+    parse_records,
+    read_history,
+    record_line,
+    write_csv_tables,
+)
 from netdef.tools.parse_log import parse_log
 
 # A training log in Caffe's words (glog prefix), two displays and two tests; lr lines follow the outputs.
@@ -101,3 +109,29 @@ def test_bad_inputs_are_named(tmp_path):
         parse_records(str(tmp_path / "bad.jsonl"), '{"phase": "train", "iteration": 1}\n{"phase": "train"}\n')
     with pytest.raises(ValueError, match="phase must be"):
         record_line(0, 0, 0, "val", {})
+
+
+def test_record_lines_keep_nine_digits_and_the_optional_fields(tmp_path):
+    records = [
+        Record(0, 0.1234567891, 0.05000000074505806, "train", {"loss": 2.3025850929940455}),
+        Record(50, 1.5, math.nan, "train", {"loss": 0.5}, iters_per_s=123.4567891234),
+        Record(50, 1.6, 0.01, "test", {"accuracy": 0.9805555740992228, "acc[1]": 1.0}, test_net=1),
+    ]
+    lines = [r.line() for r in records]
+    assert json.loads(lines[0]) == {
+        "iteration": 0,
+        "seconds": 0.123457,
+        "lr": 0.0500000007,
+        "phase": "train",
+        "outputs": {"loss": 2.30258509},
+    }
+    assert json.loads(lines[1])["lr"] is None and json.loads(lines[1])["iters_per_s"] == 123.456789
+    assert json.loads(lines[2])["test_net"] == 1 and "iters_per_s" not in json.loads(lines[2])
+    assert json.loads(records[0].line(seconds_offset=10.0))["seconds"] == 10.123457
+    back = parse_records("r.jsonl", "\n".join(lines))
+    assert [(r.test_net, r.iters_per_s) for r in back.records] == [(0, None), (0, 123.456789), (1, None)]
+    assert back.records[2].outputs == {"accuracy": 0.980555574, "acc[1]": 1.0}
+    shifted = records[2].shifted(2.0)
+    assert (
+        shifted.seconds == 3.6 and shifted.outputs == records[2].outputs and shifted.outputs is not records[2].outputs
+    )

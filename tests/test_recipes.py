@@ -78,7 +78,7 @@ def shortened(recipe: Path, tmp_path: Path, iters: int = 12) -> Path:
 def test_recipe_trains_the_digits_net_from_the_command_line(recipe, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the net's data paths are relative to the repository root, as documented
     copy = shortened(recipe, tmp_path)
-    assert main(["train", "--solver", str(copy), "--net", DIGITS]) == 0
+    assert main(["train", "--solver", str(copy), "--net", DIGITS, "--run-dir", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().err
     assert "Optimization Done" in text
     assert "gamma must be" not in text
@@ -87,3 +87,4 @@ def test_recipe_trains_the_digits_net_from_the_command_line(recipe, tmp_path, mo
     accuracy = [float(v) for v in re.findall(r"Test net output #\d+: accuracy = ([0-9.e+-]+)", text)]
     assert accuracy and 0 <= accuracy[-1] <= 1
     assert (tmp_path / f"{recipe.stem}_iter_12.caffemodel").exists()
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()  # the run record went where asked, not into the checkout

@@ -1,5 +1,6 @@
 """Solvers: update rules with literal values, ApplyUpdate's order, Caffe's checks, the training loop."""
 
+import json
 import logging
 import os
 import re
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 import netdef
-from netdef.errors import SolverError
-from netdef.proto import net_from_text, parse_text
+from netdef.errors import SolverError, UnknownFieldError
+from netdef.proto import net_from_text, parse_text, to_text
 from netdef.proto import netdef_pb2 as pb
 from netdef.solvers import (
     AdaDeltaSolver,
@@ -240,12 +241,12 @@ def test_classes_built_directly_ignore_type(tmp_path):
 
 
 # --- the loop on real data -----------------------------------------------------------------------------
-def mlp_solver(tmp_path, text: str = "", **net_kw):
+def mlp_solver(tmp_path, text: str = "", overrides=None, **net_kw):
     listing = write_problem(tmp_path)
     param = solver_param(
         'type: "SGD" base_lr: 0.1 momentum: 0.9 random_seed: 3 ' + text, net_text=mlp_text(listing, **net_kw)
     )
-    return get_solver(param)
+    return get_solver(param, overrides=overrides)
 
 
 def test_iter_size_matches_a_bigger_batch(tmp_path):
@@ -509,3 +510,117 @@ def test_test_output_lines_with_loss_weights(caplog):
         "    Test net output #6: loss = 13.5 (* 2 = 27 loss)"
     ]
     assert means["loss"] == 13.5 and means["half"].tolist() == [[0.5] * 3] * 2
+
+
+# --- what step/solve report: records in memory, progress, run folders --------------------------------------
+def test_step_records_every_display_and_test_in_memory():
+    # SCORED_NET's outputs are constants: half = six 0.5s, loss = 13.5
+    solver = get_solver(solver_param("base_lr: 0.25 display: 2 test_iter: 2 test_interval: 3", net_text=SCORED_NET))
+    solver.step(5)  # tests at 0 and 3, displays at 0, 2 and 4
+    assert [(r.iteration, r.phase) for r in solver.records] == [
+        (0, "test"),
+        (0, "train"),
+        (2, "train"),
+        (3, "test"),
+        (4, "train"),
+    ]
+    train = solver.records[1]
+    assert train.outputs == {**{f"half[{k}]": 0.5 for k in range(6)}, "loss": 13.5}
+    assert train.lr == 0.25 and train.iters_per_s is None  # nothing ran before the first display
+    assert solver.records[2].iters_per_s > 0 and solver.records[3].test_net == 0
+    assert solver.records[3].outputs["loss"] == 13.5
+    seconds = [r.seconds for r in solver.records]
+    assert seconds == sorted(seconds) and seconds[0] >= 0
+    # test() and test_all() called directly are recorded too
+    solver.test_all()
+    assert (solver.records[-1].iteration, solver.records[-1].phase) == (5, "test")
+
+
+def test_display_is_followed_by_a_progress_line_caffe_parsers_ignore(tmp_path, caplog):
+    solver = mlp_solver(tmp_path, "display: 2")
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        solver.step(5)
+    progress = [m for m in caplog.messages if m.startswith("Progress: ")]
+    assert len(progress) == 2  # displays at 2 and 4; none at 0, where nothing is timed yet
+    assert re.fullmatch(r"Progress: 2 of 5 iterations \(40%\), 0:00:\d\d elapsed, ETA 0:00:\d\d", progress[0])
+    assert progress[1].startswith("Progress: 4 of 5 iterations (80%), ")
+    index = caplog.messages.index(progress[0])
+    assert caplog.messages[index - 1].startswith("    Train net output #0: loss = ")
+    for words in ("Iteration ", "loss = ", "lr = ", "Testing net", "net output"):
+        assert not any(words in m for m in progress)
+
+
+def test_training_without_displays_still_reports_progress(tmp_path, caplog):
+    solver = mlp_solver(tmp_path, "display: 0")
+    solver.quiet_seconds = 0.0  # as if every iteration took a minute
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        solver.step(3)
+    progress = [m.split(",")[0] for m in caplog.messages if m.startswith("Progress: ")]
+    assert progress == ["Progress: 1 of 3 iterations (33%)", "Progress: 2 of 3 iterations (66%)"]
+    solver.quiet_seconds = 3600.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        solver.step(3)
+    assert not [m for m in caplog.messages if m.startswith("Progress: ")]
+
+
+def test_a_long_test_pass_reports_progress(tmp_path, caplog):
+    solver = mlp_solver(tmp_path, "test_iter: 4 test_interval: 10")
+    solver.progress_seconds = 0.0  # report after every batch
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        solver.test(0)
+    lines = [m for m in caplog.messages if "Test progress" in m]
+    assert [m.split(" (")[0] for m in lines] == [f"    Test progress: {k} of 4 batches" for k in (1, 2, 3)]
+    assert lines[1].startswith("    Test progress: 2 of 4 batches (50%), ETA 0:00:0")
+    solver.progress_seconds = 3600.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="netdef"):
+        solver.test(0)
+    assert not [m for m in caplog.messages if "Test progress" in m]
+
+
+def test_record_to_writes_the_run_folder(tmp_path):
+    solver = mlp_solver(tmp_path, "display: 1 test_iter: 1 test_interval: 2", overrides=None)
+    solver.step(1)  # recorded in memory before the folder exists; written when recording starts
+    run = tmp_path / "run"
+    recorder = solver.record_to(run, csv=True, note="first try")
+    solver.step(2)
+    recorder.close()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])["run"]
+    assert header["note"] == "first try" and header["type"] == "SGD" and header["net"] == "mlp"
+    written = [json.loads(line) for line in lines[1:]]
+    assert [(r["iteration"], r["phase"]) for r in written] == [
+        (0, "test"),
+        (0, "train"),
+        (1, "train"),
+        (2, "test"),
+        (2, "train"),
+    ]
+    assert [r["outputs"] for r in written] == [
+        {k: float(f"{v:.9g}") for k, v in r.outputs.items()} for r in solver.records
+    ]
+    assert "iters_per_s" not in written[2] and written[4]["iters_per_s"] > 0 and written[3]["test_net"] == 0
+    assert "Iteration 2, Testing net (#0)" in (run / "train.log").read_text()
+    assert "Iteration 0, Testing net (#0)" not in (run / "train.log").read_text()  # logged before recording
+    assert 'name: "mlp"' in (run / "net.prototxt").read_text()
+    assert not (run / "test_net_0.prototxt").exists()  # the test net is the same definition
+    assert "base_lr: 0.1" in (run / "solver.prototxt").read_text()
+    assert (run / "metrics.test").read_text().startswith("NumIters,Seconds,LearningRate,accuracy,loss\n0,")
+
+
+def test_overrides_choose_the_class_and_are_kept(tmp_path):
+    path = tmp_path / "s.prototxt"
+    path.write_text(to_text(solver_param('type: "SGD" base_lr: 0.1', net_text=TINY_NET)))
+    solver = get_solver(str(path), overrides=["type=Adam", "base_lr=0.01", "stepvalue=1,2"])
+    assert type(solver).__name__ == "AdamSolver" and solver.param.base_lr == pytest.approx(0.01)
+    assert solver.overrides == ["type=Adam", "base_lr=0.01", "stepvalue=1,2"]
+    assert list(solver.param.stepvalue) == [1, 2]
+    direct = netdef.SGDSolver(str(path), overrides={"momentum": 0.5})
+    assert direct.param.momentum == 0.5 and direct.overrides == ["momentum=0.5"]
+    with pytest.raises(
+        UnknownFieldError, match=r'--set momentun=0.5: unknown field "momentun" .* Did you mean "momentum"'
+    ):
+        get_solver(str(path), overrides=["momentun=0.5"])
+    with pytest.raises(SolverError, match=r'Unknown solver type "Adamm". Did you mean "Adam"\?'):
+        get_solver(str(path), overrides=["type=Adamm"])

@@ -10,7 +10,7 @@ import numpy
 from .. import backend
 from ..data.sources import decode_datum, open_database
 from ..data.transform import DataTransformer
-from ..errors import DataSourceError, NetdefError, ShapeMismatchError
+from ..errors import DataSourceError, NetdefError, ShapeMismatchError, WeightsFileError
 from ..io.paths import resolve_path
 from ..io.preprocessing import load_image, resize_image
 from .base import Layer, register_layer
@@ -40,6 +40,47 @@ def source_and_batch_size(layer: Layer, field: str, source_is: str):
     if p.batch_size <= 0:
         raise layer.error(f"{field}.batch_size must be positive. Received: {p.batch_size}")
     return p
+
+
+class ShardedReader:
+    """What a data layer needs to read its own share in data-parallel training (``shard``).
+
+    In a run over ``size`` ranks every rank walks the same sample order, and of every
+    ``size * batch_size`` samples rank ``rank`` reads block ``rank`` of ``batch_size``: the
+    shares are disjoint, and together they are what one process with batch ``size *
+    batch_size`` would read. Shuffles then draw from ``order_rng``, a generator that is
+    the same on every rank, so the ranks keep agreeing on the order; its state is part of
+    the layer's read state (``get_state``). Without ``shard`` a layer reads everything.
+    """
+
+    shard_rank = 0
+    shard_size = 1
+    order_rng: numpy.random.Generator | None = None
+
+    def shard(self, rank: int, size: int, order_rng: numpy.random.Generator | None = None) -> None:
+        """Read share ``rank`` of ``size`` from now on; shuffle with ``order_rng`` (the same on every rank)."""
+        if isinstance(rank, bool) or isinstance(size, bool) or not 0 <= int(rank) < int(size):
+            raise self.error(f"shard needs 0 <= rank < size. Received: rank {rank}, size {size}")
+        self.shard_rank, self.shard_size = int(rank), int(size)
+        self.order_rng = order_rng
+
+    def shuffler(self) -> numpy.random.Generator:
+        """The generator shuffles draw from: the shared order stream when sharded, else the layer's own."""
+        return self.order_rng if self.order_rng is not None else self.rng.numpy
+
+    def order_state(self) -> dict:
+        """``{"order_rng": state}`` when sharded with an order stream, else nothing (for ``get_state``)."""
+        return {"order_rng": self.order_rng.bit_generator.state} if self.order_rng is not None else {}
+
+    def set_order_state(self, state: dict) -> None:
+        """Continue the order stream from a state ``order_state`` saved (ignored when not sharded)."""
+        saved = state.get("order_rng")
+        if saved is None or self.order_rng is None:
+            return
+        try:
+            self.order_rng.bit_generator.state = saved
+        except (TypeError, ValueError, KeyError, OverflowError) as err:
+            raise self.error(f"saved data-order stream does not fit: {err}", WeightsFileError) from None
 
 
 def _image_as_pixels(
@@ -81,7 +122,7 @@ def _stack_same_shape(layer: Layer, samples: list, names: list[str]) -> numpy.nd
 
 
 @register_layer("Data")
-class DataLayer(Layer):
+class DataLayer(ShardedReader, Layer):
     """Caffe type ``Data``: batches of ``Datum`` records from an LMDB or LevelDB database.
 
     ``data_param``: ``source`` (the database folder, relative to the working directory),
@@ -93,6 +134,8 @@ class DataLayer(Layer):
 
     Records are read in key order and wrap around after the last one. The data shape
     comes from the first datum of each batch (as in Caffe, all datums of a batch must agree).
+    Sharded (data-parallel training), rank ``r`` of ``N`` skips the other ranks' blocks of
+    ``batch_size`` records without decoding them.
 
     Tops: data (N, C, H, W) with H = W = crop_size when cropping; optional label (N,).
     """
@@ -128,7 +171,9 @@ class DataLayer(Layer):
             top[1].reshape((self.batch_size,))
 
     def forward(self, bottom, top):
+        self.reader.skip(self.shard_rank * self.batch_size)
         records = self.reader.read(self.batch_size)
+        self.reader.skip((self.shard_size - 1 - self.shard_rank) * self.batch_size)
         decoded = [self._decode(k, v) for k, v in records]
         x = _stack_same_shape(self, [d[0] for d in decoded], [f"{self.source} record {k!r}" for k, _ in records])
         y = self.transformer.transform(x, top[0].dtype)
@@ -148,7 +193,7 @@ class DataLayer(Layer):
 
 
 @register_layer("ImageData")
-class ImageDataLayer(Layer):
+class ImageDataLayer(ShardedReader, Layer):
     """Caffe type ``ImageData``: batches of image files listed with their labels in a text file.
 
     ``image_data_param``: ``source`` (lines ``<path> <integer label>``; the path may hold
@@ -163,6 +208,8 @@ class ImageDataLayer(Layer):
     A ``.npy`` file (H x W x K) is read as stored, without rescaling or channel swap.
     The resize rounds to whole pixel values like OpenCV's 8-bit resize; OpenCV's fixed-point
     arithmetic can differ from it by one grey level.
+    Sharded (data-parallel training), each rank loads only its own block of every
+    ``N * batch_size`` images of the (shared) order.
 
     Tops: data (N, C, H, W) and label (N,).
     """
@@ -229,14 +276,17 @@ class ImageDataLayer(Layer):
         return _image_as_pixels(self, path, self.color, f"{self.source} line {lineno}", self.new_size)
 
     def _next_indices(self) -> list[int]:
+        """This rank's images of the next ``shard_size * batch_size`` in the order (all of them unsharded)."""
         picked = []
-        for _ in range(self.batch_size):
-            picked.append(int(self.order[self.pos]))
+        first = self.shard_rank * self.batch_size
+        for k in range(self.shard_size * self.batch_size):
+            if first <= k < first + self.batch_size:
+                picked.append(int(self.order[self.pos]))
             self.pos += 1
             if self.pos >= len(self.lines):
                 self.pos = 0
                 if self.shuffle:
-                    self.rng.numpy.shuffle(self.order)
+                    self.shuffler().shuffle(self.order)
         return picked
 
     def reshape(self, bottom, top):
@@ -257,7 +307,7 @@ class ImageDataLayer(Layer):
 
     def get_state(self) -> dict:
         """Read position and (shuffled) order, so a resumed run continues with the same images."""
-        return {"pos": int(self.pos), "order": self.order.tolist()}
+        return {"pos": int(self.pos), "order": self.order.tolist(), **self.order_state()}
 
     def set_state(self, state: dict) -> None:
         order = numpy.asarray(state["order"], dtype=numpy.int64)
@@ -266,6 +316,7 @@ class ImageDataLayer(Layer):
                 f"saved read state is for {order.size} images but {self.source} lists {self.order.size}",
                 DataSourceError,
             )
+        self.set_order_state(state)
         self.order = order
         self.pos = int(state["pos"])
 

@@ -12,7 +12,7 @@ from ..errors import DataSourceError, WeightsFileError
 from ..io import h5
 from ..io.paths import resolve_path
 from .base import Layer, register_layer
-from .data import source_and_batch_size
+from .data import ShardedReader, source_and_batch_size
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
 #: The attribute HDF5Output puts on the files it writes; it only ever replaces files that carry it.
@@ -55,7 +55,7 @@ def _missing_file(path: str, line: int, shown: str) -> str:
 
 
 @register_layer("HDF5Data")
-class HDF5DataLayer(Layer):
+class HDF5DataLayer(ShardedReader, Layer):
     """Caffe type ``HDF5Data``: batches read from HDF5 files.
 
     ``hdf5_data_param.source`` is a text file listing ``.h5`` files, one per line.
@@ -63,6 +63,9 @@ class HDF5DataLayer(Layer):
     Paths are taken relative to the working directory (Caffe's rule) and, when not
     found there, relative to the folder of the file that names them. With
     ``shuffle`` the file order and the rows within each file are permuted.
+    Sharded (data-parallel training), every rank walks the same file and row order and
+    takes its own block of every ``N * batch_size`` rows; as in Caffe, each rank loads
+    whole files and keeps only its rows.
     """
 
     exact_num_bottom = 0
@@ -116,7 +119,7 @@ class HDF5DataLayer(Layer):
         self.row = 0
         self.perm = numpy.arange(self.rows)
         if self.shuffle:
-            self.rng.numpy.shuffle(self.perm)
+            self.shuffler().shuffle(self.perm)
         self.loaded = file_index
 
     def _check_finite(self, arr: numpy.ndarray, path: str, name: str) -> None:
@@ -137,13 +140,13 @@ class HDF5DataLayer(Layer):
         if self.file_pos == len(self.files):
             self.file_pos = 0
             if self.shuffle:
-                self.rng.numpy.shuffle(self.file_order)
+                self.shuffler().shuffle(self.file_order)
         if len(self.files) > 1:
             self._load(self.file_order[self.file_pos])
             return
         self.row = 0  # one file: it stays in memory, only its row order changes
         if self.shuffle:
-            self.rng.numpy.shuffle(self.perm)
+            self.shuffler().shuffle(self.perm)
 
     def reshape(self, bottom, top):
         for t, arr in zip(top, self.arrays):
@@ -151,16 +154,20 @@ class HDF5DataLayer(Layer):
 
     def forward(self, bottom, top):
         pieces: list[list[numpy.ndarray]] = [[] for _ in top]
-        filled = 0
-        while filled < self.batch_size:
+        # walk the next shard_size * batch_size rows; keep this rank's block of batch_size
+        mine = self.shard_rank * self.batch_size
+        walk, walked = self.shard_size * self.batch_size, 0
+        while walked < walk:
             if self.row >= self.rows:
                 self._next_file()
-            take = min(self.batch_size - filled, self.rows - self.row)
-            idx = self.perm[self.row : self.row + take]
-            for k, arr in enumerate(self.arrays):
-                pieces[k].append(arr[idx])
+            take = min(walk - walked, self.rows - self.row)
+            lo, hi = max(mine, walked), min(mine + self.batch_size, walked + take)
+            if lo < hi:
+                idx = self.perm[self.row + lo - walked : self.row + hi - walked]
+                for k, arr in enumerate(self.arrays):
+                    pieces[k].append(arr[idx])
             self.row += take
-            filled += take
+            walked += take
         for t, parts in zip(top, pieces):
             batch = parts[0] if len(parts) == 1 else numpy.concatenate(parts)
             t.data = backend.asarray(batch, t.xp, t.dtype)
@@ -173,6 +180,7 @@ class HDF5DataLayer(Layer):
             "loaded": int(self.loaded),
             "row": int(self.row),
             "perm": self.perm.tolist(),
+            **self.order_state(),
         }
 
     def set_state(self, state: dict) -> None:
@@ -185,6 +193,7 @@ class HDF5DataLayer(Layer):
             raise self.error(f"saved read position does not fit this layer: {_reason(err)}", WeightsFileError) from None
         if loaded != self.loaded:
             self._load(loaded)
+        self.set_order_state(state)  # after the load, which draws a row order that the saved one replaces
         try:
             perm = _permutation(state["perm"], self.rows, "perm")
             row = _index(state["row"], self.rows + 1, "row")

@@ -8,6 +8,7 @@ from .. import backend, fillers
 from ..errors import ResourceLimitError, ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, register_layer
+from .data import ShardedReader
 
 
 def _shape_top(layer, top, shape) -> None:
@@ -89,11 +90,14 @@ class DummyDataLayer(Layer):
 
 
 @register_layer("MemoryData")
-class MemoryDataLayer(Layer):
+class MemoryDataLayer(ShardedReader, Layer):
     """Caffe type ``MemoryData``: batches served from arrays given with ``net.set_input_arrays``.
 
     Tops: data (batch_size, channels, height, width) and label (batch_size, 1, 1, 1).
-    Consecutive forwards walk through the arrays and wrap around at the end.
+    Consecutive forwards walk through the arrays and wrap around at the end. Sharded
+    (data-parallel training: give every rank the same arrays), rank ``r`` of ``N`` serves
+    rows ``r * batch_size ..`` of every ``N * batch_size``; the number of rows must then be
+    a multiple of ``N * batch_size``.
     """
 
     exact_num_bottom = 0
@@ -117,18 +121,28 @@ class MemoryDataLayer(Layer):
         """Use ``data`` (N, C, H, W) and ``labels`` (N,) from now on; N must be a multiple of batch_size."""
         data = numpy.asarray(backend.to_numpy(data), dtype=self.dtype)
         labels = numpy.asarray(backend.to_numpy(labels), dtype=self.dtype).reshape(-1)
-        n = self.shape[0]
         if data.shape[1:] != self.shape[1:]:
             raise self.error(
                 f"data arrays must have shape (N, {', '.join(map(str, self.shape[1:]))}). Received: {data.shape}"
             )
         if data.shape[0] != labels.shape[0]:
             raise self.error(f"data has {data.shape[0]} rows but labels has {labels.shape[0]}")
-        if data.shape[0] == 0 or data.shape[0] % n:
-            raise self.error(
-                f"the number of rows must be a positive multiple of batch_size {n}. Received: {data.shape[0]}"
-            )
+        self._check_rows(data.shape[0])
         self.data, self.labels, self.pos = data, labels, 0
+
+    def _check_rows(self, rows: int) -> None:
+        step = self.shape[0] * self.shard_size
+        if rows == 0 or rows % step:
+            shared = f" x {self.shard_size} ranks" if self.shard_size > 1 else ""
+            raise self.error(
+                f"the number of rows must be a positive multiple of batch_size {self.shape[0]}{shared}. "
+                f"Received: {rows}"
+            )
+
+    def shard(self, rank: int, size: int, order_rng: numpy.random.Generator | None = None) -> None:
+        super().shard(rank, size, order_rng)
+        if self.data is not None:
+            self._check_rows(self.data.shape[0])
 
     def reshape(self, bottom, top):
         """Shapes are fixed by memory_data_param."""
@@ -137,6 +151,7 @@ class MemoryDataLayer(Layer):
         if self.data is None:
             raise self.error("no input arrays: call net.set_input_arrays(data, labels) before forward")
         n = self.shape[0]
-        top[0].data = backend.asarray(self.data[self.pos : self.pos + n], top[0].xp, top[0].dtype)
-        top[1].data = backend.asarray(self.labels[self.pos : self.pos + n].reshape(n, 1, 1, 1), top[1].xp, top[1].dtype)
-        self.pos = (self.pos + n) % self.data.shape[0]
+        start = self.pos + self.shard_rank * n
+        top[0].data = backend.asarray(self.data[start : start + n], top[0].xp, top[0].dtype)
+        top[1].data = backend.asarray(self.labels[start : start + n].reshape(n, 1, 1, 1), top[1].xp, top[1].dtype)
+        self.pos = (self.pos + n * self.shard_size) % self.data.shape[0]

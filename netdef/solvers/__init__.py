@@ -8,8 +8,11 @@ pycaffe's ``caffe.get_solver``; the classes can also be built directly
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 from ..errors import SolverError, did_you_mean
+from ..runs import override_strings
+from . import parallel
 from .lr_policy import LR_POLICIES, learning_rate
 from .sgd_solvers import AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver
 from .signals import SignalHandler, SolverAction, handle_signals
@@ -44,8 +47,12 @@ def get_solver(
     source: str | None = None,
     on_divergence: str = "stop",
     allow_python_layers: bool | None = None,
+    overrides: Sequence[str] | Mapping[str, object] | None = None,
 ) -> Solver:
     """Build the solver a definition names with ``type:`` (pycaffe's ``caffe.get_solver``).
+
+    Under an MPI launcher (``mpiexec -n N``) the solver trains data-parallel over the
+    ranks (:mod:`netdef.solvers.parallel`).
 
     Args:
         solver: a solver definition file path, or a SolverParameter.
@@ -58,11 +65,17 @@ def get_solver(
             TrainingDivergedError) or ``"continue"`` (Caffe's behaviour, with a warning).
         allow_python_layers: True lets the nets' ``type: "Python"`` layers import and run
             their modules; None follows the process setting and ``NETDEF_ALLOW_PYTHON_LAYERS``.
+        overrides: ``key=value`` changes to the definition, as the CLI's ``--set``
+            (``["type=Adam", "base_lr=0.001"]`` or ``{"type": "Adam"}``); ``type`` among them
+            chooses the class. See :mod:`netdef.runs`.
     """
-    param, source = load_solver_parameter(solver, net, source=source)
-    return solver_class(param.type)(
-        param, source=source, on_divergence=on_divergence, allow_python_layers=allow_python_layers
-    )
+    param, source = load_solver_parameter(solver, net, source=source, overrides=overrides)
+    cls = solver_class(param.type)
+    if parallel.launched_size() > 1:  # under mpiexec: data-parallel over the ranks
+        cls = parallel.data_parallel(cls)
+    built = cls(param, source=source, on_divergence=on_divergence, allow_python_layers=allow_python_layers)
+    built.overrides = override_strings(overrides)
+    return built
 
 
 __all__ = [

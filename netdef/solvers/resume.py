@@ -1,7 +1,10 @@
 """netdef's resume sidecar (``<state file>.netdef.json``): reading it, checking it against the solver, applying it.
 
 The sidecar holds what Caffe's ``.solverstate`` lacks for an exact resume: the random
-streams and each data layer's read position. It is checked whole before anything is
+streams and each data layer's read position. In data-parallel training rank 0 writes it;
+the read positions are the same on every rank (they walk one order, each taking its own
+block), so every rank resumes from them, and ranks > 0 derive their random streams
+from rank 0's again (:mod:`.parallel`). It is checked whole before anything is
 applied: every key, type and range, and its fit with the net being resumed (the same
 data layers, orders of the right length, positions inside them). A sidecar that does
 not fit is refused with a WeightsFileError naming the file and the key, rather than
@@ -23,6 +26,9 @@ from ..io import solverstate
 _POSITIONS = {"pos": ("order", False), "row": ("perm", True), "file_pos": ("file_order", False)}
 #: lists whose length depends on the file being read, not on the net (HDF5Data's row order)
 _PER_FILE = {"perm"}
+#: keys a layer records only in data-parallel training (its shared shuffle stream); a
+#: snapshot resumes with or without them, in one process or on any number of ranks
+_OPTIONAL = {"order_rng"}
 _ADVICE = "delete it to resume without the exact data positions"
 
 
@@ -158,9 +164,9 @@ def _check_net_states(check: _Checker, key: str, net, states) -> None:
 
 def _check_layer_state(check: _Checker, key: str, saved: dict, template: dict) -> None:
     """``saved`` has ``template``'s keys and kinds of values, permutations where it has them, positions in range."""
-    if set(saved) != set(template):
+    if set(saved) - _OPTIONAL != set(template) - _OPTIONAL:
         raise check.fail(key, "has other keys than this data layer records", sorted(saved), ", ".join(template))
-    for name, now in template.items():
+    for name, now in ((n, v) for n, v in template.items() if n in saved):
         value, where = saved[name], f"{key}.{name}"
         if isinstance(now, list):
             check.integers(where, value)

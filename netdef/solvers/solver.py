@@ -20,12 +20,13 @@ and snapshots go on).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy
 
@@ -33,10 +34,13 @@ from .. import backend
 from ..errors import SolverError, TrainingDivergedError
 from ..io.paths import resolve_path
 from ..layers.python_layer import python_layers_allowed
+from ..logparse import Record
 from ..logs import format_g, output_line
 from ..net import TEST, TRAIN, Net
 from ..proto import load_net, load_solver, to_text
 from ..proto import netdef_pb2 as pb
+from ..proto.upgrade import upgrade_solver
+from ..runs import NET_FILE, RunRecorder, apply_overrides, override_strings
 from . import divergence as _divergence
 from . import snapshot as _snapshot
 from .lr_policy import learning_rate
@@ -48,7 +52,11 @@ _TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
 def load_solver_parameter(
-    solver, net: str | None = None, *, source: str | None = None
+    solver,
+    net: str | None = None,
+    *,
+    source: str | None = None,
+    overrides: Sequence[str] | Mapping[str, object] | None = None,
 ) -> tuple[pb.SolverParameter, str | None]:
     """The SolverParameter to run, and the file it came from (None for a message).
 
@@ -58,13 +66,21 @@ def load_solver_parameter(
     A SolverParameter is copied as it is; with ``source`` it counts as already
     prepared from that file (by an earlier call), and ``source`` is returned with it.
     ``net`` replaces whatever train net the definition names (the CLI's ``--net``).
+    ``overrides`` (``["type=Adam", "base_lr=0.001"]``, the CLI's ``--set``) change fields
+    after the file is read, validated as the file is (see :mod:`netdef.runs`).
     """
     if isinstance(solver, pb.SolverParameter):
         param = pb.SolverParameter()
         param.CopyFrom(solver)
+        if overrides:
+            apply_overrides(param, overrides)
+            upgrade_solver(param, "--set")
     elif isinstance(solver, (str, os.PathLike)):
         source = os.fspath(solver)
         param = load_solver(source)
+        if overrides:
+            apply_overrides(param, overrides)
+            upgrade_solver(param, "--set")
         if not param.HasField("snapshot_prefix"):
             param.snapshot_prefix = os.path.splitext(source)[0]
             log.info("snapshot_prefix was not specified and is set to %s", param.snapshot_prefix)
@@ -87,6 +103,33 @@ def _copy_net(net_param: pb.NetParameter) -> pb.NetParameter:
     copy = pb.NetParameter()
     copy.CopyFrom(net_param)
     return copy
+
+
+def _same_definition(a: pb.NetParameter, b: pb.NetParameter) -> bool:
+    """Whether two net definitions are the same apart from their state (phase, level, stages)."""
+    a, b = _copy_net(a), _copy_net(b)
+    a.ClearField("state")
+    b.ClearField("state")
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def _clock(seconds: float) -> str:
+    """``H:MM:SS``."""
+    minutes, secs = divmod(int(max(seconds, 0.0) + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _flat_outputs(outputs: Iterable[tuple[str, numpy.ndarray]]) -> dict[str, float]:
+    """``{name: value}``, a multi-value output as ``name[k]`` (the run-record convention)."""
+    flat: dict[str, float] = {}
+    for name, value in outputs:
+        values = numpy.asarray(value).ravel()
+        if values.size == 1:
+            flat[name] = float(values[0])
+        else:
+            flat.update((f"{name}[{k}]", float(v)) for k, v in enumerate(values))
+    return flat
 
 
 def _set_state(net_param: pb.NetParameter, phase: int, override: pb.NetState | None) -> None:
@@ -112,6 +155,8 @@ class Solver:
         allow_python_layers: True lets the nets' ``type: "Python"`` layers import their
             modules (which runs their code), False forbids it; None (default) follows
             ``netdef.layers.python_layer.allow_python_layers`` and ``NETDEF_ALLOW_PYTHON_LAYERS``.
+        overrides: ``key=value`` changes to the definition (the CLI's ``--set``), see
+            :mod:`netdef.runs`.
 
     Attributes:
         param: the SolverParameter in use.
@@ -122,11 +167,24 @@ class Solver:
         history: per learnable parameter the update history (AdaDelta and Adam
             keep a second set after the first, as Caffe orders them).
         last_snapshot: the state file of the newest snapshot written (None before the first).
+        records: what ``step``/``solve`` reported, one :class:`netdef.logparse.Record` per
+            display (``phase="train"``: iteration, seconds, lr, every train output,
+            ``iters_per_s``) and per test net tested (``phase="test"``, ``test_net``), the
+            same as a run folder's ``metrics.jsonl``; ``History("run", solver.records)``
+            gives per-output series.
+        recorder: the :class:`netdef.runs.RunRecorder` writing the run folder (``record_to``), or None.
+        overrides: the ``key=value`` overrides applied to the definition.
     """
 
     type_name = ""
     #: how many history arrays the update keeps per learnable parameter
     history_sets = 1
+    #: whether this solver logs and writes files (snapshots, run records): False on data-parallel ranks > 0
+    is_root = True
+    #: seconds between progress lines of a long test pass
+    progress_seconds = 10.0
+    #: seconds of training without a display line after which a progress line is logged anyway
+    quiet_seconds = 60.0
 
     def __init__(
         self,
@@ -136,10 +194,17 @@ class Solver:
         source: str | None = None,
         on_divergence: str = "stop",
         allow_python_layers: bool | None = None,
+        overrides: Sequence[str] | Mapping[str, object] | None = None,
     ):
-        param, source = load_solver_parameter(solver, net, source=source)
+        param, source = load_solver_parameter(solver, net, source=source, overrides=overrides)
         self.param = param
         self.source = source
+        self.overrides = override_strings(overrides)
+        self.records: list[Record] = []
+        self.recorder: RunRecorder | None = None
+        # (file name, definition) of the nets as they were read, for the run folder
+        self._definitions: list[tuple[str, pb.NetParameter]] = []
+        self._run_start: float | None = None
         self.on_divergence = _divergence.parse_policy(on_divergence)
         if param.HasField("type") and self.type_name and param.type != self.type_name:
             log.warning('Solver file asks for type "%s"; building a %s solver as requested', param.type, self.type_name)
@@ -147,8 +212,9 @@ class Solver:
             log.info("Initializing solver from parameters:\n%s", to_text(param))
         self._check_common()
         self.check_param()
-        _snapshot.check_prefix(param)
-        _snapshot.recover(param)
+        if self.is_root:  # data-parallel training (.parallel): only rank 0 writes and tidies snapshot files
+            _snapshot.check_prefix(param)
+            _snapshot.recover(param)
         # One set of random streams for the solver's nets: random_seed seeds it, else the default.
         self.rng = backend.RandomStreams(param.random_seed) if param.random_seed >= 0 else backend.new_streams()
         with python_layers_allowed(allow_python_layers):
@@ -225,6 +291,7 @@ class Solver:
             log.info("Creating training net from %s file: %s", which, getattr(p, which))
             net_param = self._read_net(getattr(p, which), which)
         _set_state(net_param, TRAIN, p.train_state)
+        self._definitions.append((NET_FILE, _copy_net(net_param)))
         return Net(net_param, rng=self.rng)
 
     def _count_test_nets(self) -> int:
@@ -271,6 +338,8 @@ class Solver:
         p = self.param
         nets = []
         for i, (where, net_param) in enumerate(self._test_net_definitions(self._count_test_nets())):
+            if not self._definitions or not _same_definition(net_param, self._definitions[0][1]):
+                self._definitions.append((f"test_net_{i}.prototxt", _copy_net(net_param)))
             _set_state(net_param, TEST, p.test_state[i] if p.test_state else None)
             log.info("Creating test net (#%d) specified by %s", i, where)
             test_net = Net(net_param, rng=self.rng)
@@ -338,13 +407,21 @@ class Solver:
         return learning_rate(self.param, self.iter, self.current_step)[0]
 
     def step(self, iters: int) -> None:
-        """Run ``iters`` iterations (fewer when a stop is requested)."""
+        """Run ``iters`` iterations (fewer when a stop is requested); displays and tests go to ``records``."""
+        with self._log_copy():
+            self._step(int(iters))
+
+    def _step(self, iters: int) -> None:
         p = self.param
         start_iter = self.iter
-        stop_iter = self.iter + int(iters)
+        stop_iter = self.iter + iters
         self._losses = []
         self.smoothed_loss = 0.0
         timer = time.perf_counter()
+        if self._run_start is None:
+            self._run_start = timer
+        started = (timer, start_iter, stop_iter)
+        said = timer
         iterations_last = self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
@@ -358,9 +435,13 @@ class Solver:
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 now = time.perf_counter()
-                self._display(now - timer, self.iter - iterations_last)
-                timer = now
+                self._display(now - timer, self.iter - iterations_last, started)
+                timer = said = now
                 iterations_last = self.iter
+            elif time.perf_counter() - said >= self.quiet_seconds:
+                # no silent minutes when displays are rare (or off)
+                self._log_progress(*started)
+                said = time.perf_counter()
             self._run_callbacks(1)
             self.apply_update()
             if display and not _divergence.params_finite(self.net):
@@ -389,21 +470,101 @@ class Solver:
             self._diverged(f"the loss is {format_g(loss)}")
         return loss
 
-    def _display(self, lapse: float, iterations: int) -> None:
-        """Caffe's display lines: speed and smoothed loss, then every train net output."""
+    def _display(self, lapse: float, iterations: int, started: tuple[float, int, int] | None = None) -> None:
+        """Caffe's display lines (speed and smoothed loss, then every train net output), a record, and progress."""
+        speed = iterations / (lapse if lapse else 1)
         log.info(
             "Iteration %d (%s iter/s, %ss/%d iters), loss = %s",
             self.iter,
-            format_g(iterations / (lapse if lapse else 1)),
+            format_g(speed),
             format_g(lapse),
             self.param.display,
             format_g(self.smoothed_loss),
         )
-        outputs = ((name, backend.to_numpy(self.net.blobs[name].data)) for name in self.net.outputs)
+        outputs = [(name, backend.to_numpy(self.net.blobs[name].data)) for name in self.net.outputs]
         self._log_outputs("Train", outputs, self.net.loss_weights())
+        self._record("train", outputs, iters_per_s=speed if iterations else None)
+        if started is not None:
+            self._log_progress(*started)
+
+    def _log_progress(self, start_time: float, start_iter: int, stop_iter: int) -> None:
+        """``Progress: 100 of 1000 iterations (10%), 0:00:02 elapsed, ETA 0:00:18`` after a display.
+
+        The words avoid what Caffe's log parsers match ("Iteration ", "loss = ", "lr = ",
+        "Testing net", "net output"), so their tables stay as they were.
+        """
+        done = self.iter - start_iter
+        if done <= 0 or stop_iter <= 0:
+            return
+        elapsed = time.perf_counter() - start_time
+        eta = elapsed / done * (stop_iter - self.iter)
+        log.info(
+            "Progress: %d of %d iterations (%d%%), %s elapsed, ETA %s",
+            self.iter,
+            stop_iter,
+            int(100 * self.iter / stop_iter),
+            _clock(elapsed),
+            _clock(eta),
+        )
+
+    def _record(self, phase: str, outputs: Iterable[tuple[str, numpy.ndarray]], **extra) -> Record:
+        """Keep one display or test in ``records`` (and the run folder, when recording)."""
+        now = time.perf_counter()
+        if self._run_start is None:
+            self._run_start = now
+        record = Record(self.iter, now - self._run_start, self.lr, phase, _flat_outputs(outputs), **extra)
+        self.records.append(record)
+        if self.recorder is not None:
+            self.recorder.add(record)
+        return record
+
+    # --- run folders -----------------------------------------------------------------------------
+    def record_to(self, run_dir: str | os.PathLike | RunRecorder, *, csv: bool = False, **info) -> RunRecorder | None:
+        """Keep this run in a folder from now on: metrics, the solver and nets that run, the log.
+
+        Writes ``solver.prototxt`` and ``net.prototxt`` (see :mod:`netdef.runs`) and the
+        records so far, then every display and test as ``step``/``solve`` report them; the
+        log is copied into ``train.log`` while they run. A run that did not start at
+        iteration 0 (restored from a snapshot) appends to a record already in the folder;
+        otherwise that record is replaced. ``csv`` also writes Caffe's parse_log tables at
+        the end of ``solve`` (or ``recorder.write_tables()``). ``info`` goes into the
+        header line of ``metrics.jsonl``. Returns the recorder; ``solver.recorder.close()``
+        ends the recording. On a data-parallel rank other than 0 nothing is written (None).
+        """
+        if not self.is_root:  # data-parallel ranks other than 0 keep records in memory only
+            return None
+        if not isinstance(run_dir, RunRecorder):
+            first = self.records[0].iteration if self.records else self.iter
+            run_dir = RunRecorder(run_dir, csv=csv, resume=first > 0)
+        recorder = run_dir
+        recorder.write_header(
+            {
+                "solver_file": self.source,
+                "overrides": self.overrides,
+                "type": self.param.type,
+                "net": self.net.name,
+                "iteration": self.iter,
+                "max_iter": self.param.max_iter,
+                **info,
+            }
+        )
+        recorder.write_definitions(self.param, self._definitions)
+        for record in self.records:
+            recorder.add(record)
+        self.recorder = recorder
+        return recorder
+
+    def _log_copy(self):
+        return self.recorder.capture_log() if self.recorder is not None else contextlib.nullcontext()
 
     def solve(self, resume_file: str | None = None) -> None:
         """Train to ``max_iter`` (optionally resuming from a ``.solverstate``), then snapshot and test."""
+        with self._log_copy():
+            self._solve(resume_file)
+        if self.recorder is not None and self.recorder.csv:
+            self.recorder.write_tables()
+
+    def _solve(self, resume_file: str | None) -> None:
         p = self.param
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
@@ -489,13 +650,26 @@ class Solver:
             log.info("Test loss: %s", format_g(loss / iterations))
         means = OrderedDict((name, total / iterations) for name, total in sums.items())
         self._log_outputs("Test", means.items(), net.loss_weights())
+        self._record("test", means.items(), test_net=test_net_id)
         return OrderedDict((name, float(mean) if mean.size == 1 else mean) for name, mean in means.items())
 
     def _run_test_net(self, net: Net, iterations: int) -> tuple[OrderedDict[str, numpy.ndarray], float]:
         """Forward ``net`` ``iterations`` times (acting on requests between passes); output sums and loss sum."""
         sums: OrderedDict[str, numpy.ndarray] = OrderedDict()
         loss = 0.0
-        for _ in range(iterations):
+        start = reported = time.perf_counter()
+        for done in range(iterations):
+            now = time.perf_counter()
+            if done and now - reported >= self.progress_seconds:
+                # no silent minutes: a long test pass says how far it is
+                reported = now
+                log.info(
+                    "    Test progress: %d of %d batches (%d%%), ETA %s",
+                    done,
+                    iterations,
+                    int(100 * done / iterations),
+                    _clock((now - start) / done * (iterations - done)),
+                )
             self._handle_requests_while_testing()
             if self.requested_early_exit:
                 break

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from .. import backend
 from ..errors import NetdefError
-from ..layers import python_layer
+from ..layers import pooling, python_layer
 from ..net import Net
+from ..solvers import parallel
 
 log = logging.getLogger("netdef")
 
@@ -20,9 +21,10 @@ def select_device(
     """Make the CPU or one GPU the default device, as Caffe's tools do, and log the choice.
 
     Args:
-        gpu: the ``--gpu`` value: a device number, a comma-separated list (netdef
-            uses the first) or ``all`` (device 0); None for the CPU unless the
-            solver asks for the GPU.
+        gpu: the ``--gpu`` value: a device number, a comma-separated list or ``all``
+            (every visible device); None for the CPU unless the solver asks for the
+            GPU. One process uses one device (the first listed); under ``mpiexec``
+            each rank takes the listed device at its machine-local rank, in turn.
         solver_mode_gpu: the solver's ``solver_mode`` is GPU; used when ``gpu`` is
             None and a device is available (the CPU otherwise).
         device_id: the solver file's ``device_id``, for ``solver_mode_gpu``.
@@ -43,18 +45,37 @@ def select_device(
         backend.set_mode_cpu()
         log.info("Use CPU.")
         return
+    ids = _device_ids(gpu)
+    device = ids[0]
+    local = parallel.local_rank()
+    if local is not None:
+        # one process per GPU: the ranks on a machine take the listed devices in turn
+        device = ids[local % len(ids)]
+        if parallel.launched_size() > len(ids) and local >= len(ids):
+            log.warning("More ranks than GPUs listed (%s): rank %d shares device %d", ids, local, device)
+    elif len(ids) > 1:
+        log.warning(
+            "One process trains on one device; using device %d of %s. To train on all of them, start one process "
+            "per GPU: mpiexec -n %d netdef train ... --gpu %s",
+            device,
+            ids,
+            len(ids),
+            gpu,
+        )
+    backend.set_device(device)
+    backend.set_mode_gpu()
+    log.info("Use GPU with device ID %d", device)
+
+
+def _device_ids(gpu: str) -> list[int]:
+    """``--gpu``'s devices: a number, a comma-separated list, or ``all`` (every visible device)."""
     if gpu == "all":
-        gpu = "0"
-        log.info("netdef trains on one device; --gpu all uses device 0")
+        count = backend.cupy.cuda.runtime.getDeviceCount() if backend.gpu_available() else 1
+        return list(range(max(count, 1)))
     try:
-        ids = [int(g) for g in gpu.split(",")]
+        return [int(g) for g in gpu.split(",")]
     except ValueError:
         raise NetdefError(f"--gpu takes a device number, a comma-separated list or 'all'. Received: {gpu!r}") from None
-    if len(ids) > 1:
-        log.info("netdef trains on one device; using the first of %s", ids)
-    backend.set_device(ids[0])
-    backend.set_mode_gpu()
-    log.info("Use GPU with device ID %d", ids[0])
 
 
 class _AllowPythonLayers(argparse.Action):
@@ -102,10 +123,27 @@ def add_python_layer_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _PoolingRule(argparse.Action):
+    """``--pooling-rule RULE``: takes effect as it is parsed, for the nets the command builds."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        pooling.set_pooling_rule(values)
+        setattr(namespace, self.dest, values)
+
+
 def add_gpu_argument(parser: argparse.ArgumentParser) -> None:
-    """What every command that builds a net takes: ``--gpu`` / ``-gpu`` and the Python-layer options."""
+    """What every command that builds a net takes: ``--gpu`` / ``-gpu``, the Python-layer options and the
+    pooling rule."""
     parser.add_argument("--gpu", "-gpu", help="GPU device id to use (CPU when omitted)")
     add_python_layer_arguments(parser)
+    parser.add_argument(
+        "--pooling-rule",
+        "--pooling_rule",
+        choices=pooling.POOLING_RULES,
+        action=_PoolingRule,
+        help="Pooling output sizes: bvlc (default) or caffe-yolov3, the patched rule that port's published "
+        f"nets need (also: {pooling.POOLING_RULE_ENV})",
+    )
 
 
 def add_net_arguments(parser: argparse.ArgumentParser, model: bool = True) -> None:

@@ -595,3 +595,50 @@ def test_snapshot_resume_continues_with_the_same_batches(u8db, images, kind):
     fresh = resume_solver(text, u8db / "other")
     fresh.restore(path)
     assert labels_and_inputs(fresh, 4) == after
+
+
+# --- sharding (data-parallel training) ------------------------------------------------------------------
+def _order(seed: int) -> numpy.random.Generator:
+    return numpy.random.default_rng(seed)
+
+
+def test_data_shards_take_their_block_of_each_group(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_lmdb(tmp_path / "db", [u8_datum(numpy.full((1, 1, 1), k), k) for k in range(8)])
+    text = DATA.format(b=2, extra="", transform="")
+    ranks = [make_net(text) for _ in range(2)]
+    for rank, n in enumerate(ranks):
+        n.layers[0].shard(rank, 2)
+    whole = make_net(DATA.format(b=4, extra="", transform=""))
+    for _ in range(3):  # 12 records of 8: wraps around
+        parts = [forward(n)[1].tolist() for n in ranks]
+        assert parts[0] + parts[1] == forward(whole)[1].tolist()
+    assert ranks[0].layers[0].get_state() == ranks[1].layers[0].get_state() == whole.layers[0].get_state()
+
+
+def test_imagedata_shards_are_disjoint_and_share_the_shuffled_order(images):
+    text = IMAGE_DATA.format(src="list.txt", b=1, extra="shuffle: true", transform="")
+    ranks = []
+    for rank in range(3):
+        n = make_net(text)
+        n.layers[0].shard(rank, 3, _order(9))
+        ranks.append(n)
+    # as the parallel solver does: every rank starts from rank 0's order (each net drew its own at set-up)
+    for n in ranks[1:]:
+        n.layers[0].set_state(ranks[0].layers[0].get_state())
+    for _ in range(4):  # four epochs of the three images, each reshuffled by the shared order stream
+        labels = [forward(n)[1].tolist()[0] for n in ranks]
+        assert sorted(labels) == [3, 5, 8]
+    states = [n.layers[0].get_state() for n in ranks]
+    assert states[0] == states[1] == states[2] and "order_rng" in states[0]
+    # a fresh rank continues from the saved state, order stream included
+    fresh = make_net(text)
+    fresh.layers[0].shard(1, 3, _order(0))
+    fresh.layers[0].set_state(states[1])
+    assert forward(fresh)[1].tolist() == forward(ranks[1])[1].tolist()
+
+
+def test_shard_refuses_a_rank_outside_the_size(u8db):
+    n = make_net(DATA.format(b=2, extra="", transform=""))
+    with pytest.raises(InvalidParameterError, match="0 <= rank < size. Received: rank 2, size 2"):
+        n.layers[0].shard(2, 2)

@@ -225,3 +225,36 @@ def test_hdf5output_marks_its_files_and_may_replace_them(tmp_path):
     n.forward()
     with h5py.File(out, "r") as f:
         assert f["data"].shape == (2, 3)
+
+
+def test_hdf5_shards_walk_one_order_across_files(h5source):
+    """Two ranks x 3 rows read what one net reads with 6 rows, across the file boundary and epochs."""
+    ranks = []
+    for rank in range(2):
+        n = make_net(HDF5.format(b=3, extra="shuffle: true"))
+        n.layers[0].shard(rank, 2, numpy.random.default_rng(4))
+        ranks.append(n)
+    # as the parallel solver does: rank 1 starts from rank 0's read position and orders
+    ranks[1].layers[0].set_state(ranks[0].layers[0].get_state())
+    seen = [[], []]
+    for _ in range(4):  # 24 rows of 8: three epochs, each with a new file and row order
+        for rank, n in enumerate(ranks):
+            n.forward()
+            seen[rank].append(n.blobs["label"].data.tolist())
+            numpy.testing.assert_array_equal(n.blobs["data"].data[:, 1], n.blobs["label"].data * 10)
+    rows = [v for k in range(4) for rank in range(2) for v in seen[rank][k]]
+    for start in (0, 8, 16):
+        assert sorted(rows[start : start + 8]) == list(range(8))
+    assert ranks[0].layers[0].get_state() == ranks[1].layers[0].get_state()
+
+
+def test_hdf5_sharded_state_resumes_in_one_process(h5source):
+    """A state with the shared order stream resumes an unsharded layer (the stream is ignored there)."""
+    n = make_net(HDF5.format(b=3, extra="shuffle: true"))
+    n.layers[0].shard(0, 2, numpy.random.default_rng(4))
+    n.forward()
+    state = n.layers[0].get_state()
+    assert "order_rng" in state
+    plain = make_net(HDF5.format(b=3, extra="shuffle: true"))
+    plain.layers[0].set_state(state)
+    assert plain.layers[0].get_state() == {k: v for k, v in state.items() if k != "order_rng"}

@@ -74,3 +74,24 @@ def test_input_declared_shapes_are_checked_with_the_layer_named():
             make_net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1000 dim: 1000 } } }')
     finally:
         limits.set_max_array_bytes(None)
+
+
+def test_memorydata_shards_serve_their_block_of_each_group():
+    data = numpy.arange(16, dtype=numpy.float32).reshape(8, 1, 1, 2)
+    labels = numpy.arange(8)
+    ranks = [make_net(MEMORY) for _ in range(2)]
+    for rank, n in enumerate(ranks):
+        n.layers[0].shard(rank, 2)
+        n.set_input_arrays(data, labels)
+    seen = []
+    for _ in range(3):
+        for n in ranks:
+            n.forward()
+            seen.extend(n.blobs["label"].data.ravel().tolist())
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]
+    with pytest.raises(InvalidParameterError, match="multiple of batch_size 2 x 2 ranks. Received: 6"):
+        ranks[0].set_input_arrays(data[:6], labels[:6])
+    early = make_net(MEMORY)
+    early.set_input_arrays(data[:6], labels[:6])
+    with pytest.raises(InvalidParameterError, match="x 2 ranks"):
+        early.layers[0].shard(1, 2)
