@@ -138,7 +138,7 @@ def test_hdf5_backend_writes_the_file_and_its_list(tmp_path):
 def test_progress_bar_only_on_a_terminal():
     import io
 
-    from netdef.datasets.progress import Progress
+    from netdef.progress import Progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -146,11 +146,11 @@ def test_progress_bar_only_on_a_terminal():
 
     plain, tty = io.StringIO(), Tty()
     for stream in (plain, tty):
-        with Progress(4, "Converting", stream=stream) as bar:
+        with Progress(4, "Converting", enabled=None if stream is plain else True, stream=stream) as bar:
             for _ in range(4):
                 bar.update()
     assert plain.getvalue() == ""
-    assert "Converting: 4/4 [" in tty.getvalue() and "100%" in tty.getvalue() and tty.getvalue().endswith("\n")
+    assert "Converting [" in tty.getvalue() and "4/4 100%" in tty.getvalue() and tty.getvalue().endswith("\r\033[K")
 
 
 # --- the digits net trained from an LMDB made by convert_imageset equals the HDF5 run -------------------------

@@ -23,6 +23,7 @@ LEVELS = [
     ("netdef.logs", 0),
     ("netdef.threads", 0),
     ("netdef.limits", 0),
+    ("netdef.progress", 0),
     ("netdef.blob", 1),
     ("netdef.proto", 1),
     ("netdef.io", 1),

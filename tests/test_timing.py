@@ -8,7 +8,7 @@ import pytest
 
 from netdef.cli import main
 from netdef.errors import NetdefError
-from netdef.tools.progress import Progress
+from netdef.progress import Progress
 from netdef.tools.timing import TimingReport, time_net
 from tests.solver_helpers import SCORED_NET
 

@@ -4,8 +4,9 @@
 - :mod:`.writers`: database and HDF5 writers whose output appears whole or not at all;
 - :mod:`.images`: image list files and image loading as Caffe's OpenCV sees images (BGR, 0..255);
 - :mod:`.mnist`, :mod:`.cifar`: readers of the MNIST idx files and the CIFAR-10/100 batches;
-- :mod:`.mean`: mean images over a database, HDF5 files or an image list;
-- :mod:`.progress`: the progress bar long conversions show on a terminal.
+- :mod:`.mean`: mean images over a database, HDF5 files or an image list.
+
+Their progress bar is :mod:`netdef.progress`.
 
 The commands built on them are ``netdef convert_imageset``, ``compute_image_mean``,
 ``convert_mnist``, ``convert_cifar`` and ``extract_features`` (:mod:`netdef.tools`).

@@ -11,9 +11,9 @@ import numpy
 from ..data.sources import LEVELDB, LMDB, decode_datum, open_database
 from ..errors import DatasetError, NetdefError
 from ..io.atomic import atomic_target
+from ..progress import Progress
 from ..proto import netdef_pb2 as pb
 from .images import load_pixels, read_image_list
-from .progress import Progress
 
 log = logging.getLogger("netdef")
 

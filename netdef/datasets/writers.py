@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable
+from typing import TypeVar
 
 import numpy
 
@@ -39,7 +40,30 @@ def _refuse_existing(path: str) -> None:
         raise DatasetError(f"{path} already exists; remove it or choose another output name (it is never overwritten)")
 
 
-class DatabaseWriter:
+_W = TypeVar("_W", bound="_AllOrNothing")
+
+
+class _AllOrNothing:
+    """The writers as context managers: a block left normally keeps the output (``close``),
+    a block left with an exception drops it (``abort``)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class DatabaseWriter(_AllOrNothing):
     """Write (key, value) records to a new database at ``path``; the database appears when :meth:`close` succeeds.
 
     Use as a context manager: leaving the block with an exception removes the partial
@@ -93,15 +117,6 @@ class DatabaseWriter:
             with contextlib.suppress(Exception):
                 self._close_db()
         shutil.rmtree(self.temp, ignore_errors=True)
-
-    def __enter__(self) -> DatabaseWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class LMDBWriter(DatabaseWriter):
@@ -191,7 +206,7 @@ def write_list_file(path: str, lines: Iterable[str]) -> None:
         raise
 
 
-class HDF5Writer:
+class HDF5Writer(_AllOrNothing):
     """Append rows to float32 datasets of a new HDF5 file, as the HDF5Data layer reads them.
 
     ``datasets`` maps dataset names to the shape of one row (``{"data": (1, 28, 28),
@@ -255,15 +270,6 @@ class HDF5Writer:
                 self.file.close()
         with contextlib.suppress(OSError):
             os.remove(self.temp)
-
-    def __enter__(self) -> HDF5Writer:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 __all__ = [

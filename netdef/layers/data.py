@@ -42,6 +42,53 @@ def source_and_batch_size(layer: Layer, field: str, source_is: str):
     return p
 
 
+def image_list_param(layer: Layer, source_is: str):
+    """``layer.param.image_data_param`` once ``source_and_batch_size`` accepts it and its
+    ``new_height`` / ``new_width`` are both set or both 0 (``ImageData``, ``ImageSegData``)."""
+    p = source_and_batch_size(layer, "image_data_param", source_is)
+    if bool(p.new_height) != bool(p.new_width):
+        raise layer.error(
+            "image_data_param needs new_height and new_width both set or both 0. Received: "
+            f"new_height {p.new_height}, new_width {p.new_width}"
+        )
+    return p
+
+
+def open_image_list(layer: Layer, p) -> None:
+    """Reads the list file ``p.source`` with ``layer._read_list(p.root_folder)`` and sets
+    ``layer.source``, ``lines``, ``order`` (shuffled when ``layer.shuffle``) and ``pos``
+    (after a ``rand_skip`` draw), as ``ImageData`` and ``ImageSegData`` start."""
+    layer.source = resolve_path(p.source)
+    if not os.path.isfile(layer.source):
+        raise layer.error(f"image list file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
+    layer.lines = layer._read_list(p.root_folder)
+    if not layer.lines:
+        raise layer.error(f"image list {layer.source} names no images", DataSourceError)
+    layer.order = numpy.arange(len(layer.lines))
+    if layer.shuffle:
+        layer.rng.numpy.shuffle(layer.order)
+    layer.pos = 0
+    if p.rand_skip:
+        skip = int(layer.rng.numpy.integers(0, p.rand_skip))
+        if skip >= len(layer.lines):
+            raise layer.error(
+                f"rand_skip drew {skip} but {layer.source} lists only {len(layer.lines)} images. "
+                f"Valid: rand_skip <= {len(layer.lines)}"
+            )
+        layer.pos = skip
+
+
+def saved_image_order(layer: Layer, state: dict) -> numpy.ndarray:
+    """The image order of a saved read state (``get_state``), once it fits the list ``layer`` read."""
+    order = numpy.asarray(state["order"], dtype=numpy.int64)
+    if order.shape != layer.order.shape:
+        raise layer.error(
+            f"saved read state is for {order.size} images but {layer.source} lists {layer.order.size}",
+            DataSourceError,
+        )
+    return order
+
+
 class ShardedReader:
     """What a data layer needs to read its own share in data-parallel training (``shard``).
 
@@ -218,34 +265,14 @@ class ImageDataLayer(ShardedReader, Layer):
     exact_num_top = 2
 
     def setup(self, bottom, top):
-        p = source_and_batch_size(self, "image_data_param", 'a text file of "<image path> <label>" lines')
-        if bool(p.new_height) != bool(p.new_width):
-            raise self.error(
-                "image_data_param needs new_height and new_width both set or both 0. Received: "
-                f"new_height {p.new_height}, new_width {p.new_width}"
-            )
+        p = image_list_param(self, 'a text file of "<image path> <label>" lines')
         _warn_ignored_fields(self, p, "image_data_param")
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
         self.color = bool(p.is_color)
         self.new_size = (int(p.new_height), int(p.new_width)) if p.new_height else None
         self.transformer = DataTransformer(self.param.transform_param, self.phase, self.error, rng=self.rng.numpy)
-        self.source = resolve_path(p.source)
-        if not os.path.isfile(self.source):
-            raise self.error(f"image list file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
-        self.lines = self._read_list(p.root_folder)
-        self.order = numpy.arange(len(self.lines))
-        if self.shuffle:
-            self.rng.numpy.shuffle(self.order)
-        self.pos = 0
-        if p.rand_skip:
-            skip = int(self.rng.numpy.integers(0, p.rand_skip))
-            if skip >= len(self.lines):
-                raise self.error(
-                    f"rand_skip drew {skip} but {self.source} lists only {len(self.lines)} images. "
-                    f"Valid: rand_skip <= {len(self.lines)}"
-                )
-            self.pos = skip
+        open_image_list(self, p)
         sample = self._load(int(self.order[self.pos]))
         self.shape = self.transformer.output_shape((self.batch_size,) + sample.shape)
 
@@ -267,8 +294,6 @@ class ImageDataLayer(ShardedReader, Layer):
                         DataSourceError,
                     )
                 lines.append((resolve_path(root_folder + name, self.source), value, lineno))
-        if not lines:
-            raise self.error(f"image list {self.source} names no images", DataSourceError)
         return lines
 
     def _load(self, index: int) -> numpy.ndarray:
@@ -310,12 +335,7 @@ class ImageDataLayer(ShardedReader, Layer):
         return {"pos": int(self.pos), "order": self.order.tolist(), **self.order_state()}
 
     def set_state(self, state: dict) -> None:
-        order = numpy.asarray(state["order"], dtype=numpy.int64)
-        if order.shape != self.order.shape:
-            raise self.error(
-                f"saved read state is for {order.size} images but {self.source} lists {self.order.size}",
-                DataSourceError,
-            )
+        order = saved_image_order(self, state)
         self.set_order_state(state)
         self.order = order
         self.pos = int(state["pos"])

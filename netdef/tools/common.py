@@ -1,15 +1,18 @@
-"""What the commands share: choosing the device, the net options, consent to Python layers, opening a net."""
+"""What the commands share: choosing the device, the net options, consent to Python layers, opening a net,
+printing results."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 
 from .. import backend
 from ..errors import NetdefError
 from ..layers import pooling, python_layer
 from ..net import Net
+from ..progress import on_terminal
 from ..solvers import parallel
 
 log = logging.getLogger("netdef")
@@ -168,11 +171,26 @@ def open_net(model: str, phase: int, weights: str | None = None, level: int = 0,
     return Net(model, phase, weights=weights, level=level, stages=list(stages))
 
 
+def print_results(lines: Iterable[str]) -> None:
+    """Print a command's final results on stdout, unless the log already showed them on this terminal.
+
+    Results go to stdout when it is redirected (files, pipes, tests), when logging is
+    quiet (``-q``), or when the log goes somewhere else than the terminal; a person at a
+    terminal watching the INFO log does not see each line twice.
+    """
+    shown_by_log = on_terminal(sys.stdout) and on_terminal(sys.stderr) and log.isEnabledFor(logging.INFO)
+    if shown_by_log:
+        return
+    for line in lines:
+        print(line)
+
+
 __all__ = [
     "add_gpu_argument",
     "add_net_arguments",
     "add_python_layer_arguments",
     "open_net",
+    "print_results",
     "select_device",
     "split_stages",
 ]

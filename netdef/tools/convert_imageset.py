@@ -24,9 +24,9 @@ import numpy
 
 from ..datasets.datum import datum_bytes, format_key
 from ..datasets.images import encoded_image, load_pixels, read_image_list
-from ..datasets.progress import Progress
 from ..datasets.writers import HDF5Writer, hdf5_list_path, open_db_writer, write_list_file
 from ..errors import DatasetError
+from ..progress import Progress
 
 log = logging.getLogger("netdef")
 

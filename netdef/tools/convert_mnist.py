@@ -22,9 +22,9 @@ import numpy
 
 from ..datasets.datum import datum_bytes, format_key
 from ..datasets.mnist import read_mnist
-from ..datasets.progress import Progress
 from ..datasets.writers import HDF5Writer, hdf5_list_path, open_db_writer, write_list_file
 from ..errors import DatasetError
+from ..progress import Progress
 
 log = logging.getLogger("netdef")
 

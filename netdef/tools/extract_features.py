@@ -22,10 +22,10 @@ import numpy
 
 from .. import backend
 from ..datasets.datum import datum_bytes, format_key
-from ..datasets.progress import Progress
 from ..datasets.writers import HDF5Writer, open_db_writer
 from ..errors import DatasetError, NetdefError
 from ..net import TEST, Net
+from ..progress import Progress
 from .common import add_gpu_argument, select_device
 
 log = logging.getLogger("netdef")

@@ -24,8 +24,8 @@ from ..errors import NetdefError
 from ..evaluation import Evaluation, evaluate, output_labels, read_class_names, save_predictions
 from ..logs import format_g, output_line
 from ..net import TEST
-from .common import add_net_arguments, open_net, select_device, split_stages
-from .progress import Progress, print_results
+from ..progress import Progress
+from .common import add_net_arguments, open_net, print_results, select_device, split_stages
 
 log = logging.getLogger("netdef")
 

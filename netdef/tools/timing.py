@@ -20,8 +20,8 @@ import numpy
 from .. import backend
 from ..errors import NetdefError
 from ..net import TEST, TRAIN
-from .common import add_net_arguments, open_net, select_device, split_stages
-from .progress import Progress, print_results
+from ..progress import Progress
+from .common import add_net_arguments, open_net, print_results, select_device, split_stages
 
 log = logging.getLogger("netdef")
 

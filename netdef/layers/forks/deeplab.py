@@ -12,7 +12,6 @@ implemented.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Sequence
 
@@ -24,7 +23,7 @@ from ...errors import DataSourceError, InvalidParameterError, ShapeMismatchError
 from ...io.paths import resolve_path
 from ...proto import netdef_pb2 as pb
 from ..base import Layer
-from ..data import _image_as_pixels, source_and_batch_size
+from ..data import _image_as_pixels, image_list_param, open_image_list, saved_image_order
 from ..pooling import check_4d
 from .registry import register_fork_layer
 
@@ -67,12 +66,7 @@ class ImageSegDataLayer(Layer):
     max_num_top = 3
 
     def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
-        p = source_and_batch_size(self, "image_data_param", 'a text file of "<image path> <label path>" lines')
-        if bool(p.new_height) != bool(p.new_width):
-            raise self.error(
-                "image_data_param needs new_height and new_width both set or both 0. Received: "
-                f"new_height {p.new_height}, new_width {p.new_width}"
-            )
+        p = image_list_param(self, 'a text file of "<image path> <label path>" lines')
         tp = self.param.transform_param
         if tp.mean_file:
             raise self.error(f'ImageSegData takes mean_value, not mean_file. Received: mean_file "{tp.mean_file}"')
@@ -81,22 +75,7 @@ class ImageSegDataLayer(Layer):
         self.new_size = (int(p.new_height), int(p.new_width)) if p.new_height else None
         self.crop_size, self.scale, self.mirror = int(tp.crop_size), float(tp.scale), bool(tp.mirror)
         self.mean = numpy.asarray(tp.mean_value, dtype=numpy.float64)
-        self.source = resolve_path(p.source)
-        if not os.path.isfile(self.source):
-            raise self.error(f"image list file not found: {p.source} (looked in {os.getcwd()})", DataSourceError)
-        self.lines = self._read_list(p.root_folder)
-        self.order = numpy.arange(len(self.lines))
-        if self.shuffle:
-            self.rng.numpy.shuffle(self.order)
-        self.pos = 0
-        if p.rand_skip:
-            skip = int(self.rng.numpy.integers(0, p.rand_skip))
-            if skip >= len(self.lines):
-                raise self.error(
-                    f"rand_skip drew {skip} but {self.source} lists only {len(self.lines)} images. "
-                    f"Valid: rand_skip <= {len(self.lines)}"
-                )
-            self.pos = skip
+        open_image_list(self, p)
         image, _ = self._load(int(self.order[self.pos]))
         self.channels = image.shape[0]
         if self.mean.size not in (0, 1, self.channels):
@@ -118,8 +97,6 @@ class ImageSegDataLayer(Layer):
                             lineno,
                         )
                     )
-        if not lines:
-            raise self.error(f"image list {self.source} names no images", DataSourceError)
         return lines
 
     def _label(self, parts: list[str], lineno: int, root_folder: str) -> str | int | None:
@@ -237,13 +214,7 @@ class ImageSegDataLayer(Layer):
         return {"pos": int(self.pos), "order": self.order.tolist()}
 
     def set_state(self, state: dict) -> None:
-        order = numpy.asarray(state["order"], dtype=numpy.int64)
-        if order.shape != self.order.shape:
-            raise self.error(
-                f"saved read state is for {order.size} images but {self.source} lists {self.order.size}",
-                DataSourceError,
-            )
-        self.order, self.pos = order, int(state["pos"])
+        self.order, self.pos = saved_image_order(self, state), int(state["pos"])
 
 
 def pad_or_crop(x, beg: int, end: int):

@@ -1,8 +1,9 @@
-"""Progress on a terminal, silence in logs: the bar long commands draw, and how they print results.
+"""The progress bar of long commands and conversions: drawn on a terminal, silent in logs.
 
 A :class:`Progress` draws one self-overwriting line on stderr when stderr is a
 terminal and the ``netdef`` logger shows INFO; otherwise it draws nothing, so
-logs written to files or pipes stay line-for-line Caffe's.
+logs written to files or pipes (and tests) keep only the lines the tools log
+themselves, line-for-line Caffe's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
 
 log = logging.getLogger("netdef")
 
@@ -34,11 +34,13 @@ def on_terminal(stream=None) -> bool:
 class Progress:
     """A progress bar for ``total`` steps: ``label [#####     ] 37/100 37% 0:04 left``.
 
+    Use as a context manager, or call :meth:`close` to clear the bar's line.
+
     Args:
         total: the number of steps (None or 0: an open-ended count without percent).
         label: what is being done.
-        enabled: force the bar on or off; by default on when stderr is a terminal and
-            the ``netdef`` logger shows INFO (``-q`` turns it off).
+        enabled: force the bar on or off; by default on when ``stream`` is a terminal
+            and the ``netdef`` logger shows INFO (``-q`` turns it off).
         stream: where to draw (default stderr).
     """
 
@@ -93,18 +95,4 @@ class Progress:
         self.close()
 
 
-def print_results(lines: Iterable[str]) -> None:
-    """Print a command's final results on stdout, unless the log already showed them on this terminal.
-
-    Results go to stdout when it is redirected (files, pipes, tests), when logging is
-    quiet (``-q``), or when the log goes somewhere else than the terminal; a person at a
-    terminal watching the INFO log does not see each line twice.
-    """
-    shown_by_log = on_terminal(sys.stdout) and on_terminal(sys.stderr) and log.isEnabledFor(logging.INFO)
-    if shown_by_log:
-        return
-    for line in lines:
-        print(line)
-
-
-__all__ = ["Progress", "on_terminal", "print_results"]
+__all__ = ["Progress", "on_terminal"]
