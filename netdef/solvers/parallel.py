@@ -250,10 +250,17 @@ def local_rank() -> int | None:
     return world().local_rank if launched_size() > 1 else None
 
 
+#: how long a failing rank waits, after printing why, before aborting the job
+ABORT_GRACE_SECONDS = 0.5
+
+
 def report_and_abort(comm: LocalCommunicator, err: BaseException) -> None:
     """Print ``err`` (as the CLI would: the message, not the traceback), then abort every rank."""
     message = f"{type(err).__name__}: {err}" if not isinstance(err, KeyboardInterrupt) else "interrupted"
     print(f"netdef: rank {comm.rank} of {comm.size}: {message}", file=sys.stderr, flush=True)
+    # The launcher forwards each rank's output asynchronously and drops what is in flight when the job is torn
+    # down; a short pause lets the one line that says why reach the user.
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.abort(1)
 
 
