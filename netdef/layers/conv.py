@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy
+
 from .. import backend, threads
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, register_layer
+from .conv_flat import FLAT_MAX_OUTPUTS, FLAT_MAX_ROWS, MAX_WASTE, FlatGrid, flipped_weights
 from .im2col import (
     COL_CACHE_BYTES,
     batch_chunks,
@@ -118,6 +121,16 @@ class _ConvolutionBase(Layer):
         self.num = x.count_range(0, self.axis)
         for t in top:
             t.reshape((*x.shape[: self.axis], self.num_output, *self.out_spatial))
+        self.flat = self._flat_grid()
+
+    def _flat_grid(self) -> FlatGrid | None:
+        """The flat layout (:mod:`netdef.layers.conv_flat`) when it applies and wastes little, else None."""
+        if self.transposed or not FlatGrid.applies(self.stride, self.pad, self.kernel, self.dilation):
+            return None
+        if self.num_output > FLAT_MAX_OUTPUTS or self.channels // self.group * math.prod(self.kernel) > FLAT_MAX_ROWS:
+            return None
+        grid = FlatGrid(self.in_spatial, self.kernel, self.pad, self.dilation)
+        return grid if grid.waste <= MAX_WASTE else None
 
     def _col_bytes(self, itemsize: int) -> int:
         raise NotImplementedError
@@ -173,55 +186,122 @@ class ConvolutionLayer(_ConvolutionBase):
     def _col_bytes(self, itemsize: int) -> int:
         return self.channels * math.prod(self.kernel) * math.prod(self.out_spatial) * itemsize
 
+    def _flat_chunks(self, x) -> list[slice]:
+        return batch_chunks(self.num, self.flat.bytes_per_sample(self.channels * math.prod(self.kernel), x.itemsize))
+
+    def _flat_columns(self, x):
+        """``(group, C_in/group * K, width)`` columns of samples ``x`` on the flat grid."""
+        col = self.flat.columns(self.flat.source(x), x.shape[0])
+        return col.reshape(self.group, col.shape[0] // self.group, -1)
+
+    def _uses_flat(self, xp, want_dx: bool = False) -> bool:
+        """Whether this pass runs on the flat grid: forward, and backward unless the input gradient would
+        gather many more rows (outputs times taps) than im2col's columns hold (inputs times taps)."""
+        if self.flat is None or xp is not numpy or self.num == 0:
+            return False
+        return not want_dx or self.num_output <= 2 * self.channels
+
+    def _keep_columns(self, i: int, col, num_chunks: int) -> None:
+        """Keep a single chunk's columns from forward for the weight gradient of a TRAIN net."""
+        if num_chunks == 1 and col.nbytes <= COL_CACHE_BYTES and self.phase == pb.TRAIN:
+            self._cols[i] = col
+
+    def _forward_flat(self, x, w, bias, i: int):
+        y = numpy.empty((self.num, self.num_output, *self.out_spatial), dtype=x.dtype)
+        chunks = self._flat_chunks(x)
+        for sl in chunks:
+            col = self._flat_columns(x[sl])
+            yw = numpy.matmul(w, col).reshape(self.num_output, -1)
+            self.flat.outputs(yw, sl.stop - sl.start, out=y[sl], bias=bias)
+            self._keep_columns(i, col, len(chunks))
+        return y
+
+    def _forward_im2col(self, x, w, bias, i: int):
+        xp = backend.array_module(x)
+        chunks = self._chunks(x, self.out_spatial)
+        y = xp.empty((self.num, self.num_output, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
+        for sl, n, batch_last in chunks:
+            col = self._columns(x[sl], batch_last)
+            yc = xp.matmul(w, col).reshape(self.num_output, -1)
+            y = _store(y, columns_to_batch(yc, n, self.out_spatial, batch_last, bias), sl)
+            self._keep_columns(i, col, len(chunks))
+        return y
+
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         threads.refresh()
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
         bias = self.blobs[1].data if self.bias_term else None
+        run = self._forward_flat if self._uses_flat(xp) else self._forward_im2col
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
-            x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            chunks = self._chunks(x, self.out_spatial)
-            y = xp.empty((self.num, o, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
             self._cols[i] = None
-            for sl, n, batch_last in chunks:
-                col = self._columns(x[sl], batch_last)
-                part = columns_to_batch(xp.matmul(w, col).reshape(o, -1), n, self.out_spatial, batch_last, bias)
-                y = _store(y, part, sl)
-                if len(chunks) == 1 and col.nbytes <= COL_CACHE_BYTES and self.phase == pb.TRAIN:
-                    self._cols[i] = col
-            t.data = y.reshape(t.shape)
+            x = b.data.reshape(self.num, self.channels, *self.in_spatial)
+            t.data = run(x, w, bias, i).reshape(t.shape)
+
+    def _backward_flat(self, x, dy, want_w: bool, want_dx: bool, i: int):
+        """Weight gradient (or None) and input gradient (or None) of one bottom on the flat grid."""
+        g, o, grid = self.group, self.num_output, self.flat
+        wflip = flipped_weights(self.blobs[0].data, g, o, self.kernel) if want_dx else None
+        dx = numpy.empty(x.shape, dtype=x.dtype) if want_dx else None
+        chunks = self._flat_chunks(x)
+        dw = None
+        for sl in chunks:
+            n = sl.stop - sl.start
+            spread = grid.spread(dy[sl])
+            if want_w:
+                col = self._cols.get(i) if len(chunks) == 1 else None
+                if col is None:
+                    col = self._flat_columns(x[sl])
+                dyw = grid.on_grid(spread, grid.trail, n).reshape(g, o // g, -1)
+                # (rows x width) @ (width x outputs) suits OpenBLAS better than the product transposed
+                part = numpy.matmul(col, dyw.swapaxes(1, 2))
+                dw = part if dw is None else dw + part
+            if want_dx:
+                col = grid.columns(spread, n).reshape(g, -1, grid.width(n))
+                grid.inputs(numpy.matmul(wflip, col).reshape(self.channels, -1), n, out=dx[sl])
+        return (None if dw is None else dw.swapaxes(1, 2)), dx
+
+    def _backward_im2col(self, x, dy, want_w: bool, want_dx: bool, i: int):
+        """Weight gradient (or None) and input gradient (or None) of one bottom through im2col/col2im."""
+        xp = backend.array_module(dy)
+        g, o = self.group, self.num_output
+        w = self.blobs[0].data.reshape(g, o // g, -1)
+        chunks = self._chunks(x, self.out_spatial)
+        dx = xp.empty(x.shape, dtype=x.dtype) if want_dx and len(chunks) != 1 else None
+        dw = None
+        for sl, n, batch_last in chunks:
+            dyc = batch_to_columns(dy[sl], batch_last).reshape(g, o // g, -1)
+            if want_w:
+                col = self._cols.get(i) if len(chunks) == 1 and self.flat is None else None
+                if col is None:
+                    col = self._columns(x[sl], batch_last)
+                part = matmul_nt(dyc, col)
+                dw = part if dw is None else dw + part
+            if want_dx:
+                cols = column_axes(n, self.out_spatial, batch_last)
+                dcol = xp.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
+                dx = _store(dx, self._fold(dcol, self.in_spatial, self.out_spatial, batch_last), sl)
+        return dw, dx
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         xp = backend.array_module(top[0].diff)
-        g, o = self.group, self.num_output
-        w = self.blobs[0].data.reshape(g, o // g, -1)
+        o = self.num_output
         want_w, want_b = self._param_grads_wanted()
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
-            if not (want_w or want_b or propagate_down[i]):
-                continue
+            run = self._backward_flat if self._uses_flat(xp, propagate_down[i]) else self._backward_im2col
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
+            if want_b:
+                part = dy.reshape(self.num, o, math.prod(self.out_spatial)).sum(axis=2).sum(axis=0)
+                db = part if db is None else db + part
+            if not (want_w or propagate_down[i]):
+                continue
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            chunks = self._chunks(x, self.out_spatial)
-            dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
-            for sl, n, batch_last in chunks:
-                dyc = batch_to_columns(dy[sl], batch_last)
-                if want_b:
-                    part = dyc.sum(axis=1)
-                    db = part if db is None else db + part
-                dyc = dyc.reshape(g, o // g, -1)
-                if want_w:
-                    col = self._cols.get(i) if len(chunks) == 1 else None
-                    if col is None:
-                        col = self._columns(x[sl], batch_last)
-                    part = matmul_nt(dyc, col)
-                    dw = part if dw is None else dw + part
-                if propagate_down[i]:
-                    cols = column_axes(n, self.out_spatial, batch_last)
-                    dcol = xp.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
-                    dx = _store(dx, self._fold(dcol, self.in_spatial, self.out_spatial, batch_last), sl)
-            if propagate_down[i]:
+            part, dx = run(x, dy, want_w, bool(propagate_down[i]), i)
+            if part is not None:
+                dw = part if dw is None else dw + part
+            if dx is not None:
                 b.diff = dx.reshape(b.shape)
         self._cols = {}
         self._add_param_grads(dw, db)
