@@ -18,7 +18,7 @@ from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, register_layer
-from .conv_flat import FLAT_MAX_OUTPUTS, FLAT_MAX_ROWS, MAX_WASTE, FlatGrid, flipped_weights
+from .conv_flat import FlatGrid, choose_grid, flipped_weights
 from .im2col import (
     COL_CACHE_BYTES,
     batch_chunks,
@@ -124,13 +124,11 @@ class _ConvolutionBase(Layer):
         self.flat = self._flat_grid()
 
     def _flat_grid(self) -> FlatGrid | None:
-        """The flat layout (:mod:`netdef.layers.conv_flat`) when it applies and wastes little, else None."""
-        if self.transposed or not FlatGrid.applies(self.stride, self.pad, self.kernel, self.dilation):
+        """The flat layout (:mod:`netdef.layers.conv_flat`) when it applies and pays, else None."""
+        if self.transposed:
             return None
-        if self.num_output > FLAT_MAX_OUTPUTS or self.channels // self.group * math.prod(self.kernel) > FLAT_MAX_ROWS:
-            return None
-        grid = FlatGrid(self.in_spatial, self.kernel, self.pad, self.dilation)
-        return grid if grid.waste <= MAX_WASTE else None
+        rows = self.channels // self.group * math.prod(self.kernel)
+        return choose_grid(self.in_spatial, self.kernel, self.stride, self.pad, self.dilation, self.num_output, rows)
 
     def _col_bytes(self, itemsize: int) -> int:
         raise NotImplementedError
@@ -191,7 +189,7 @@ class ConvolutionLayer(_ConvolutionBase):
 
     def _flat_columns(self, x):
         """``(group, C_in/group * K, width)`` columns of samples ``x`` on the flat grid."""
-        col = self.flat.columns(self.flat.source(x), x.shape[0])
+        col = self.flat.columns(self.flat.source(x), x.shape[0], self.flat.out_span)
         return col.reshape(self.group, col.shape[0] // self.group, -1)
 
     def _uses_flat(self, xp, want_dx: bool = False) -> bool:
@@ -248,17 +246,16 @@ class ConvolutionLayer(_ConvolutionBase):
         dw = None
         for sl in chunks:
             n = sl.stop - sl.start
-            spread = grid.spread(dy[sl])
             if want_w:
                 col = self._cols.get(i) if len(chunks) == 1 else None
                 if col is None:
                     col = self._flat_columns(x[sl])
-                dyw = grid.on_grid(spread, grid.trail, n).reshape(g, o // g, -1)
-                # (rows x width) @ (width x outputs) suits OpenBLAS better than the product transposed
+                dyw = grid.compact(dy[sl]).reshape(g, o // g, -1)
+                # (rows x columns) @ (columns x outputs) suits OpenBLAS better than the product transposed
                 part = numpy.matmul(col, dyw.swapaxes(1, 2))
                 dw = part if dw is None else dw + part
             if want_dx:
-                col = grid.columns(spread, n).reshape(g, -1, grid.width(n))
+                col = grid.columns(grid.spread(dy[sl]), n, grid.in_span).reshape(g, -1, n * grid.in_span)
                 grid.inputs(numpy.matmul(wflip, col).reshape(self.channels, -1), n, out=dx[sl])
         return (None if dw is None else dw.swapaxes(1, 2)), dx
 

@@ -21,9 +21,10 @@ the grid (zeros in the gaps) and reading it through the flipped kernel gives, at
 position, the sum over all windows that touch it -- a GEMM with the flipped, transposed
 weights instead of a col2im scatter.
 
-The price is the gap positions: ``waste`` is the ratio of grid to output positions
-(``(18*18)/(16*16) = 1.27`` for a 16x16 map with a 5x5 kernel and padding 2); layers use this
-layout only when it is small (:data:`MAX_WASTE`).
+The price is the gap columns, computed and thrown away (the gap rows between samples are
+skipped): ``waste`` is the ratio of GEMM columns to outputs (``18/16 = 1.125`` for a 16x16
+map with a 5x5 kernel and padding 2); layers use this layout only when it is small
+(:func:`choose_grid`).
 """
 
 from __future__ import annotations
@@ -33,17 +34,41 @@ from collections.abc import Sequence
 
 import numpy
 
-#: Grids whose positions outnumber the real outputs by more than this use im2col instead.
+from .im2col import SHORT_ROW
+
+#: Grids with more GEMM columns per real output than this use im2col instead.
 MAX_WASTE = 1.4
 #: Layers with more outputs than this, or more column rows per group (input channels times
-#: taps), use im2col: their GEMMs dominate, and the grid's extra positions cost more than the
+#: taps), use im2col: their GEMMs dominate, and the grid's extra columns cost more than the
 #: copies it saves (measured on CIFAR- and ImageNet-sized layers).
-FLAT_MAX_OUTPUTS = 64
-FLAT_MAX_ROWS = 1600
+MAX_OUTPUTS = 64
+MAX_ROWS = 1600
+#: Output rows shorter than this use im2col too: its sample-last column order
+#: (``im2col.SHORT_ROW``) already copies them in long runs, without wasted columns.
+MIN_ROW = SHORT_ROW
+
+
+def choose_grid(spatial, kernel, stride, pad, dilation, num_output: int, rows: int) -> FlatGrid | None:
+    """The flat grid for a convolution of this geometry on the CPU, or None where im2col is the better choice.
+
+    ``rows`` is the number of column rows per group (input channels per group times kernel taps).
+    """
+    if not FlatGrid.applies(stride, pad, kernel, dilation) or num_output > MAX_OUTPUTS or rows > MAX_ROWS:
+        return None
+    grid = FlatGrid(spatial, kernel, pad, dilation)
+    if grid.out[-1] < MIN_ROW or grid.waste > MAX_WASTE:
+        return None
+    return grid
 
 
 class FlatGrid:
-    """The flat layout of one stride-1 convolution over inputs of spatial shape ``spatial``."""
+    """The flat layout of one stride-1 convolution over inputs of spatial shape ``spatial``.
+
+    Each sample occupies :attr:`per_sample` grid positions. GEMM columns are taken per sample
+    from the first ``out[0]`` (outputs) or ``spatial[0]`` (input gradient) rows of its grid only,
+    so the gap rows between samples are never computed: :attr:`out_span` and :attr:`in_span`
+    positions per sample.
+    """
 
     def __init__(self, spatial: Sequence[int], kernel: Sequence[int], pad: Sequence[int], dilation: Sequence[int]):
         self.spatial = tuple(int(s) for s in spatial)
@@ -58,6 +83,8 @@ class FlatGrid:
         self.extent = tuple(s + g for s, g in zip(self.spatial, gaps, strict=True))
         self.steps = tuple(math.prod(self.extent[i + 1 :]) for i in range(len(self.extent)))
         self.per_sample = math.prod(self.extent)
+        self.out_span = self.out[0] * self.steps[0]
+        self.in_span = self.spatial[0] * self.steps[0]
         #: zeros before the first sample (the most negative window offset) and after the last
         self.lead = sum(p * st for p, st in zip(pad, self.steps, strict=True))
         self.trail = sum((r - p) * st for p, r, st in zip(pad, reach, self.steps, strict=True))
@@ -72,54 +99,57 @@ class FlatGrid:
 
     @property
     def waste(self) -> float:
-        """Grid positions per real output position."""
-        return self.per_sample / max(math.prod(self.out), 1)
-
-    def width(self, n: int) -> int:
-        """Number of grid positions (GEMM columns) of ``n`` samples."""
-        return n * self.per_sample
+        """GEMM columns per real output position."""
+        return self.out_span / max(math.prod(self.out), 1)
 
     def bytes_per_sample(self, rows: int, itemsize: int) -> int:
         """Column-matrix bytes of one sample for ``rows`` rows (channels times kernel taps)."""
-        return rows * self.per_sample * itemsize
+        return rows * max(self.out_span, self.in_span) * itemsize
 
     # --- layouts --------------------------------------------------------------------------
     def source(self, x):
-        """``(n, C, *spatial)`` -> ``(C, lead + width + trail)`` with the samples on the zero-gapped grid."""
+        """``(n, C, *spatial)`` -> ``(C, lead + n * per_sample + trail)``: the samples on the zero-gapped grid."""
         n, c = x.shape[:2]
-        src = numpy.zeros((c, self.lead + self.width(n) + self.trail), dtype=x.dtype)
+        src = numpy.zeros((c, self.lead + n * self.per_sample + self.trail), dtype=x.dtype)
         self._grid(src, self.lead, n)[(slice(None), slice(None), *self._real(self.spatial))] = x.swapaxes(0, 1)
         return src
 
     def spread(self, dy):
-        """``(n, O, *out)`` -> ``(O, trail + width + lead)``: the output gradient on the grid, zeros elsewhere."""
+        """``(n, O, *out)`` -> ``(O, trail + n * per_sample + lead)``: the output gradient on the grid, else 0."""
         n, o = dy.shape[:2]
-        buf = numpy.zeros((o, self.trail + self.width(n) + self.lead), dtype=dy.dtype)
+        buf = numpy.zeros((o, self.trail + n * self.per_sample + self.lead), dtype=dy.dtype)
         self._grid(buf, self.trail, n)[(slice(None), slice(None), *self._real(self.out))] = dy.swapaxes(0, 1)
         return buf
 
-    def on_grid(self, buf, offset: int, n: int):
-        """The ``(rows, width)`` part of a spread buffer holding the grid itself."""
-        return buf[:, offset : offset + self.width(n)]
+    def compact(self, dy):
+        """``(n, O, *out)`` -> ``(O, n * out_span)``: the output gradient at the output columns, zero in the gaps."""
+        n, o = dy.shape[:2]
+        buf = numpy.zeros((o, n, self.out[0], *self.extent[1:]), dtype=dy.dtype)
+        buf[(slice(None), slice(None), *self._real(self.out))] = dy.swapaxes(0, 1)
+        return buf.reshape(o, -1)
 
-    def columns(self, src, n: int):
-        """C-contiguous ``(rows * prod(kernel), width)``.
+    def columns(self, src, n: int, span: int):
+        """C-contiguous ``(rows * prod(kernel), n * span)``: the first ``span`` positions of each sample.
 
-        Row ``(r, j)`` at position ``q`` is ``src[r, q + sum_i j_i * taps_i]``: the value that tap ``j`` of
-        the kernel reads for the output at grid position ``q`` when ``src`` is a :meth:`source`.
+        Row ``(r, j)`` at position ``q`` of sample ``s`` is ``src[r, s * per_sample + q + sum_i j_i * taps_i]``:
+        the value that tap ``j`` of the kernel reads for the output at that grid position when
+        ``src`` is a :meth:`source` (``span`` :attr:`out_span`), or the output gradient that reaches
+        that input position through tap ``kernel - 1 - j`` when ``src`` is a :meth:`spread`
+        (``span`` :attr:`in_span`).
         """
         step = src.strides[1]
         view = numpy.lib.stride_tricks.as_strided(
             src,
-            (src.shape[0], *self.kernel, self.width(n)),
-            (src.strides[0], *(t * step for t in self.taps), step),
+            (src.shape[0], *self.kernel, n, span),
+            (src.strides[0], *(t * step for t in self.taps), self.per_sample * step, step),
             writeable=False,
         )
         return numpy.ascontiguousarray(view).reshape(src.shape[0] * math.prod(self.kernel), -1)
 
     def outputs(self, yw, n: int, out=None, bias=None):
-        """``(O, width)`` -> ``(n, O, *out)`` (into ``out`` when given), adding ``bias[o]`` when given."""
-        real = self._grid(yw, 0, n)[(slice(None), slice(None), *self._real(self.out))].swapaxes(0, 1)
+        """``(O, n * out_span)`` -> ``(n, O, *out)`` (into ``out`` when given), adding ``bias[o]`` when given."""
+        grid = yw.reshape(yw.shape[0], n, self.out[0], *self.extent[1:])
+        real = grid[(slice(None), slice(None), *self._real(self.out))].swapaxes(0, 1)
         if out is None:
             out = numpy.empty(real.shape, dtype=yw.dtype)
         if bias is None:
@@ -129,8 +159,9 @@ class FlatGrid:
         return out
 
     def inputs(self, dxw, n: int, out=None):
-        """``(C, width)`` gradient at the grid positions -> ``(n, C, *spatial)`` (into ``out`` when given)."""
-        real = self._grid(dxw, 0, n)[(slice(None), slice(None), *self._real(self.spatial))].swapaxes(0, 1)
+        """``(C, n * in_span)`` gradient -> ``(n, C, *spatial)`` (into ``out`` when given)."""
+        grid = dxw.reshape(dxw.shape[0], n, *self.spatial[:1], *self.extent[1:])
+        real = grid[(slice(None), slice(None), *self._real(self.spatial))].swapaxes(0, 1)
         if out is None:
             return numpy.ascontiguousarray(real)
         out[...] = real
@@ -139,7 +170,7 @@ class FlatGrid:
     # --- helpers --------------------------------------------------------------------------
     def _grid(self, buf, offset: int, n: int):
         """``(rows, n, *extent)`` view of ``buf`` from ``offset``."""
-        return self.on_grid(buf, offset, n).reshape(buf.shape[0], n, *self.extent)
+        return buf[:, offset : offset + n * self.per_sample].reshape(buf.shape[0], n, *self.extent)
 
     @staticmethod
     def _real(shape: Sequence[int]) -> tuple[slice, ...]:

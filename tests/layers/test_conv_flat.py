@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from netdef import TEST, TRAIN, backend
-from netdef.layers import conv, conv_flat, im2col
+from netdef.layers import conv_flat, im2col
 from netdef.layers.conv_flat import FlatGrid, flipped_weights
 from netdef.testing import check_gradient, forward_layer, make_layer
 
@@ -29,9 +29,10 @@ def test_columns_hold_every_patch_of_the_real_outputs(spatial, kernel, pad, dila
     grid = FlatGrid(spatial, kernel, pad, dilation)
     out = im2col.conv_output_shape(None, spatial, kernel, pad, (1,) * len(spatial), dilation)
     assert grid.out == out
-    col = grid.columns(grid.source(x), 3)
-    assert col.flags.c_contiguous and col.shape == (2 * math.prod(kernel), 3 * grid.per_sample)
-    real = col.reshape(col.shape[0], 3, *grid.extent)[(slice(None), slice(None), *(slice(0, o) for o in out))]
+    col = grid.columns(grid.source(x), 3, grid.out_span)
+    assert col.flags.c_contiguous and col.shape == (2 * math.prod(kernel), 3 * grid.out_span)
+    rows = col.reshape(col.shape[0], 3, out[0], *grid.extent[1:])
+    real = rows[(slice(None), slice(None), *(slice(0, o) for o in out))]
     want = im2col.patches(x, kernel, (1,) * len(spatial), pad, dilation, out, False)
     numpy.testing.assert_array_equal(real, want.reshape(real.shape))
 
@@ -43,7 +44,7 @@ def test_spread_columns_give_the_input_gradient(spatial, kernel, pad, dilation):
     grid = FlatGrid(spatial, kernel, pad, dilation)
     w = RNG.standard_normal((o, c, *kernel))
     dy = RNG.standard_normal((n, o, *grid.out))
-    col = grid.columns(grid.spread(dy), n)
+    col = grid.columns(grid.spread(dy), n, grid.in_span)
     dx = grid.inputs((flipped_weights(w, 1, o, kernel)[0] @ col), n)
     stride = (1,) * len(spatial)
     dcol = (w.reshape(o, -1).T @ im2col.batch_to_columns(dy, False)).reshape(c, *kernel, n, *grid.out)
@@ -54,18 +55,23 @@ def test_spread_columns_give_the_input_gradient(spatial, kernel, pad, dilation):
 def test_outputs_add_the_bias_and_drop_the_gap_positions():
     grid = FlatGrid((2, 3), (3, 3), (1, 1), (1, 1))
     assert grid.extent == (3, 4) and grid.lead == 5 and grid.trail == 5
-    yw = numpy.arange(2 * grid.width(1), dtype=float).reshape(2, -1)
-    y = grid.outputs(yw, 1, bias=numpy.array([0.0, 100.0]))
+    assert grid.out_span == 8 and grid.in_span == 8 and grid.per_sample == 12
+    yw = numpy.arange(2 * 2 * grid.out_span, dtype=float).reshape(2, -1)  # two samples
+    y = grid.outputs(yw, 2, bias=numpy.array([0.0, 100.0]))
     numpy.testing.assert_array_equal(y[0, 0], [[0, 1, 2], [4, 5, 6]])
-    numpy.testing.assert_array_equal(y[0, 1], [[112, 113, 114], [116, 117, 118]])
+    numpy.testing.assert_array_equal(y[1, 0], [[8, 9, 10], [12, 13, 14]])
+    numpy.testing.assert_array_equal(y[0, 1], [[116, 117, 118], [120, 121, 122]])
+    dy = numpy.arange(12.0).reshape(2, 1, 2, 3)
+    numpy.testing.assert_array_equal(grid.compact(dy)[0], [0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 9, 10, 11, 0])
 
 
 def test_applies_and_waste():
     assert FlatGrid.applies((1, 1), (2, 2), (5, 5), (1, 1))
     assert not FlatGrid.applies((2, 1), (0, 0), (3, 3), (1, 1))  # strided
     assert not FlatGrid.applies((1, 1), (3, 0), (3, 3), (1, 1))  # padding wider than the kernel reaches
-    assert FlatGrid((16, 16), (5, 5), (2, 2), (1, 1)).waste == pytest.approx(18 * 18 / 256)
-    assert FlatGrid((8, 8), (5, 5), (2, 2), (1, 1)).waste == pytest.approx(100 / 64)
+    assert FlatGrid((16, 16), (5, 5), (2, 2), (1, 1)).waste == pytest.approx(18 / 16)
+    assert FlatGrid((8, 8), (5, 5), (2, 2), (1, 1)).waste == pytest.approx(10 / 8)
+    assert FlatGrid((9, 9), (5, 5), (0, 0), (1, 1)).waste == pytest.approx(9 / 5)  # no padding: wide rows
 
 
 def test_layer_uses_the_grid_only_where_it_pays():
@@ -75,17 +81,30 @@ def test_layer_uses_the_grid_only_where_it_pays():
         f'type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 5 pad: 2 {common} }}', x
     )
     assert layer.flat is not None and layer.flat.waste <= conv_flat.MAX_WASTE
+    short = [RNG.standard_normal((2, 3, 8, 8))]  # rows of 8: im2col's sample-last order
+    assert (
+        forward_layer(
+            f'type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 5 pad: 2 {common} }}', short
+        )[0].flat
+        is None
+    )
     strided = f'type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 3 stride: 2 {common} }}'
     assert forward_layer(strided, x)[0].flat is None
-    small = [RNG.standard_normal((2, 3, 4, 4))]  # a 6x6 grid for 4x4 outputs: too much waste
-    padded = f'type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 3 pad: 1 {common} }}'
-    assert forward_layer(padded, small)[0].flat is None
+    small = [RNG.standard_normal((2, 3, 6, 6))]  # grid rows of 6 for output rows of 2: too much waste
+    valid = f'type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 5 {common} }}'
+    assert forward_layer(valid, small)[0].flat is None
     wide = f'type: "Convolution" convolution_param {{ num_output: 65 kernel_size: 5 pad: 2 {common} }}'
     assert forward_layer(wide, x)[0].flat is None  # the GEMM dominates
 
 
+def force_grid(monkeypatch, on: bool = True) -> None:
+    """Make every stride-1 CPU convolution use the flat grid (or none)."""
+    monkeypatch.setattr(conv_flat, "MAX_WASTE", math.inf if on else 0.0)
+    monkeypatch.setattr(conv_flat, "MIN_ROW", 0)
+
+
 def test_literal_values_on_the_grid(monkeypatch):
-    monkeypatch.setattr(conv, "MAX_WASTE", math.inf)
+    force_grid(monkeypatch)
     definition = 'type: "Convolution" convolution_param { num_output: 1 kernel_size: 3 pad: 1 }'
     layer, bottom, top = forward_layer(
         definition, [numpy.ones((1, 1, 3, 3))], [numpy.ones((1, 1, 3, 3)), numpy.ones(1)]
@@ -111,7 +130,7 @@ LAYERS = [
 
 
 def _run(params: str, x, flat: bool, monkeypatch, chunk_bytes: int | None = None, phase=TRAIN):
-    monkeypatch.setattr(conv, "MAX_WASTE", math.inf if flat else 0.0)
+    force_grid(monkeypatch, flat)
     if chunk_bytes is not None:
         monkeypatch.setattr(im2col, "COL_CHUNK_BYTES", chunk_bytes)
     backend.set_random_seed(5)
@@ -156,7 +175,7 @@ def test_float32_on_the_grid(monkeypatch):
 
 @pytest.mark.parametrize("params, shape", LAYERS)
 def test_gradients_on_the_grid(params, shape, monkeypatch):
-    monkeypatch.setattr(conv, "MAX_WASTE", math.inf)
+    force_grid(monkeypatch)
     fill = "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' }"
     layer = make_layer(f'type: "Convolution" convolution_param {{ {params} {fill} }}')
     result = check_gradient(layer, [RNG.standard_normal(shape)])
