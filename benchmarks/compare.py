@@ -4,6 +4,7 @@
     python benchmarks/compare.py --nets lenet cifar10_quick --blocks 5
     python benchmarks/compare.py --busy 2             # with 2 CPU-bound processes running
     python benchmarks/compare.py --memory --digits    # peak memory and the digits example too
+    python benchmarks/compare.py --all                # all of it, plus quiet/busy ratios
 
 Forward+backward time per iteration of Caffe's example nets (fed by an Input layer, see
 ``benchmarks/nets.py``). The two frameworks run in alternating blocks in the same process
@@ -12,6 +13,11 @@ first iteration of each block is dropped and the table shows medians. PyTorch is
 (``pip install torch``); without it only netdef is timed. netdef's thread policy applies
 (``--threads`` / ``NETDEF_NUM_THREADS``, see docs/performance.md); PyTorch keeps its own
 default unless ``--torch-threads`` is given.
+
+``--all`` runs every comparison of the performance targets in one go: the table on the
+machine as it is, cifar10_quick and the digits example again with one CPU-bound process per
+usable core running (the contention figures, as ratios to the first run), and the peak
+memory of a cifar10_quick training step of both frameworks.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy  # noqa: E402
 from nets import CASES, ROOT, netdef_net, netdef_step, torch_step  # noqa: E402
 
+import netdef  # noqa: E402
 from netdef import threads  # noqa: E402
 
 
@@ -55,6 +62,7 @@ def machine_info() -> list[str]:
         f"cpu: {cpu}; logical cores {os.cpu_count()}, usable {threads.available_cores()}",
         f"python {platform.python_version()}, numpy {numpy.__version__}, {platform.system()} {platform.release()}",
         f"netdef threads: {threads.describe()}",
+        f"BLAS kernels: {blas_kernels()}",
     ]
     try:
         import torch
@@ -63,6 +71,18 @@ def machine_info() -> list[str]:
     except ImportError:
         lines.append("torch: not installed (netdef timed alone)")
     return lines
+
+
+def blas_kernels() -> str:
+    """The kernel family OpenBLAS runs (and OPENBLAS_CORETYPE when the environment forces one)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        arch = next((i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"), None)
+    except ImportError:
+        arch = None
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return f"{arch or 'unknown'}" + (f" (OPENBLAS_CORETYPE={forced} in the environment)" if forced else "")
 
 
 def compare(case, blocks: int, per_block: int) -> dict:
@@ -144,11 +164,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--busy", type=int, default=0, help="CPU-bound processes to run alongside")
     p.add_argument("--memory", action="store_true", help="also measure peak memory of a cifar10_quick step")
     p.add_argument("--digits", action="store_true", help="also time the digits training example")
+    p.add_argument("--all", action="store_true", help="every comparison: table, contention ratios, memory")
     return p.parse_args(argv)
+
+
+def run_table(args, busy: int) -> tuple[list[dict], float | None]:
+    """The table (and the digits example's seconds when asked) with ``busy`` CPU-bound processes running."""
+    procs = start_busy(busy)
+    try:
+        if busy:
+            print(f"contention: {busy} CPU-bound processes running")
+        rows = [compare(CASES[name], args.blocks, args.per_block) for name in args.nets]
+        print("\n".join(format_rows(rows)))
+        digits = run_digits(args.threads) if args.digits else None
+        if digits is not None:
+            print(f"digits example (netdef train models/digits/solver.prototxt): {digits:.1f} s")
+        return rows, digits
+    finally:
+        stop_busy(procs)
+
+
+def contention_lines(quiet: tuple[list[dict], float | None], busy: tuple[list[dict], float | None]) -> list[str]:
+    """Busy time over quiet time per net and framework, and for the digits example (target: at most 2x)."""
+    out = []
+    before = {r["case"]: r for r in quiet[0]}
+    for r in busy[0]:
+        q = before[r["case"]]
+        line = f"contention {r['case']}: netdef {r['netdef'] / q['netdef']:.2f}x quiet time"
+        if "torch" in r and "torch" in q:
+            line += f", PyTorch {r['torch'] / q['torch']:.2f}x"
+        out.append(line)
+    if quiet[1] and busy[1]:
+        out.append(
+            f"contention digits example: {busy[1] / quiet[1]:.2f}x quiet time ({quiet[1]:.1f} s -> {busy[1]:.1f} s)"
+        )
+    return out
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    netdef.quiet()
     threads.apply_policy(args.threads)
     if args.torch_threads:
         import torch
@@ -156,18 +211,15 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.torch_threads)
     for line in machine_info():
         print(line)
-    busy = start_busy(args.busy)
-    try:
-        if args.busy:
-            print(f"contention: {args.busy} CPU-bound processes running")
-        rows = [compare(CASES[name], args.blocks, args.per_block) for name in args.nets]
-        print("\n".join(format_rows(rows)))
-        if args.digits:
-            print(f"digits example (netdef train models/digits/solver.prototxt): {run_digits(args.threads):.1f} s")
-        if args.memory:
-            print("\n".join(memory_rows("cifar10_quick")))
-    finally:
-        stop_busy(busy)
+    if args.all:
+        args.digits = args.memory = True
+    first = run_table(args, args.busy)
+    if args.all and not args.busy:
+        busy_args = argparse.Namespace(**{**vars(args), "nets": ["cifar10_quick"]})
+        second = run_table(busy_args, threads.available_cores())
+        print("\n".join(contention_lines(first, second)))
+    if args.memory:
+        print("\n".join(memory_rows("cifar10_quick")))
 
 
 if __name__ == "__main__":

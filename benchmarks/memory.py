@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nets import CASES, netdef_net, netdef_step, torch_step  # noqa: E402
 
+import netdef  # noqa: E402
 from netdef import threads  # noqa: E402
 
 
@@ -48,6 +49,7 @@ def reset_peak() -> int | None:
 
 def main() -> None:
     case, framework = CASES[sys.argv[1]], sys.argv[2]
+    netdef.quiet()
     threads.apply_policy()
     if framework == "torch":
         import torch  # noqa: F401
