@@ -17,6 +17,7 @@ from .. import backend, threads
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
+from . import winograd
 from .base import Layer, register_layer
 from .conv_flat import FlatGrid, choose_grid, flipped_weights
 from .im2col import (
@@ -122,6 +123,8 @@ class _ConvolutionBase(Layer):
         for t in top:
             t.reshape((*x.shape[: self.axis], self.num_output, *self.out_spatial))
         self.flat = self._flat_grid()
+        self.wino = self._winograd_plan()
+        self.wino_grad = self.wino.transposed() if self.wino is not None else None
 
     def _flat_grid(self) -> FlatGrid | None:
         """The flat layout (:mod:`netdef.layers.conv_flat`) when it applies and pays, else None."""
@@ -129,6 +132,13 @@ class _ConvolutionBase(Layer):
             return None
         rows = self.channels // self.group * math.prod(self.kernel)
         return choose_grid(self.in_spatial, self.kernel, self.stride, self.pad, self.dilation, self.num_output, rows)
+
+    def _winograd_plan(self) -> winograd.Winograd | None:
+        """Winograd's algorithm (:mod:`netdef.layers.winograd`) for NumPy convolutions where it applies."""
+        if self.transposed or self.xp is not numpy:
+            return None
+        cg, og = self.channels // self.group, self.num_output // self.group
+        return winograd.choose(self.kernel, self.stride, self.pad, self.dilation, self.in_spatial, cg, og, self.dtype)
 
     def _col_bytes(self, itemsize: int) -> int:
         raise NotImplementedError
@@ -225,13 +235,26 @@ class ConvolutionLayer(_ConvolutionBase):
             self._keep_columns(i, col, len(chunks))
         return y
 
+    def _uses_winograd(self, xp) -> bool:
+        return self.wino is not None and xp is numpy and self.num > 0
+
+    def _forward_winograd(self, x, w, bias, i: int):
+        return self.wino.convolve(x, self.wino.weights(self.blobs[0].data, self.group), bias=bias)
+
+    def _winograd_input_grad(self, dy):
+        flipped = self.wino.flipped_weights(self.blobs[0].data, self.group)
+        return self.wino_grad.convolve(dy, self.wino_grad.weights(flipped, self.group))
+
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         threads.refresh()
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
         bias = self.blobs[1].data if self.bias_term else None
-        run = self._forward_flat if self._uses_flat(xp) else self._forward_im2col
+        if self._uses_winograd(xp):
+            run = self._forward_winograd
+        else:
+            run = self._forward_flat if self._uses_flat(xp) else self._forward_im2col
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             self._cols[i] = None
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
@@ -287,7 +310,6 @@ class ConvolutionLayer(_ConvolutionBase):
         want_w, want_b = self._param_grads_wanted()
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
-            run = self._backward_flat if self._uses_flat(xp, propagate_down[i]) else self._backward_im2col
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             if want_b:
                 part = dy.reshape(self.num, o, math.prod(self.out_spatial)).sum(axis=2).sum(axis=0)
@@ -295,7 +317,12 @@ class ConvolutionLayer(_ConvolutionBase):
             if not (want_w or propagate_down[i]):
                 continue
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            part, dx = run(x, dy, want_w, bool(propagate_down[i]), i)
+            by_winograd = bool(propagate_down[i]) and self._uses_winograd(xp)
+            want_dx = bool(propagate_down[i]) and not by_winograd
+            run = self._backward_flat if self._uses_flat(xp, want_dx) else self._backward_im2col
+            part, dx = run(x, dy, want_w, want_dx, i) if (want_w or want_dx) else (None, None)
+            if by_winograd:
+                dx = self._winograd_input_grad(dy)
             if part is not None:
                 dw = part if dw is None else dw + part
             if dx is not None:
