@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 
 import numpy
 
@@ -99,8 +100,11 @@ def decode_datum(value: bytes, force_color: bool = False, force_gray: bool = Fal
 # lmdb and plyvel refuse to open one database twice in a process, yet a TRAIN and a TEST net (or a
 # net built again in a notebook) may read the same one: readers of a path share one open handle.
 # Each reader ends its own cursor first and the last one closes the database; closing it under a
-# live cursor crashes plyvel, so handles have no finalizer of their own.
+# live cursor crashes plyvel, so handles have no finalizer of their own. A reader is garbage
+# collected in whichever thread the collection runs (a prefetch thread too), hence the lock; it is
+# re-entrant because a collection can run while this thread holds it.
 _OPEN: dict[tuple[str, str], _Handle] = {}
+_OPEN_LOCK = threading.RLock()
 
 
 class _Handle:
@@ -112,19 +116,21 @@ class _Handle:
         self.users = 0
 
     def release(self) -> None:
-        self.users -= 1
-        if self.users <= 0:
-            _OPEN.pop(self.key, None)
-            self.obj.close()
+        with _OPEN_LOCK:
+            self.users -= 1
+            if self.users <= 0:
+                _OPEN.pop(self.key, None)
+                self.obj.close()
 
 
 def _acquire(kind: str, path: str, opener) -> _Handle:
     key = (kind, os.path.realpath(path))
-    handle = _OPEN.get(key)
-    if handle is None:
-        handle = _OPEN[key] = _Handle(key, opener())
-    handle.users += 1
-    return handle
+    with _OPEN_LOCK:
+        handle = _OPEN.get(key)
+        if handle is None:
+            handle = _OPEN[key] = _Handle(key, opener())
+        handle.users += 1
+        return handle
 
 
 Record = tuple[bytes, bytes]
@@ -135,7 +141,9 @@ class DatabaseReader:
 
     Subclasses provide ``_first``, ``_after`` (the record after the current one) and
     ``_seek`` (the first record with a key >= the one given); each returns a record or
-    None.
+    None. A reader is used by one thread at a time: a ``Data`` layer's prefetch thread
+    while it reads ahead, the layer's own thread at set-up and once the prefetcher is idle
+    (LMDB read transactions may move between threads: py-lmdb opens with ``MDB_NOTLS``).
     """
 
     kind = ""

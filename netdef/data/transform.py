@@ -18,6 +18,11 @@ That is ``y = (crop_mirror(x) - crop_mirror(mean)) * scale``, computed in the
 float type of the net. Random choices come from the generator the layer passes (its net's stream)
 (seeded by :func:`netdef.set_random_seed`), drawn per batch as arrays: first the
 N mirror flags, then the N row offsets, then the N column offsets.
+
+:meth:`DataTransformer.transform` is two steps: :meth:`~DataTransformer.prepare` (mean
+and scale over the uncropped batch; draws nothing, so prefetching runs it in its background
+thread) and :meth:`~DataTransformer.finish` (draws, crops and mirrors, in the layer's thread
+when forward takes the batch).
 """
 
 from __future__ import annotations
@@ -139,6 +144,19 @@ class DataTransformer:
                 f"transform_param needs 1 mean_value or one per channel ({c}). Received: {self.mean_values.size}",
             )
 
+    def stack(self, samples: list, names: list[str]) -> numpy.ndarray:
+        """The samples (C x H x W each) as one N x C x H x W batch; Caffe takes the batch shape from
+        its first sample, so all must have it (``names`` name them in the error)."""
+        first = samples[0].shape
+        for sample, name in zip(samples, names):
+            if sample.shape != first:
+                raise self.error(
+                    f"all samples of a batch need the shape of its first one {first}. "
+                    f"Received: {sample.shape} for {name}",
+                    ShapeMismatchError,
+                )
+        return numpy.stack(samples)
+
     def draw(self, n: int, h: int, w: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """Per-sample mirror flags, row offsets and column offsets for ``n`` samples of h x w."""
         rng = self.rng
@@ -155,26 +173,43 @@ class DataTransformer:
 
     def transform(self, batch, dtype=numpy.float32) -> numpy.ndarray:
         """Transform an N x C x H x W batch (any real dtype; uint8 for images) into a ``dtype`` array."""
+        return self.finish(self.prepare(batch, dtype))
+
+    def prepare(self, batch, dtype=numpy.float32) -> numpy.ndarray:
+        """The part of :meth:`transform` that draws nothing: the shape checks, then ``(x - mean) * scale``
+        of the whole uncropped batch as a new ``dtype`` array; :meth:`finish` crops and mirrors it.
+
+        Prefetching runs this in its background thread. Every element goes through the same
+        operations in the same order as when the crop comes first (cropping and flipping only
+        pick elements), so ``finish(prepare(x))`` is ``transform(x)`` bit for bit.
+        """
         x = numpy.asarray(batch)
         if x.ndim != 4:
             raise self.error(
                 f"the transformer takes an N x C x H x W batch. Received: shape {x.shape}", ShapeMismatchError
             )
-        n, c, h, w = x.shape
-        _, _, ch, cw = self.output_shape(x.shape)
+        _, c, h, w = x.shape
+        self.output_shape(x.shape)
         self._check_mean(c, h, w)
         dtype = numpy.dtype(dtype)
-        flips, rows, cols = self.draw(n, h, w)
-        y = _cut(x, numpy.arange(n), rows, cols, ch, cw).astype(dtype)
+        y = x.astype(dtype)
         if self.mean_image is not None:
-            y -= _cut(self.mean_image[None].astype(dtype), numpy.zeros(n, dtype=numpy.intp), rows, cols, ch, cw)
+            y -= self.mean_image.astype(dtype)
         elif self.mean_values is not None:
             y -= numpy.broadcast_to(self.mean_values.astype(dtype), (c,))[None, :, None, None]
-        if flips.any():
-            # flipping after the mean subtraction flips the mean with the data, as Caffe's indexing does
-            y[flips] = y[flips][..., ::-1]
         if self.scale != 1:
             y *= dtype.type(numpy.float32(self.scale))
+        return y
+
+    def finish(self, prepared: numpy.ndarray) -> numpy.ndarray:
+        """Crop and mirror a batch :meth:`prepare` made, drawing the flips and offsets (:meth:`draw`) now."""
+        n, _, h, w = prepared.shape
+        _, _, ch, cw = self.output_shape(prepared.shape)
+        flips, rows, cols = self.draw(n, h, w)
+        y = numpy.ascontiguousarray(_cut(prepared, numpy.arange(n), rows, cols, ch, cw))
+        if flips.any():
+            # the mean was subtracted before the cut, so it is flipped with the data, as Caffe's indexing does
+            y[flips] = y[flips][..., ::-1]
         return y
 
 

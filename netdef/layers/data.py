@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import numpy
 
 from .. import backend
+from ..data.prefetch import Batch, PrefetchingReader, build_batch
 from ..data.sources import decode_datum, open_database
 from ..data.transform import DataTransformer
 from ..errors import DataSourceError, NetdefError, ShapeMismatchError, WeightsFileError
@@ -156,26 +158,15 @@ def _image_as_pixels(
     return numpy.ascontiguousarray(img.transpose(2, 0, 1), dtype=dtype)
 
 
-def _stack_same_shape(layer: Layer, samples: list, names: list[str]) -> numpy.ndarray:
-    """One N x C x H x W batch; Caffe takes the batch shape from its first sample."""
-    first = samples[0].shape
-    for sample, name in zip(samples, names):
-        if sample.shape != first:
-            raise layer.error(
-                f"all samples of a batch need the shape of its first one {first}. Received: {sample.shape} for {name}",
-                ShapeMismatchError,
-            )
-    return numpy.stack(samples)
-
-
 @register_layer("Data")
-class DataLayer(ShardedReader, Layer):
+class DataLayer(PrefetchingReader, ShardedReader, Layer):
     """Caffe type ``Data``: batches of ``Datum`` records from an LMDB or LevelDB database.
 
     ``data_param``: ``source`` (the database folder, relative to the working directory),
     ``backend`` (LEVELDB, Caffe's default, or LMDB), ``batch_size``, ``rand_skip`` (start
-    after a random number of records in [0, rand_skip)); ``prefetch`` is ignored (batches are
-    read when needed). ``transform_param`` crops, mirrors, subtracts a mean and scales
+    after a random number of records in [0, rand_skip)), ``prefetch`` (batches read ahead in a
+    background thread, Caffe's default 4; 0: read in forward; see :class:`~netdef.data.prefetch.PrefetchingReader`).
+    ``transform_param`` crops, mirrors, subtracts a mean and scales
     (:class:`netdef.data.DataTransformer`); ``force_color`` / ``force_gray`` apply to encoded
     (JPEG/PNG) datums.
 
@@ -204,6 +195,9 @@ class DataLayer(ShardedReader, Layer):
             self.reader.skip(skip)
         sample, _ = self._decode(self.reader.key(), self.reader.value())
         self.shape = self.transformer.output_shape((self.batch_size,) + sample.shape)
+        #: the read position after the last batch forward took (the prefetcher reads on from it)
+        self.position = self.reader.get_state()
+        self._start_prefetch()
 
     def _decode(self, key: bytes, value: bytes) -> tuple[numpy.ndarray, int]:
         t = self.transformer
@@ -217,30 +211,41 @@ class DataLayer(ShardedReader, Layer):
         if len(top) > 1:
             top[1].reshape((self.batch_size,))
 
-    def forward(self, bottom, top):
+    def _plan(self, first: bool):
+        return self._read_batch  # no random draw decides a batch: all can be planned ahead
+
+    def _read_batch(self) -> Batch:
+        """The next batch from the cursor (in the prefetch thread), and the position after it."""
         self.reader.skip(self.shard_rank * self.batch_size)
         records = self.reader.read(self.batch_size)
         self.reader.skip((self.shard_size - 1 - self.shard_rank) * self.batch_size)
+        return build_batch(self.reader.get_state(), self._build, records)
+
+    def _build(self, records: list) -> tuple[numpy.ndarray, numpy.ndarray]:
         decoded = [self._decode(k, v) for k, v in records]
-        x = _stack_same_shape(self, [d[0] for d in decoded], [f"{self.source} record {k!r}" for k, _ in records])
-        y = self.transformer.transform(x, top[0].dtype)
-        self.shape = y.shape
-        top[0].reshape(y.shape)
-        top[0].data = backend.asarray(y, top[0].xp, top[0].dtype)
-        if len(top) > 1:
-            labels = numpy.array([d[1] for d in decoded], dtype=top[1].dtype)
-            top[1].data = backend.asarray(labels, top[1].xp, top[1].dtype)
+        x = self.transformer.stack([d[0] for d in decoded], [f"{self.source} record {k!r}" for k, _ in records])
+        return self.transformer.prepare(x, self.dtype), numpy.array([d[1] for d in decoded], dtype=self.dtype)
+
+    def _taken(self, position) -> None:
+        self.position = position
+
+    def _rewind(self) -> None:
+        super()._rewind()
+        if self.reader.get_state() != self.position:
+            self.reader.set_state(self.position)
 
     def get_state(self) -> dict:
-        """The database read position, so a resumed run continues with the same records."""
-        return self.reader.get_state()
+        """The database read position after the batches forward took: a resumed run continues with the same records."""
+        return dict(self.position)
 
     def set_state(self, state: dict) -> None:
+        self.prefetcher.discard()
         self.reader.set_state(state)
+        self.position = self.reader.get_state()
 
 
 @register_layer("ImageData")
-class ImageDataLayer(ShardedReader, Layer):
+class ImageDataLayer(PrefetchingReader, ShardedReader, Layer):
     """Caffe type ``ImageData``: batches of image files listed with their labels in a text file.
 
     ``image_data_param``: ``source`` (lines ``<path> <integer label>``; the path may hold
@@ -248,7 +253,10 @@ class ImageDataLayer(ShardedReader, Layer):
     ``root_folder`` (prepended to every path as a plain string, as in Caffe), ``batch_size``,
     ``shuffle`` (a new order at set-up and after every pass), ``new_height`` / ``new_width``
     (bilinear resize, both or neither), ``is_color`` (3 channels, else 1), ``rand_skip``.
-    ``transform_param`` as for ``Data``.
+    ``transform_param`` as for ``Data``. ``data_param.prefetch`` as for ``Data`` (Caffe reads it
+    for ImageData too): images are loaded ahead in a background thread, except that with
+    ``shuffle`` the batch that ends a pass is loaded by its own forward, after the reshuffle
+    it draws (so the net's random draws keep their order).
 
     Pixels are 0..255 in BGR order, as OpenCV gives them to Caffe. Paths are taken relative
     to the working directory (Caffe's rule), then relative to the folder of the list file.
@@ -275,6 +283,9 @@ class ImageDataLayer(ShardedReader, Layer):
         open_image_list(self, p)
         sample = self._load(int(self.order[self.pos]))
         self.shape = self.transformer.output_shape((self.batch_size,) + sample.shape)
+        #: ``pos`` is after the last batch forward took, ``ahead`` after the last one planned
+        self.ahead = self.pos
+        self._start_prefetch()
 
     def _read_list(self, root_folder: str) -> list[tuple[str, int, int]]:
         lines = []
@@ -306,39 +317,48 @@ class ImageDataLayer(ShardedReader, Layer):
         first = self.shard_rank * self.batch_size
         for k in range(self.shard_size * self.batch_size):
             if first <= k < first + self.batch_size:
-                picked.append(int(self.order[self.pos]))
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0
+                picked.append(int(self.order[self.ahead]))
+            self.ahead += 1
+            if self.ahead >= len(self.lines):
+                self.ahead = 0
                 if self.shuffle:
                     self.shuffler().shuffle(self.order)
         return picked
+
+    def _plan(self, first: bool):
+        if not first and self.shuffle and self.ahead + self.shard_size * self.batch_size >= len(self.lines):
+            return None  # the batch ends a pass: the forward that needs it draws the reshuffle
+        picked = self._next_indices()
+        return functools.partial(build_batch, self.ahead, self._build, picked)
+
+    def _build(self, picked: list[int]) -> tuple[numpy.ndarray, numpy.ndarray]:
+        # reading image files is per sample by nature; the transform runs on the whole batch
+        samples = [self._load(i) for i in picked]
+        names = [f"{self.lines[i][0]} ({self.source} line {self.lines[i][2]})" for i in picked]
+        x = self.transformer.prepare(self.transformer.stack(samples, names), self.dtype)
+        return x, numpy.array([self.lines[i][1] for i in picked], dtype=self.dtype)
+
+    def _taken(self, position) -> None:
+        self.pos = position
+
+    def _rewind(self) -> None:
+        super()._rewind()
+        self.ahead = self.pos
 
     def reshape(self, bottom, top):
         top[0].reshape(self.shape)
         top[1].reshape((self.batch_size,))
 
-    def forward(self, bottom, top):
-        picked = self._next_indices()
-        # reading image files is per sample by nature; the transform below runs on the whole batch
-        samples = [self._load(i) for i in picked]
-        names = [f"{self.lines[i][0]} ({self.source} line {self.lines[i][2]})" for i in picked]
-        y = self.transformer.transform(_stack_same_shape(self, samples, names), top[0].dtype)
-        self.shape = y.shape
-        top[0].reshape(y.shape)
-        top[0].data = backend.asarray(y, top[0].xp, top[0].dtype)
-        labels = numpy.array([self.lines[i][1] for i in picked], dtype=top[1].dtype)
-        top[1].data = backend.asarray(labels, top[1].xp, top[1].dtype)
-
     def get_state(self) -> dict:
-        """Read position and (shuffled) order, so a resumed run continues with the same images."""
+        """Position after the batches forward took and the (shuffled) order: a resumed run sees the same images."""
         return {"pos": int(self.pos), "order": self.order.tolist(), **self.order_state()}
 
     def set_state(self, state: dict) -> None:
         order = saved_image_order(self, state)
+        self.prefetcher.discard()
         self.set_order_state(state)
         self.order = order
-        self.pos = int(state["pos"])
+        self.pos = self.ahead = int(state["pos"])
 
 
 def _c_round(v) -> int:
@@ -409,7 +429,8 @@ class WindowDataLayer(Layer):
     channel are read in grey (Caffe reads colour whatever the file says); ``cache_images``
     keeps decoded images in memory; OpenCV's fixed-point 8-bit resize may differ by one grey
     level; a window that does not fit the image (without context padding) is an error rather
-    than OpenCV's crash. Windows are warped one at a time (each has its own size).
+    than OpenCV's crash. Windows are warped one at a time (each has its own size). No
+    prefetching: every batch is drawn from the net's random stream by the forward that needs it.
 
     Tops: data (N, C, crop_size, crop_size), C from the window file (its last image), and
     label (N,).

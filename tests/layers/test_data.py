@@ -1,18 +1,44 @@
 """Tests of netdef/layers/data.py: Data (LMDB / LevelDB), ImageData and WindowData."""
 
+import gc
 import io
 import sys
+import threading
 
 import numpy
 import pytest
 
 import netdef
+from netdef.data.prefetch import Prefetcher
 from netdef.errors import DataSourceError, InvalidParameterError, ShapeMismatchError
 from netdef.io.blobproto import write_binaryproto
 from netdef.proto import net_from_text, parse_text
 from netdef.proto import netdef_pb2 as pb
 from netdef.solvers import get_solver
 from netdef.testing import make_net
+
+
+def prefetch_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("netdef prefetch")}
+
+
+def settle_all_prefetchers() -> None:
+    for prefetcher in [o for o in gc.get_objects() if isinstance(o, Prefetcher)]:
+        prefetcher.settle()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_net():
+    """Every test here leaves no prefetch thread behind once its nets are garbage."""
+    before = prefetch_threads()
+    yield
+    # a batch still being read keeps its layer alive: let the reads finish, then collect the nets
+    settle_all_prefetchers()
+    gc.collect()
+    left = prefetch_threads() - before
+    for thread in left:
+        thread.join(timeout=5)
+    assert [t.name for t in left if t.is_alive()] == []
 
 
 def forward(n):
@@ -270,6 +296,8 @@ IMAGE_DATA = (
     'layer {{ name: "i" type: "ImageData" top: "data" top: "label" '
     'image_data_param {{ source: "{src}" batch_size: {b} {extra} }} {transform} }}'
 )
+# ImageData reads data_param.prefetch, as Caffe's prefetching layers all do
+PREFETCH = "data_param {{ prefetch: {} }}"
 
 
 def test_imagedata_bgr_pixels_labels_and_wrap_around(images):
@@ -366,15 +394,18 @@ def test_imagedata_error_empty_list(images):
         make_net(IMAGE_DATA.format(src="empty.txt", b=1, extra="", transform=""))
 
 
-def test_imagedata_error_image_that_fails_to_load(images):
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_imagedata_error_image_that_fails_to_load(images, prefetch):
     (images / "broken.png").write_bytes(b"not an image")
     (images / "l2.txt").write_text("a.png 1\nbroken.png 2\nmissing.png 3\n")
-    n = make_net(IMAGE_DATA.format(src="l2.txt", b=1, extra="", transform=""))
+    n = make_net(IMAGE_DATA.format(src="l2.txt", b=1, extra="", transform=PREFETCH.format(prefetch)))
     n.forward()
+    n.layers[0].prefetcher.settle()  # the bad images are read ahead now: their errors wait for their forward
     with pytest.raises(DataSourceError, match="cannot load image broken.png \\(l2.txt line 2\\)"):
         n.forward()
     with pytest.raises(DataSourceError, match="cannot load image missing.png \\(l2.txt line 3\\).*not found"):
         n.forward()
+    assert forward(n)[1].tolist() == [1]  # reading goes on after the failed batches
 
 
 def test_imagedata_error_sizes_differ_within_a_batch(images):
@@ -573,13 +604,21 @@ def resume_solver(net_text, prefix):
 
 
 @pytest.mark.parametrize("kind", ["Data", "ImageData"])
-def test_snapshot_resume_continues_with_the_same_batches(u8db, images, kind):
-    source = (
-        'data_param { source: "db" backend: LMDB batch_size: 2 }'
-        if kind == "Data"
-        else 'image_data_param { source: "list.txt" batch_size: 2 shuffle: true }'
-    )
-    text = RESUME_NET.format(kind=kind, source=source)
+@pytest.mark.parametrize("prefetch", [0, 2, None])  # None: Caffe's default, 4
+def test_snapshot_resume_continues_with_the_same_batches(u8db, images, kind, prefetch):
+    # 7 images (the 3 files again and again): a batch that ends a pass is read by its own forward,
+    # so with 3 images and batches of 2 nothing could be read ahead at the snapshot
+    names = list(IMAGES) * 3
+    (images / "seven.txt").write_text("".join(f"{names[k]} {k}\n" for k in range(7)))
+
+    def text(prefetch):
+        extra = "" if prefetch is None else f"prefetch: {prefetch}"
+        source = (
+            f'data_param {{ source: "db" backend: LMDB batch_size: 2 {extra} }}'
+            if kind == "Data"
+            else f'image_data_param {{ source: "seven.txt" batch_size: 2 shuffle: true }} data_param {{ {extra} }}'
+        )
+        return RESUME_NET.format(kind=kind, source=source)
 
     def labels_and_inputs(solver, steps):
         seen = []
@@ -588,13 +627,17 @@ def test_snapshot_resume_continues_with_the_same_batches(u8db, images, kind):
             seen.append((solver.net.blobs["label"].data.tolist(), solver.net.blobs["data"].data.tolist()))
         return seen
 
-    solver = resume_solver(text, u8db / "snap")
-    labels_and_inputs(solver, 2)  # 4 samples read: mid-pass for both sources (3 records / images)
+    unread = labels_and_inputs(resume_solver(text(0), u8db / "plain"), 6)  # each batch read when needed
+    solver = resume_solver(text(prefetch), u8db / "snap")
+    assert labels_and_inputs(solver, 2) == unread[:2]  # 4 samples: mid-pass for both sources (3 records / 7 images)
+    solver.net.layers[0].prefetcher.settle()
+    if prefetch != 0:  # the snapshot is taken with batches read ahead
+        assert len(solver.net.layers[0].prefetcher) >= 1
     path = solver.snapshot()
-    after = labels_and_inputs(solver, 4)
-    fresh = resume_solver(text, u8db / "other")
+    assert labels_and_inputs(solver, 4) == unread[2:]
+    fresh = resume_solver(text(prefetch), u8db / "other")
     fresh.restore(path)
-    assert labels_and_inputs(fresh, 4) == after
+    assert labels_and_inputs(fresh, 4) == unread[2:]
 
 
 # --- sharding (data-parallel training) ------------------------------------------------------------------
@@ -642,3 +685,169 @@ def test_shard_refuses_a_rank_outside_the_size(u8db):
     n = make_net(DATA.format(b=2, extra="", transform=""))
     with pytest.raises(InvalidParameterError, match="0 <= rank < size. Received: rank 2, size 2"):
         n.layers[0].shard(2, 2)
+
+
+# --- prefetching (data_param.prefetch) ------------------------------------------------------------
+DROPOUT = 'layer { name: "drop" type: "Dropout" bottom: "data" top: "dropped" dropout_param { dropout_ratio: 0.5 } }'
+
+
+def run_seeded(text, steps, phase=netdef.TRAIN):
+    """What a net of ``text`` (seed 5) shows in each of ``steps`` forwards: data, label, Dropout's output and the
+    data layer's read state. Dropout draws from the net's stream after the data layer: the order of draws counts."""
+    netdef.set_random_seed(5)
+    n = make_net(text, phase)
+    seen = []
+    for _ in range(steps):
+        n.forward()
+        blobs = [n.blobs[name].data.tolist() for name in ("data", "label", "dropped") if name in n.blobs]
+        seen.append((blobs, n.layers[0].get_state()))
+    return n, seen
+
+
+@pytest.fixture
+def db7(tmp_path, monkeypatch):
+    """Seven 3 x 4 x 5 uint8 records of random pixels, labelled 0..6."""
+    monkeypatch.chdir(tmp_path)
+    pixels = numpy.random.default_rng(0).integers(0, 256, (7, 3, 4, 5))
+    write_lmdb(tmp_path / "db7", [u8_datum(p, k) for k, p in enumerate(pixels)])
+    return tmp_path
+
+
+DATA7 = (
+    'layer {{ name: "d" type: "Data" top: "data" top: "label" '
+    'data_param {{ source: "db7" backend: LMDB batch_size: 3 {prefetch} }} '
+    "transform_param {{ crop_size: 3 mirror: true mean_value: 100 mean_value: 120 mean_value: 90 scale: 0.5 }} }}"
+)
+
+
+@pytest.mark.parametrize("phase", [netdef.TRAIN, netdef.TEST])
+def test_data_prefetch_gives_the_batches_and_draws_of_reading_in_forward(db7, phase):
+    # 8 batches of 3 of the 7 records wrap around 3 times; random crops and mirrors (TRAIN) and Dropout's
+    # masks all draw from the net's one stream, so any draw made out of turn would change them
+    text = lambda extra: DATA7.format(prefetch=extra) + DROPOUT  # noqa: E731
+    _, plain = run_seeded(text("prefetch: 0"), 8, phase)
+    for extra in ("prefetch: 1", "prefetch: 5", ""):
+        n, seen = run_seeded(text(extra), 8, phase)
+        assert n.layers[0].prefetcher.thread.is_alive()
+        assert seen == plain, extra
+
+
+def test_imagedata_prefetch_gives_the_batches_and_draws_of_reading_in_forward(images):
+    image = need_pillow()
+    pixels = numpy.random.default_rng(1).integers(0, 256, (5, 4, 4, 3)).astype(numpy.uint8)
+    for k, rgb in enumerate(pixels):
+        image.fromarray(rgb).save(images / f"r{k}.png")
+    (images / "five.txt").write_text("".join(f"r{k}.png {k}\n" for k in range(5)))
+    # batches of 2 of 5 images: a pass ends inside every other batch, and each pass is reshuffled
+    transform = "transform_param { crop_size: 3 mirror: true mean_value: 128 scale: 0.25 }"
+    text = lambda p: (  # noqa: E731
+        IMAGE_DATA.format(src="five.txt", b=2, extra="shuffle: true", transform=f"{transform} {PREFETCH.format(p)}")
+        + DROPOUT
+    )
+    _, plain = run_seeded(text(0), 12)
+    assert sorted(sum((labels for (_, labels, _), _ in plain[:5]), [])) == sorted(list(range(5)) * 2)
+    for p in (1, 2, 6):
+        assert run_seeded(text(p), 12)[1] == plain, p
+
+
+def test_prefetch_reads_ahead_in_a_thread_and_reports_the_position_taken(images):
+    text = IMAGE_DATA.format(src="list.txt", b=1, extra="", transform=PREFETCH.format(2))
+    n = make_net(text)
+    layer = n.layers[0]
+    assert layer.prefetcher.thread is None  # no thread before the first forward
+    assert forward(n)[1].tolist() == [3]
+    layer.prefetcher.settle()
+    assert len(layer.prefetcher) == 2 and layer.prefetcher.thread.is_alive()
+    assert layer.get_state()["pos"] == 1  # the position after the batch taken, not after those read ahead
+    # the next two images were read before they were needed: removing their files no longer matters
+    (images / "b c.png").unlink()
+    x, y = forward(n)
+    numpy.testing.assert_array_equal(x, [bgr(IMAGES["b c.png"])])
+    assert y.tolist() == [5]
+    plain = make_net(IMAGE_DATA.format(src="list.txt", b=1, extra="", transform=PREFETCH.format(0)))
+    forward(plain)
+    assert plain.layers[0].prefetcher.thread is None
+    with pytest.raises(DataSourceError, match="cannot load image b c.png"):
+        plain.forward()
+
+
+def test_data_prefetch_state_is_the_position_taken_and_set_state_drops_the_batches_read_ahead(db7):
+    text = lambda p: DATA7.format(prefetch=f"prefetch: {p}")  # noqa: E731
+    ahead, plain = make_net(text(3), netdef.TEST), make_net(text(0), netdef.TEST)
+    assert forward(ahead)[1].tolist() == forward(plain)[1].tolist() == [0, 1, 2]
+    ahead.layers[0].prefetcher.settle()
+    state = ahead.layers[0].get_state()
+    assert state == plain.layers[0].get_state() == {"key": b"00000003".hex(), "epoch": 0}
+    assert ahead.layers[0].reader.get_state() != state  # the cursor itself is three batches further on
+    ahead.layers[0].set_state({"key": b"00000005".hex(), "epoch": 0})
+    assert len(ahead.layers[0].prefetcher) == 0
+    assert [forward(ahead)[1].tolist() for _ in range(2)] == [[5, 6, 0], [1, 2, 3]]
+    assert ahead.layers[0].get_state() == {"key": b"00000004".hex(), "epoch": 1}
+
+
+def test_data_prefetch_raises_a_bad_record_in_the_forward_that_takes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    records = [u8_datum(numpy.full((1, 1, 1), k), k) for k in range(6)]
+    records[4] = b"\xff\xff\xff"  # in the third batch of two
+    write_lmdb(tmp_path / "db", records)
+    for prefetch in (0, 4):
+        n = make_net(DATA.format(b=2, extra=f"prefetch: {prefetch}", transform=""))
+        assert [forward(n)[1].tolist() for _ in range(2)] == [[0, 1], [2, 3]]
+        if prefetch:
+            n.layers[0].prefetcher.settle()  # the bad record has been read ahead by now
+        with pytest.raises(DataSourceError, match="record b'00000004': not a serialised Datum"):
+            n.forward()
+        assert n.layers[0].get_state()["key"] == b"00000000".hex()  # the failed batch is behind, as without prefetch
+        assert forward(n)[1].tolist() == [0, 1]
+
+
+def test_prefetch_threads_end_on_close_and_with_their_net(u8db):
+    n = make_net(DATA.format(b=2, extra="", transform=""))
+    forward(n)
+    thread = n.layers[0].prefetcher.thread
+    assert thread.is_alive() and thread.daemon
+    n.layers[0].close()
+    assert not thread.is_alive() and n.layers[0].prefetcher.thread is None
+    # a closed layer reads on from the batch it gave last (the batches read ahead are dropped)
+    assert forward(n)[1].tolist() == [12, 10]
+    thread = n.layers[0].prefetcher.thread
+    assert thread.is_alive()
+    n.layers[0].prefetcher.settle()  # a batch being read keeps its layer alive until it is read
+    del n
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_prefetcher_runs_jobs_in_order_and_raises_their_errors_when_taken():
+    def job(k):
+        if k == 2:
+            raise ValueError("job 2 failed")
+        return k * 10
+
+    planned = []
+
+    def plan(first):
+        k = len(planned)
+        planned.append(k)
+        return lambda: job(k)
+
+    p = Prefetcher(3, "test")
+    assert p.next(plan) == 0 and planned == [0, 1, 2, 3] and len(p) == 3  # 1 .. 3 are read ahead
+    assert p.next(plan) == 10 and planned[-1] == 4
+    with pytest.raises(ValueError, match="job 2 failed"):
+        p.next(plan)
+    assert p.next(plan) == 30
+    thread = p.thread
+    p.close()
+    assert not thread.is_alive() and len(p) == 0 and p.thread is None
+    # a plan that cannot be made yet (None) is made when its batch is the one needed
+    calls = []
+
+    def waits(first):
+        calls.append(first)
+        return (lambda: "now") if first else None
+
+    assert p.next(waits) == "now" and calls == [True, False]
+    assert p.next(waits) == "now" and calls == [True, False, True, False]
+    p.close()
