@@ -241,9 +241,13 @@ class ConvolutionLayer(_ConvolutionBase):
     def _forward_winograd(self, x, w, bias, i: int):
         return self.wino.convolve(x, self.wino.weights(self.blobs[0].data, self.group), bias=bias)
 
-    def _winograd_input_grad(self, dy):
-        flipped = self.wino.flipped_weights(self.blobs[0].data, self.group)
-        return self.wino_grad.convolve(dy, self.wino_grad.weights(flipped, self.group))
+    def _backward_winograd(self, x, dy, want_w: bool, want_dx: bool):
+        dw = self.wino.weight_grad(x, dy, self.group) if want_w else None
+        dx = None
+        if want_dx:
+            flipped = self.wino.flipped_weights(self.blobs[0].data, self.group)
+            dx = self.wino_grad.convolve(dy, self.wino_grad.weights(flipped, self.group))
+        return dw, dx
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         threads.refresh()
@@ -317,12 +321,11 @@ class ConvolutionLayer(_ConvolutionBase):
             if not (want_w or propagate_down[i]):
                 continue
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            by_winograd = bool(propagate_down[i]) and self._uses_winograd(xp)
-            want_dx = bool(propagate_down[i]) and not by_winograd
-            run = self._backward_flat if self._uses_flat(xp, want_dx) else self._backward_im2col
-            part, dx = run(x, dy, want_w, want_dx, i) if (want_w or want_dx) else (None, None)
-            if by_winograd:
-                dx = self._winograd_input_grad(dy)
+            if self._uses_winograd(xp):
+                part, dx = self._backward_winograd(x, dy, want_w, bool(propagate_down[i]))
+            else:
+                run = self._backward_flat if self._uses_flat(xp, propagate_down[i]) else self._backward_im2col
+                part, dx = run(x, dy, want_w, bool(propagate_down[i]), i)
             if part is not None:
                 dw = part if dw is None else dw + part
             if dx is not None:

@@ -22,7 +22,8 @@ times that of the direct sum (about 1e-5 of the largest output for F(4x4, 3x3)).
 
 The input gradient of such a convolution is a convolution of the output gradient with the
 flipped kernel, input and output channels swapped, and padding ``r - 1 - pad``: the same
-routine serves both directions.
+routine serves both directions. The weight gradient correlates each ``m x m`` block of the
+output gradient with the input tile it came from, F(r x r, m x m) on the same tiles.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ from collections.abc import Sequence
 
 import numpy
 
-#: Output block size per kernel size.
-BLOCK = {3: 4, 5: 2}
+#: Output block size per kernel size that :func:`choose` uses: F(4x4, 3x3). F(2x2, 5x5) is
+#: exact too (``Winograd(5, ..., m=2)``) but its 6x6 tiles for 4 outputs cost more in
+#: transforms than its GEMMs save (measured on CIFAR-10's and CaffeNet's 5x5 layers).
+BLOCK = {3: 4}
 #: Fewest input and output channels per group for which the transforms pay for themselves.
 MIN_CHANNELS = 64
+#: Smallest output height and width: on smaller maps the blocks' overhang and the many small
+#: tiles cost more than the GEMMs save (ResNet's 7x7 and CIFAR's 8x8 maps measured slower).
+MIN_SIZE = 12
 #: Bytes of transformed tiles (input side) per chunk of samples.
 CHUNK_BYTES = 8 * 2**20
 
@@ -73,8 +79,8 @@ def matrices(m: int, r: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarra
 class Winograd:
     """F(m x m, r x r) for one convolution geometry: ``pad`` per axis, inputs of ``spatial`` shape."""
 
-    def __init__(self, r: int, pad: Sequence[int], spatial: Sequence[int], dtype):
-        self.r, self.m = r, BLOCK[r]
+    def __init__(self, r: int, pad: Sequence[int], spatial: Sequence[int], dtype, m: int | None = None):
+        self.r, self.m = r, (m or BLOCK[r])
         self.n = self.m + r - 1
         self.pad = tuple(int(p) for p in pad)
         self.spatial = tuple(int(s) for s in spatial)
@@ -106,7 +112,7 @@ class Winograd:
 
     def transposed(self) -> Winograd:
         """The geometry of the input gradient: outputs become inputs, padding ``r - 1 - pad``."""
-        return Winograd(self.r, tuple(self.r - 1 - p for p in self.pad), self.out, self.dtype)
+        return Winograd(self.r, tuple(self.r - 1 - p for p in self.pad), self.out, self.dtype, self.m)
 
     def samples_per_chunk(self, channels: int) -> int:
         per_sample = self.n * self.n * channels * math.prod(self.tiles) * self.dtype.itemsize
@@ -133,6 +139,34 @@ class Winograd:
             else:
                 numpy.add(kept, bias.reshape(1, o, 1, 1), out=out[s : s + step])
         return out
+
+    def weight_grad(self, x, dy, group: int):
+        """``dW[o, c] = sum_{n, p} dy[n, o, p] * x_pad[n, c, p + k]`` as ``(O, C/g, r, r)``, by Winograd too.
+
+        Each ``m x m`` block of the output gradient meets the same ``n x n`` input tile as in the
+        forward pass, and their correlation is an ``r x r`` block: F(r x r, m x m), whose
+        elementwise products summed over tiles and samples are ``n*n`` GEMMs
+        ``(O x tiles) @ (tiles x C)``.
+        """
+        at2, g2, bt2 = (a.astype(self.dtype) for a in matrices(self.r, self.m))
+        kron_b, kron_g, kron_a = numpy.kron(bt2, bt2), numpy.kron(g2, g2), numpy.kron(at2, at2)
+        num, c = x.shape[:2]
+        o = dy.shape[1]
+        nn, m, th, tw = self.n * self.n, self.m, *self.tiles
+        acc = numpy.zeros((nn, group, o // group, c // group), dtype=self.dtype)
+        step = self.samples_per_chunk(max(c, o))
+        for s in range(0, num, step):
+            xs, dys = x[s : s + step], dy[s : s + step]
+            nb = xs.shape[0]
+            xt = (kron_b @ self._tiles(xs)).reshape(nn, group, c // group, -1)
+            padded = numpy.zeros((nb, o, th * m, tw * m), dtype=self.dtype)
+            padded[:, :, : self.out[0], : self.out[1]] = dys
+            # blocks[u, v, o, n, i, j] = dy[n, o, i*m + u, j*m + v]
+            blocks = numpy.ascontiguousarray(padded.reshape(nb, o, th, m, tw, m).transpose(3, 5, 1, 0, 2, 4))
+            dyt = (kron_g @ blocks.reshape(m * m, -1)).reshape(nn, group, o // group, -1)
+            acc += numpy.matmul(dyt, xt.swapaxes(-1, -2))
+        dw = (kron_a @ acc.reshape(nn, -1)).reshape(self.r, self.r, o, c // group)
+        return dw.transpose(2, 3, 0, 1)
 
     def _tiles(self, xs):
         """``(n, C, H, W)`` -> C-contiguous ``(n*n, C * n * tiles)``: every overlapping input tile."""
@@ -164,4 +198,4 @@ def choose(kernel, stride, pad, dilation, spatial, channels: int, outputs: int, 
     if min(channels, outputs) < MIN_CHANNELS or numpy.dtype(dtype).kind != "f":
         return None
     plan = Winograd(kernel[0], pad, spatial, dtype)
-    return plan if min(plan.out) >= plan.m else None
+    return plan if min(plan.out) >= max(plan.m, MIN_SIZE) else None

@@ -50,7 +50,7 @@ CASES = [
 def test_convolve_matches_the_direct_sum(n, c, h, w, o, r, pad, group):
     x = RNG.standard_normal((n, c, h, w))
     k = RNG.standard_normal((o, c // group, r, r))
-    plan = Winograd(r, (pad, pad), (h, w), numpy.float64)
+    plan = Winograd(r, (pad, pad), (h, w), numpy.float64, 4 if r == 3 else 2)
     bias = RNG.standard_normal(o)
     got = plan.convolve(x, plan.weights(k, group), bias=bias)
     want = direct(x, k, pad, group) + bias.reshape(1, o, 1, 1)
@@ -62,13 +62,26 @@ def test_convolve_matches_the_direct_sum(n, c, h, w, o, r, pad, group):
 def test_transposed_plan_gives_the_input_gradient(n, c, h, w, o, r, pad, group):
     x = RNG.standard_normal((n, c, h, w))
     k = RNG.standard_normal((o, c // group, r, r))
-    plan = Winograd(r, (pad, pad), (h, w), numpy.float64)
+    plan = Winograd(r, (pad, pad), (h, w), numpy.float64, 4 if r == 3 else 2)
     dy = RNG.standard_normal((n, o, *plan.out))
     grad = plan.transposed()
     dx = grad.convolve(dy, grad.weights(plan.flipped_weights(k, group), group))
     # adjoint: <conv(x), dy> == <x, dx> for every x
     numpy.testing.assert_allclose(numpy.sum(direct(x, k, pad, group) * dy), numpy.sum(x * dx), rtol=1e-10)
     assert dx.shape == x.shape
+
+
+@pytest.mark.parametrize("n, c, h, w, o, r, pad, group", CASES)
+def test_weight_gradient_matches_the_direct_sum(n, c, h, w, o, r, pad, group):
+    x = RNG.standard_normal((n, c, h, w))
+    plan = Winograd(r, (pad, pad), (h, w), numpy.float64, 4 if r == 3 else 2)
+    dy = RNG.standard_normal((n, o, *plan.out))
+    cols = im2col.patches(x, (r, r), (1, 1), (pad, pad), (1, 1), plan.out, False).reshape(
+        group, -1, n * plan.out[0] * plan.out[1]
+    )
+    dyc = im2col.batch_to_columns(dy, False).reshape(group, o // group, -1)
+    want = numpy.matmul(dyc, cols.swapaxes(1, 2)).reshape(o, c // group, r, r)
+    numpy.testing.assert_allclose(plan.weight_grad(x, dy, group), want, rtol=1e-10, atol=1e-10)
 
 
 def test_float32_error_stays_small():
@@ -85,7 +98,7 @@ def test_choose():
     args = dict(stride=(1, 1), pad=(1, 1), dilation=(1, 1), spatial=(13, 13), dtype=numpy.float32)
     wide = winograd.MIN_CHANNELS
     assert winograd.choose((3, 3), channels=wide, outputs=wide, **args).m == 4
-    assert winograd.choose((5, 5), channels=wide, outputs=wide, **{**args, "pad": (2, 2)}).m == 2
+    assert winograd.choose((5, 5), channels=wide, outputs=wide, **{**args, "pad": (2, 2)}) is None  # did not pay
     assert winograd.choose((3, 3), channels=wide - 1, outputs=wide, **args) is None  # transforms would dominate
     assert winograd.choose((3, 3), channels=wide, outputs=wide, **{**args, "stride": (2, 2)}) is None
     assert winograd.choose((3, 3), channels=wide, outputs=wide, **{**args, "dilation": (2, 2)}) is None
@@ -93,12 +106,13 @@ def test_choose():
     assert winograd.choose((7, 7), channels=wide, outputs=wide, **{**args, "pad": (3, 3)}) is None
     assert winograd.choose((3, 2), channels=wide, outputs=wide, **args) is None
     assert winograd.choose((3,), channels=wide, outputs=wide, **{**args, "pad": (1,), "spatial": (9,)}) is None
-    assert winograd.choose((3, 3), channels=wide, outputs=wide, **{**args, "spatial": (2, 2)}) is None
+    assert winograd.choose((3, 3), channels=wide, outputs=wide, **{**args, "spatial": (11, 13)}) is None  # small map
 
 
 def _run(params: str, x, on: bool, monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 0 if on else 10**9)
-    monkeypatch.setattr(conv_flat, "MAX_WASTE", 0.0)  # im2col for the weight gradient and the reference
+    monkeypatch.setattr(winograd, "MIN_SIZE", 0)
+    monkeypatch.setattr(conv_flat, "MAX_WASTE", 0.0)  # im2col for the reference
     backend.set_random_seed(5)
     fill = "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' }"
     layer, bottom, top = forward_layer(
@@ -115,7 +129,7 @@ def _run(params: str, x, on: bool, monkeypatch):
     "params, shape",
     [
         ("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 7)),
-        ("num_output: 4 group: 2 kernel_size: 5 pad: 1", (2, 4, 7, 7)),
+        ("num_output: 4 group: 2 kernel_size: 3 pad: 2", (2, 4, 7, 7)),
         ("num_output: 3 kernel_size: 3", (2, 2, 9, 7)),
     ],
 )
@@ -129,6 +143,7 @@ def test_layer_on_winograd_matches_im2col(params, shape, monkeypatch):
 
 def test_gradients_on_winograd(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 0)
+    monkeypatch.setattr(winograd, "MIN_SIZE", 0)
     fill = "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' }"
     layer = make_layer(f'type: "Convolution" convolution_param {{ num_output: 3 kernel_size: 3 pad: 1 {fill} }}')
     result = check_gradient(layer, [RNG.standard_normal((2, 2, 5, 6))])
