@@ -6,14 +6,21 @@ layer with ``bias_term: true`` after it supplies the learned gamma and beta.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+import numpy
 
 from .. import backend, limits
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, NeuronLayer, register_layer
+from .pool_kernels import CHUNK_BYTES
 from .pooling import PoolWindows, check_4d
+
+#: Bytes of input per chunk of LRN's element-wise NumPy work (a few buffers of this size stay in the cache).
+LRN_CHUNK_BYTES = CHUNK_BYTES
 
 
 def _channel_view_shape(ndim: int, channels: int) -> tuple[int, ...]:
@@ -378,6 +385,7 @@ class LRNLayer(Layer):
         self.alpha, self.beta, self.k = float(lp.alpha), float(lp.beta), float(lp.k)
         self.within = lp.norm_region == pb.LRNParameter.WITHIN_CHANNEL
         self.windows: PoolWindows | None = None
+        self._x = self._scale = self._inv = None
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         check_4d(self, bottom[0])
@@ -407,18 +415,24 @@ class LRNLayer(Layer):
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         x = bottom[0].data
+        if backend.array_module(x) is numpy:
+            top[0].data = self._forward_numpy(x)
+            return
         t = x.dtype.type
         if self.within:
             scale = t(1) + t(self.alpha) * self.windows.ave_forward(x * x)
         else:
             scale = t(self.k) + t(self.alpha / self.size) * self._channel_window_sum(x * x)
-        self._x, self._scale = x, scale
+        self._x, self._scale, self._inv = x, scale, None
         top[0].data = x * scale ** t(-self.beta)
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         if not propagate_down[0]:
             return
         x, scale, dy = self._x, self._scale, top[0].diff
+        if self._inv is not None:
+            bottom[0].diff = self._backward_numpy(dy)
+            return
         t = x.dtype.type
         inv = scale ** t(-self.beta)
         if self.within:
@@ -429,3 +443,88 @@ class LRNLayer(Layer):
             ratio = dy * (x * inv) / scale
             coeff = t(2 * self.alpha * self.beta / self.size)
             bottom[0].diff = dy * inv - coeff * x * self._channel_window_sum(ratio)
+
+    # NumPy: the same operations in the same order, one cache-sized chunk at a time, into preallocated arrays
+    def _chunks(self, x) -> list[slice]:
+        """Runs of whole samples of about :data:`LRN_CHUNK_BYTES` (one sample at least).
+
+        Cutting a sample into runs of positions would keep the chunks smaller, but NumPy then walks
+        short strided rows, which costs more than the cache saves.
+        """
+        per = max(1, LRN_CHUNK_BYTES // max(1, x.itemsize * math.prod(x.shape[1:])))
+        return [slice(a, a + per) for a in range(0, max(x.shape[0], 1), per)]
+
+    @staticmethod
+    def _scratch(like, count: int) -> list:
+        return [numpy.empty_like(like) for _ in range(count)]
+
+    def _window_sum_into(self, a, out) -> None:
+        """:meth:`_channel_window_sum` of ``a`` into ``out`` without the padded copy (same sums, same order)."""
+        c, half = a.shape[1], (self.size - 1) // 2
+        if half == 0:
+            numpy.copyto(out, a)
+            return
+        # the first two terms at once: both exist from channel `half` on, only the second at `half - 1`
+        out[:, : half - 1] = 0
+        out[:, half - 1 : half] = a[:, :1]
+        numpy.add(a[:, : max(c - half, 0)], a[:, 1 : max(c - half + 1, 1)], out=out[:, half:])
+        for d in range(2 - half, half + 1):
+            lo, hi = max(0, -d), min(c, c - d)  # the channels whose neighbour at distance d exists
+            if hi > lo:
+                out[:, lo:hi] += a[:, lo + d : hi + d]
+        # the padded sum adds the zeros beyond the edges, which turns a -0 into +0
+        out[:, :half] += 0
+        out[:, max(c - half, 0) :] += 0
+
+    def _forward_numpy(self, x):
+        t = x.dtype.type
+        # the scale and its power are kept for backward; their arrays are reused while the shape holds
+        if not isinstance(self._inv, numpy.ndarray) or self._inv.shape != x.shape or self._inv.dtype != x.dtype:
+            self._scale, self._inv = numpy.empty_like(x), numpy.empty_like(x)
+        y = numpy.empty_like(x)
+        chunks = self._chunks(x)
+        (scratch,) = self._scratch(x[chunks[0]], 1)
+        for i in chunks:
+            xc, s, inv = x[i], self._scale[i], self._inv[i]
+            sq = numpy.multiply(xc, xc, out=scratch[: len(xc)])
+            if self.within:
+                numpy.multiply(self.windows.ave_forward(sq), t(self.alpha), out=s)
+                s += t(1)
+            else:
+                self._window_sum_into(sq, s)
+                s *= t(self.alpha / self.size)
+                s += t(self.k)
+            numpy.power(s, t(-self.beta), out=inv)
+            numpy.multiply(xc, inv, out=y[i])
+        self._x = x
+        return y
+
+    def _backward_numpy(self, dy):
+        x, t = self._x, self._x.dtype.type
+        dx = numpy.empty_like(x)
+        chunks = self._chunks(x)
+        work, other = self._scratch(x[chunks[0]], 2)
+        for i in chunks:
+            xc, s, inv, dyc, dxc = x[i], self._scale[i], self._inv[i], dy[i], dx[i]
+            w, o = work[: len(xc)], other[: len(xc)]
+            if self.within:
+                # y = x * u^-beta with u = 1 + alpha * avgpool(x^2): dx = dy u^-beta + 2 x avgpool'(dy x d(u^-beta)/du)
+                numpy.multiply(t(-self.beta * self.alpha), inv, out=w)
+                numpy.divide(w, s, out=w)
+                numpy.multiply(dyc, xc, out=o)
+                numpy.multiply(o, w, out=o)
+                spread = self.windows.ave_backward(o, o.shape)
+                numpy.multiply(dyc, inv, out=dxc)
+                numpy.multiply(t(2), xc, out=w)
+                numpy.multiply(w, spread, out=w)
+                numpy.add(dxc, w, out=dxc)
+            else:
+                numpy.multiply(xc, inv, out=w)
+                numpy.multiply(dyc, w, out=w)
+                numpy.divide(w, s, out=w)
+                self._window_sum_into(w, o)
+                numpy.multiply(dyc, inv, out=dxc)
+                numpy.multiply(t(2 * self.alpha * self.beta / self.size), xc, out=w)
+                numpy.multiply(w, o, out=w)
+                numpy.subtract(dxc, w, out=dxc)
+        return dx

@@ -2,7 +2,8 @@
 
 Pooling is separable: a window maximum (or sum) is taken along the width, then along the
 height, each a loop over the kernel offsets of one axis, with strided views of the whole
-batch. The argmax is the first maximum in row-major scan order, as in Caffe.
+batch (on NumPy arrays, contiguous slices of a phase layout: :mod:`netdef.layers.pool_kernels`). The
+argmax is the first maximum in row-major scan order, as in Caffe.
 
 The output size follows BVLC's rule. One fork rule can be switched on for the nets built
 while it is in force (:func:`using_pooling_rule`, :func:`set_pooling_rule` or the environment
@@ -27,6 +28,7 @@ from ..errors import BlobCountError, InvalidParameterError, ShapeMismatchError
 from ..proto import netdef_pb2 as pb
 from .base import Layer, register_layer
 from .im2col import interior
+from .pool_kernels import PhasePlan
 
 _MAX, _AVE, _STOCHASTIC = pb.PoolingParameter.MAX, pb.PoolingParameter.AVE, pb.PoolingParameter.STOCHASTIC
 _POOL_NAMES = {_MAX: "MAX", _AVE: "AVE", _STOCHASTIC: "STOCHASTIC"}
@@ -123,6 +125,9 @@ class PoolWindows:
     the height. The argmax is stored per axis: ``aw`` (N, C, padded H, PW) is the first maximum's column
     offset in each row segment, ``ah`` (N, C, PH, PW) the first maximising row; together they give the
     first maximum of each window in row-major scan order, as Caffe's strict ``>`` scan does.
+
+    NumPy arrays (but for global windows) take the same passes in the contiguous phase layout of
+    :mod:`netdef.layers.pool_kernels`; CuPy arrays and STOCHASTIC pooling keep the strided views.
     """
 
     def __init__(
@@ -147,6 +152,16 @@ class PoolWindows:
         self.needs_pad = any(self.pad) or self.padded_hw != self.in_hw
         self.overlap = tuple(st < k for st, k in zip(self.stride, self.kernel, strict=True))
         self.is_global = self.out_hw == (1, 1) and self.kernel == self.in_hw and not any(self.pad)
+        self._plan: PhasePlan | None = None
+
+    def plan(self, x) -> PhasePlan | None:
+        """The NumPy phase-layout kernels for ``x`` (None for CuPy arrays and global windows: they keep the
+        strided code)."""
+        if self.is_global or backend.array_module(x) is not numpy:
+            return None
+        if self._plan is None:
+            self._plan = PhasePlan(self)
+        return self._plan
 
     # layout helpers ---------------------------------------------------------------------------
     def pad_input(self, x, fill):
@@ -246,6 +261,10 @@ class PoolWindows:
             flat = x.reshape(n, c, math.prod(self.in_hw))
             idx = xp.argmax(flat, axis=-1)[..., None]
             return xp.take_along_axis(flat, idx, axis=-1).reshape(n, c, 1, 1), ("flat", idx)
+        plan = self.plan(x)
+        if plan is not None:
+            y, chunks = plan.max_forward(x)
+            return y, ("phase", chunks, x.shape)
         # Padding holds Caffe's starting value -FLT_MAX, so it never wins against image values.
         rows, aw = self._max(self.pad_input(x, numpy.finfo(x.dtype).min), 3)
         y, ah = self._max(rows, 2)
@@ -253,6 +272,8 @@ class PoolWindows:
 
     def max_mask(self, state, dtype):
         """Caffe's mask top: the argmax as a flat index ``h * W + w`` in the channel plane, as floats."""
+        if state[0] == "phase":
+            return self._plan.max_mask(state[1], state[2], dtype)
         xp = backend.array_module(state[1])
         if state[0] == "flat":
             return state[1].reshape(*state[1].shape[:2], 1, 1).astype(dtype)
@@ -271,6 +292,8 @@ class PoolWindows:
         if state[0] == "flat":
             hit = xp.arange(self.in_hw[0] * self.in_hw[1]) == state[1]
             return (hit * dy.reshape(n, c, 1)).reshape(x_shape)
+        if state[0] == "phase":
+            return self._plan.max_backward(dy, state[1], x_shape)
         _, ah, aw = state
         rows = self._spread(dy, 2, (n, c, self.padded_hw[0], self.out_hw[1]), ah)
         return self.unpad(self._spread(rows, 3, (n, c, *self.padded_hw), aw))
@@ -283,6 +306,9 @@ class PoolWindows:
             return x.reshape(n, c, math.prod(self.in_hw)).sum(axis=-1).reshape(n, c, 1, 1) / x.dtype.type(
                 math.prod(self.in_hw)
             )
+        plan = self.plan(x)
+        if plan is not None:
+            return plan.ave_forward(x, self.divisors(xp, x.dtype))
         y = self._sum(self._sum(self.pad_input(x, 0), 3), 2)
         y /= self.divisors(xp, x.dtype)
         return y
@@ -292,6 +318,9 @@ class PoolWindows:
         n, c = x_shape[:2]
         if self.is_global:
             return xp.ascontiguousarray(xp.broadcast_to(dy / dy.dtype.type(math.prod(self.in_hw)), x_shape))
+        plan = self.plan(dy)
+        if plan is not None:
+            return plan.ave_backward(dy, x_shape, self.divisors(xp, dy.dtype))
         g = dy / self.divisors(xp, dy.dtype)
         rows = self._spread(g, 2, (n, c, self.padded_hw[0], self.out_hw[1]))
         return self.unpad(self._spread(rows, 3, (n, c, *self.padded_hw)))

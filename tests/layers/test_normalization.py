@@ -455,11 +455,62 @@ def test_lrn_empty_batch(definition):
         'type: "LRN" lrn_param { local_size: 5 alpha: 0.5 beta: 1.3 k: 2 }',
         'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 1.5 beta: 0.75 }',
         'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 5 alpha: 0.5 beta: 1.3 }',
+        # a window wider than the channels, and one of a single channel
+        'type: "LRN" lrn_param { local_size: 9 alpha: 0.5 beta: 0.75 k: 2 }',
+        'type: "LRN" lrn_param { local_size: 1 alpha: 0.5 beta: 0.75 k: 2 }',
     ],
 )
 def test_lrn_gradients(definition):
     result = check_gradient(make_layer(definition), [LRN_RNG.standard_normal((2, 6, 3, 4))])
     assert result["checked"] > 0
+
+
+class _NotNumPy:
+    """NumPy under another name: LRN then takes its generic array-module code, the one CuPy arrays run."""
+
+    def __getattr__(self, name):
+        return getattr(numpy, name)
+
+
+LRN_DEFINITIONS = [
+    'type: "LRN" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }',
+    'type: "LRN" lrn_param { local_size: 3 alpha: 2.5 beta: 1.3 k: 2 }',
+    'type: "LRN" lrn_param { local_size: 7 alpha: 0.5 beta: 0.5 k: 1 }',
+    'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 0.00005 beta: 0.75 }',
+    'type: "LRN" lrn_param { norm_region: WITHIN_CHANNEL local_size: 5 alpha: 2 beta: 0.75 }',
+]
+
+
+def _lrn_run(definition, x, dy, twice=False):
+    layer = make_layer(definition, dtype=numpy.float32)
+    bottom, top = run_layer(layer, [x])
+    for _ in range(2 if twice else 1):
+        layer.forward(bottom, top)
+        top[0].diff = dy.copy()
+        layer.backward(top, [True], bottom)
+    return top[0].data.copy(), bottom[0].diff.copy()
+
+
+@pytest.mark.parametrize("definition", LRN_DEFINITIONS)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 1, 3, 3), (1, 9, 2, 7)])
+def test_lrn_numpy_path_is_bit_for_bit_the_generic_one(definition, shape, monkeypatch):
+    from netdef.layers import normalization
+
+    x = LRN_RNG.standard_normal(shape).astype(numpy.float32)
+    x[LRN_RNG.random(shape) < 0.2] = 0.0
+    dy = LRN_RNG.standard_normal(shape).astype(numpy.float32)
+    dy[LRN_RNG.random(shape) < 0.2] = -0.0
+    # chunks of one sample (reusing the kept scale arrays on the second pass) and one chunk for all
+    monkeypatch.setattr(normalization, "LRN_CHUNK_BYTES", 1)
+    small = _lrn_run(definition, x, dy, twice=True)
+    monkeypatch.setattr(normalization, "LRN_CHUNK_BYTES", 1 << 30)
+    whole = _lrn_run(definition, x, dy)
+    other = _NotNumPy()
+    monkeypatch.setattr(normalization.backend, "array_module", lambda a: other)
+    generic = _lrn_run(definition, x, dy)
+    for got in (small, whole):
+        for a, b in zip(got, generic, strict=True):
+            numpy.testing.assert_array_equal(a.view(numpy.uint32), b.view(numpy.uint32))
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,89 @@ def test_rectangular_kernel_stride_and_pad():
     numpy.testing.assert_array_equal(y[0, 0], [[7, 10, 11], [19, 22, 23]])
 
 
+def test_ties_across_rows_and_columns_go_to_the_first_in_row_major_order():
+    # k3 s2 on 4x4 (ceil: 2x2 windows, the second row/column clipped); every window holds several 3s,
+    # and a column-first scan would pick (1, 0) instead of (0, 1) in the first one
+    x = numpy.array([[[[1, 3, 3, 0], [3, 3, 0, 3], [0, 3, 3, 3], [3, 0, 3, 3]]]], dtype=float)
+    (y, mask), dx = pool("pool: MAX kernel_size: 3 stride: 2", x, num_top=2, dy=[[[[1, 2], [3, 4]]]])
+    numpy.testing.assert_array_equal(y, numpy.full((1, 1, 2, 2), 3.0))
+    numpy.testing.assert_array_equal(mask, [[[[1, 2], [9, 10]]]])
+    numpy.testing.assert_array_equal(dx[0, 0], [[0, 1, 2, 0], [0, 0, 0, 0], [0, 3, 4, 0], [0, 0, 0, 0]])
+
+
+def test_ceil_border_windows_values_and_gradients():
+    # 5x6, k3 s2: rows [0,3) [2,5); columns [0,3) [2,5) [4,6) -- the last column window is cut by the edge
+    x = grid(5, 6)
+    (y,), dx = pool("pool: MAX kernel_size: 3 stride: 2", x, dy=[[[[1, 2, 3], [4, 5, 6]]]])
+    numpy.testing.assert_array_equal(y[0, 0], [[14, 16, 17], [26, 28, 29]])
+    want = numpy.zeros((5, 6))
+    want[2, 2], want[2, 4], want[2, 5], want[4, 2], want[4, 4], want[4, 5] = 1, 2, 3, 4, 5, 6
+    numpy.testing.assert_array_equal(dx[0, 0], want)
+    (y,), dx = pool("pool: AVE kernel_size: 3 stride: 2", x, dy=numpy.ones((1, 1, 2, 3)))
+    numpy.testing.assert_allclose(y[0, 0], [[7, 9, 10.5], [19, 21, 22.5]])
+    # a cell gets 1/9 from each 3x3 window holding it and 1/6 from each cut 3x2 one
+    cols = numpy.array([2, 2, 4, 2, 5, 3]) / 18
+    numpy.testing.assert_allclose(dx[0, 0], numpy.outer([1, 1, 2, 1, 1], cols))
+
+
+def test_padded_windows_values_and_gradients():
+    # 4x4, k3 s2 pad 1: windows [-1,2) [1,4) [3,6) per axis, clipped to the image [0,2) [1,4) [3,4)
+    x = grid(4, 4)
+    (y, mask), dx = pool("pool: MAX kernel_size: 3 stride: 2 pad: 1", x, num_top=2, dy=grid(3, 3, 1))
+    numpy.testing.assert_array_equal(y[0, 0], [[5, 7, 7], [13, 15, 15], [13, 15, 15]])
+    numpy.testing.assert_array_equal(mask, y)
+    numpy.testing.assert_array_equal(dx[0, 0], [[0, 0, 0, 0], [0, 1, 0, 5], [0, 0, 0, 0], [0, 11, 0, 28]])
+    (y,), dx = pool("pool: AVE kernel_size: 3 stride: 2 pad: 1", x, dy=numpy.ones((1, 1, 3, 3)))
+    # divisors 3, 3, 2 per axis (the last window is clipped at H + pad = 5)
+    numpy.testing.assert_allclose(y[0, 0] * 36, [[40, 96, 60], [204, 360, 198], [150, 252, 135]])
+    # per axis, cell 0 is in window 0 (1/3), cell 1 in windows 0 and 1, cell 2 in 1, cell 3 in 1 and 2 (1/2)
+    per_axis = numpy.array([1 / 3, 2 / 3, 1 / 3, 1 / 3 + 1 / 2])
+    numpy.testing.assert_allclose(dx[0, 0], numpy.outer(per_axis, per_axis))
+
+
+def test_stride_larger_than_kernel_skips_cells():
+    # 7x7, k2 s3: windows [0,2) [3,5) [6,7); rows and columns 2 and 5 are in no window
+    x = grid(7, 7)
+    (y,), dx = pool("pool: MAX kernel_size: 2 stride: 3", x, dy=grid(3, 3, 1))
+    numpy.testing.assert_array_equal(y[0, 0], [[8, 11, 13], [29, 32, 34], [43, 46, 48]])
+    want = numpy.zeros((7, 7))
+    want[numpy.ix_([1, 4, 6], [1, 4, 6])] = numpy.arange(1, 10).reshape(3, 3)
+    numpy.testing.assert_array_equal(dx[0, 0], want)
+    (y,), dx = pool("pool: AVE kernel_size: 2 stride: 3", x, dy=numpy.ones((1, 1, 3, 3)))
+    numpy.testing.assert_allclose(y[0, 0], [[4, 7, 9.5], [25, 28, 30.5], [42.5, 45.5, 48]])
+    per_axis = numpy.array([1 / 2, 1 / 2, 0, 1 / 2, 1 / 2, 0, 1])
+    numpy.testing.assert_allclose(dx[0, 0], numpy.outer(per_axis, per_axis))
+
+
+def test_kernel_as_large_as_the_input():
+    x = grid(3, 4)
+    # on both axes: one window (the global-pooling path)
+    (y,), dx = pool("pool: MAX kernel_h: 3 kernel_w: 4", x, dy=[[[[2.0]]]])
+    numpy.testing.assert_array_equal(y, [[[[11]]]])
+    numpy.testing.assert_array_equal(dx[0, 0], numpy.where(x[0, 0] == 11, 2.0, 0.0))
+    (y,), dx = pool("pool: AVE kernel_h: 3 kernel_w: 4", x, dy=[[[[12.0]]]])
+    numpy.testing.assert_allclose(y, [[[[5.5]]]])
+    numpy.testing.assert_allclose(dx[0, 0], numpy.ones((3, 4)))
+    # on the height only: a row of windows sliding along the width
+    (y,), dx = pool("pool: MAX kernel_h: 3 kernel_w: 2 stride: 1", x, dy=[[[[1, 2, 3]]]])
+    numpy.testing.assert_array_equal(y[0, 0], [[9, 10, 11]])
+    numpy.testing.assert_array_equal(dx[0, 0], [[0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 2, 3]])
+    (y,), dx = pool("pool: AVE kernel_h: 3 kernel_w: 2 stride: 1", x, dy=numpy.full((1, 1, 1, 3), 6.0))
+    numpy.testing.assert_allclose(y[0, 0], [[4.5, 5.5, 6.5]])
+    numpy.testing.assert_allclose(dx[0, 0], numpy.tile([1.0, 2.0, 2.0, 1.0], (3, 1)))
+
+
+def test_samples_and_channels_pool_independently():
+    planes = [grid(5, 6, 100 * i) for i in range(6)]
+    x = numpy.concatenate(planes, axis=1).reshape(2, 3, 5, 6)
+    dy = numpy.arange(36, dtype=float).reshape(2, 3, 2, 3)
+    (y,), dx = pool("pool: MAX kernel_size: 3 stride: 2", x, dy=dy)
+    for i, plane in enumerate(planes):
+        (want_y,), want_dx = pool("pool: MAX kernel_size: 3 stride: 2", plane, dy=dy.reshape(6, 1, 2, 3)[i : i + 1])
+        numpy.testing.assert_array_equal(y.reshape(6, 2, 3)[i], want_y[0, 0])
+        numpy.testing.assert_array_equal(dx.reshape(6, 5, 6)[i], want_dx[0, 0])
+
+
 def test_global_pooling():
     x = RNG.standard_normal((2, 3, 4, 5))
     (y, mask), dx = pool("pool: MAX global_pooling: true", x, num_top=2, dy=numpy.ones((2, 3, 1, 1)))
@@ -191,6 +274,13 @@ def test_empty_batch(definition):
         ),
         ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }', (2, 2, 5, 6), pb.TRAIN),
         ('type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 3 }', (1, 2, 7, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 3 }', (1, 2, 7, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 }', (2, 1, 4, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 }', (2, 1, 4, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }', (1, 3, 6, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 }', (1, 3, 6, 5), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: MAX kernel_h: 3 kernel_w: 2 stride: 1 }', (2, 1, 3, 4), pb.TRAIN),
+        ('type: "Pooling" pooling_param { pool: AVE kernel_h: 3 kernel_w: 2 stride: 1 }', (2, 1, 3, 4), pb.TRAIN),
         ('type: "Pooling" pooling_param { pool: AVE global_pooling: true }', (2, 3, 3, 4), pb.TRAIN),
         ('type: "Pooling" pooling_param { pool: MAX global_pooling: true }', (2, 3, 3, 4), pb.TRAIN),
         ('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }', (1, 2, 5, 5), pb.TEST),
