@@ -35,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy  # noqa: E402
-from nets import CASES, ROOT, netdef_net, netdef_step, torch_step  # noqa: E402
+from nets import CASES, ROOT, check_losses, netdef_net, netdef_step, torch_step  # noqa: E402
 
 import netdef  # noqa: E402
 from netdef import threads  # noqa: E402
@@ -88,10 +88,9 @@ def blas_kernels() -> str:
 def compare(case, blocks: int, per_block: int) -> dict:
     """Medians in ms of netdef and PyTorch for one case, alternating blocks."""
     net = netdef_net(case)
+    nd_loss, pt_loss = check_losses(case, net)
     nd_step = netdef_step(net)
     pt_step = torch_step(case, net)
-    nd_loss = nd_step()
-    pt_loss = pt_step() if pt_step else None
     nd, pt = [], []
     for _ in range(blocks):
         nd += timed(nd_step, per_block + 1)[1:]
@@ -104,7 +103,10 @@ def compare(case, blocks: int, per_block: int) -> dict:
 
 
 def format_rows(rows: list[dict]) -> list[str]:
-    out = ["| net, batch | netdef ms | PyTorch ms | ratio | first loss netdef / PyTorch |", "|---|---|---|---|---|"]
+    out = [
+        "| net, batch | netdef ms | PyTorch ms | ratio | loss without Dropout, netdef / PyTorch |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         pt = r.get("torch")
         nd_loss, pt_loss = r["loss"]

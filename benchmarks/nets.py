@@ -5,7 +5,8 @@ are replaced by one Input layer giving ``data`` and ``label`` of the benchmark's
 size, so that only the network itself is timed. The PyTorch twin is not a hand-written
 copy: :class:`TorchTwin` walks the same layer list and applies the matching ``torch``
 operation to named tensors, starting from the netdef net's own initial weights, so both
-frameworks compute the same function (the first loss of both is printed as a check).
+frameworks compute the same function (:func:`check_losses` prints the loss of both on the
+benchmark batch, without Dropout, whose masks differ, as a check).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ CASES = {
 }
 
 
-def net_param(case: Case) -> pb.NetParameter:
-    """The case's TRAIN net with an Input layer in place of its data layers."""
+def net_param(case: Case, dropout: bool = True) -> pb.NetParameter:
+    """The case's TRAIN net with an Input layer in place of its data layers (and without Dropout if asked)."""
     src = load_net(os.path.join(ROOT, "models", case.model, "train_val.prototxt"))
     state = pb.NetState(phase=pb.TRAIN)
     param = filter_net(src, state)
@@ -60,7 +61,7 @@ def net_param(case: Case) -> pb.NetParameter:
     inp.input_param.shape.add(dim=[case.batch, *case.sample])
     inp.input_param.shape.add(dim=[case.batch])
     for layer in param.layer:
-        if layer.type not in DATA_TYPES:
+        if layer.type not in DATA_TYPES and (dropout or layer.type != "Dropout"):
             out.layer.add().CopyFrom(layer)
     return out
 
@@ -182,6 +183,30 @@ def torch_step(case: Case, net: netdef.Net):
         return float(loss.detach())
 
     return step
+
+
+def check_losses(case: Case, net: netdef.Net) -> tuple[float, float | None]:
+    """The loss of both frameworks on the benchmark batch with ``net``'s weights and without Dropout.
+
+    Dropout draws different masks in the two frameworks, so the check that both compute the
+    same function leaves it out (Dropout layers in these nets work in place, so removing
+    them changes no blob names).
+    """
+    param = net_param(case, dropout=False)
+    plain = netdef.Net(param, netdef.TRAIN)
+    for name, blobs in net.params.items():
+        for dst, src in zip(plain.params[name], blobs, strict=True):
+            dst.data[...] = src.data
+    x, y = batch(case)
+    plain.blobs["data"].data[...] = x
+    plain.blobs["label"].data[...] = y
+    nd = float(plain.forward()[param.layer[-1].top[0]])
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return nd, None
+    twin = TorchTwin(param, net)
+    return nd, float(twin.loss(twin.torch.from_numpy(x), twin.torch.from_numpy(y.astype(numpy.int64))).detach())
 
 
 def flops(case: Case) -> float:
