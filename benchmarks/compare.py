@@ -38,7 +38,7 @@ import numpy  # noqa: E402
 from nets import CASES, ROOT, check_losses, netdef_net, netdef_step, torch_step  # noqa: E402
 
 import netdef  # noqa: E402
-from netdef import threads  # noqa: E402
+from netdef import allocator, threads  # noqa: E402
 
 
 def timed(step, n: int) -> list[float]:
@@ -63,6 +63,7 @@ def machine_info() -> list[str]:
         f"python {platform.python_version()}, numpy {numpy.__version__}, {platform.system()} {platform.release()}",
         f"netdef threads: {threads.describe()}",
         f"BLAS kernels: {blas_kernels()}",
+        f"malloc: {allocator.tune()}",
     ]
     try:
         import torch

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from . import backend
+from . import allocator, backend
 from .blob import Blob
 from .errors import (
     DuplicateTopBlobError,
@@ -384,6 +384,7 @@ class Net:
         self.dtype = numpy.dtype(dtype)
         self.xp = xp or backend.default_xp()
         self.rng = rng if rng is not None else backend.new_streams()
+        allocator.tune()  # once per process: freed temporaries stay for the next iteration
         self.name = param.name
         self.param = param
         self._callbacks: dict[str, list] = {

@@ -22,6 +22,7 @@ LEVELS = [
     ("netdef.backend", 0),
     ("netdef.logs", 0),
     ("netdef.threads", 0),
+    ("netdef.allocator", 0),
     ("netdef.limits", 0),
     ("netdef.progress", 0),
     ("netdef.blob", 1),
