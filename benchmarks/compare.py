@@ -86,17 +86,79 @@ def blas_kernels() -> str:
     return f"{arch or 'unknown'}" + (f" (OPENBLAS_CORETYPE={forced} in the environment)" if forced else "")
 
 
-def compare(case, blocks: int, per_block: int) -> dict:
+#: Pause before each timed block: the other side's idle threads (OpenMP's, OpenBLAS's) spin for a
+#: while after their work before they sleep, and would otherwise take cores from this block.
+SETTLE_SECONDS = 0.3
+
+
+class TorchPeer:
+    """The PyTorch twin of a case in a process of its own, timed a block at a time on request.
+
+    netdef's malloc settings (``netdef/allocator.py``) apply to the process that builds a net;
+    the peer runs with ``NETDEF_MALLOC_TUNING=0``, so PyTorch is timed with the C library's
+    defaults, as in a user's own PyTorch program. ``--torch-in-process`` times it in this
+    process instead (with netdef's settings).
+    """
+
+    def __init__(self, case, torch_threads: int):
+        cmd = [sys.executable, os.path.abspath(__file__), "--peer", case.name, "--torch-threads", str(torch_threads)]
+        env = {**os.environ, "NETDEF_MALLOC_TUNING": "0"}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        words = self.proc.stdout.readline().split()
+        if not words:
+            raise RuntimeError(f"the PyTorch peer for {case.name} did not start")
+        self.available = words[0] == "ready"
+        self.losses = (float(words[1]), float(words[2])) if self.available else (None, None)
+
+    def block(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return [float(v) for v in self.proc.stdout.readline().split()]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def run_peer(case_name: str) -> None:
+    """The peer's side of :class:`TorchPeer`: report the check losses, then time blocks until stdin closes."""
+    case = CASES[case_name]
+    net = netdef_net(case)
+    step = torch_step(case, net)
+    if step is None:
+        print("none", flush=True)
+        return
+    nd_loss, pt_loss = check_losses(case, net)
+    print("ready", nd_loss, pt_loss, flush=True)
+    for line in sys.stdin:
+        time.sleep(SETTLE_SECONDS)
+        print(" ".join(f"{t:.9f}" for t in timed(step, int(line))), flush=True)
+
+
+def compare(case, blocks: int, per_block: int, torch_threads: int = 0, in_process: bool = False) -> dict:
     """Medians in ms of netdef and PyTorch for one case, alternating blocks."""
     net = netdef_net(case)
-    nd_loss, pt_loss = check_losses(case, net)
     nd_step = netdef_step(net)
-    pt_step = torch_step(case, net)
+    if in_process:
+        nd_loss, pt_loss = check_losses(case, net)
+        pt_step = torch_step(case, net)
+        peer = None
+    else:
+        peer = TorchPeer(case, torch_threads)
+        nd_loss, pt_loss = peer.losses if peer.available else (check_losses(case, net)[0], None)
+        pt_step = peer.block if peer.available else None
     nd, pt = [], []
-    for _ in range(blocks):
-        nd += timed(nd_step, per_block + 1)[1:]
-        if pt_step:
-            pt += timed(pt_step, per_block + 1)[1:]
+    try:
+        for _ in range(blocks):
+            time.sleep(SETTLE_SECONDS)
+            nd += timed(nd_step, per_block + 1)[1:]
+            if pt_step and peer is not None:
+                pt += peer.block(per_block + 1)[1:]
+            elif pt_step:
+                pt += timed(pt_step, per_block + 1)[1:]
+    finally:
+        if peer is not None:
+            peer.close()
     row = {"case": case.label, "netdef": statistics.median(nd) * 1e3, "loss": (nd_loss, pt_loss)}
     if pt:
         row["torch"] = statistics.median(pt) * 1e3
@@ -168,6 +230,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory", action="store_true", help="also measure peak memory of a cifar10_quick step")
     p.add_argument("--digits", action="store_true", help="also time the digits training example")
     p.add_argument("--all", action="store_true", help="every comparison: table, contention ratios, memory")
+    p.add_argument(
+        "--torch-in-process",
+        action="store_true",
+        help="time PyTorch in this process (with netdef's malloc settings) instead of a process of its own",
+    )
+    p.add_argument("--peer", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -177,7 +245,10 @@ def run_table(args, busy: int) -> tuple[list[dict], float | None]:
     try:
         if busy:
             print(f"contention: {busy} CPU-bound processes running")
-        rows = [compare(CASES[name], args.blocks, args.per_block) for name in args.nets]
+        rows = [
+            compare(CASES[name], args.blocks, args.per_block, args.torch_threads, args.torch_in_process)
+            for name in args.nets
+        ]
         print("\n".join(format_rows(rows)))
         digits = run_digits(args.threads) if args.digits else None
         if digits is not None:
@@ -212,6 +283,9 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    if args.peer:
+        run_peer(args.peer)
+        return
     for line in machine_info():
         print(line)
     if args.all:
