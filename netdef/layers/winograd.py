@@ -195,7 +195,7 @@ def choose(kernel, stride, pad, dilation, spatial, channels: int, outputs: int, 
         return None
     if any(s != 1 for s in stride) or any(d != 1 for d in dilation) or any(p >= kernel[0] for p in pad):
         return None
-    if min(channels, outputs) < MIN_CHANNELS or numpy.dtype(dtype).kind != "f":
-        return None
+    if min(channels, outputs) < MIN_CHANNELS or numpy.dtype(dtype) not in (numpy.float32, numpy.float64):
+        return None  # half precision would lose too much in the transforms
     plan = Winograd(kernel[0], pad, spatial, dtype)
     return plan if min(plan.out) >= max(plan.m, MIN_SIZE) else None

@@ -107,6 +107,7 @@ def test_choose():
     assert winograd.choose((3, 2), channels=wide, outputs=wide, **args) is None
     assert winograd.choose((3,), channels=wide, outputs=wide, **{**args, "pad": (1,), "spatial": (9,)}) is None
     assert winograd.choose((3, 3), channels=wide, outputs=wide, **{**args, "spatial": (11, 13)}) is None  # small map
+    assert winograd.choose((3, 3), channels=wide, outputs=wide, **{**args, "dtype": numpy.float16}) is None
 
 
 def _run(params: str, x, on: bool, monkeypatch):
