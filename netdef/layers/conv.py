@@ -127,8 +127,8 @@ class _ConvolutionBase(Layer):
         self.wino_grad = self.wino.transposed() if self.wino is not None else None
 
     def _flat_grid(self) -> FlatGrid | None:
-        """The flat layout (:mod:`netdef.layers.conv_flat`) when it applies and pays, else None."""
-        if self.transposed:
+        """The flat layout (:mod:`netdef.layers.conv_flat`) for NumPy convolutions where it applies and pays."""
+        if self.transposed or self.xp is not numpy:
             return None
         rows = self.channels // self.group * math.prod(self.kernel)
         return choose_grid(self.in_spatial, self.kernel, self.stride, self.pad, self.dilation, self.num_output, rows)
