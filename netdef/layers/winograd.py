@@ -91,11 +91,9 @@ class Winograd:
         self.kron_b = numpy.kron(bt, bt).astype(self.dtype)
         self.kron_a = numpy.kron(at, at).astype(self.dtype)
         self.kron_g = numpy.kron(g, g)
-
-    @property
-    def waste(self) -> float:
-        """Outputs computed per output kept (the last block of a row or column may overhang)."""
-        return math.prod(t * self.m for t in self.tiles) / math.prod(self.out)
+        # the weight gradient's F(r x r, m x m) on the same tiles
+        at2, g2, bt2 = (a.astype(self.dtype) for a in matrices(r, self.m))
+        self.grad_kron_b, self.grad_kron_g, self.grad_kron_a = (numpy.kron(a, a) for a in (bt2, g2, at2))
 
     def weights(self, w, group: int):
         """``(O, C/g, r, r)`` -> ``(n*n, g, O/g, C/g)``: ``G w G^T`` per input and output channel."""
@@ -148,8 +146,7 @@ class Winograd:
         elementwise products summed over tiles and samples are ``n*n`` GEMMs
         ``(O x tiles) @ (tiles x C)``.
         """
-        at2, g2, bt2 = (a.astype(self.dtype) for a in matrices(self.r, self.m))
-        kron_b, kron_g, kron_a = numpy.kron(bt2, bt2), numpy.kron(g2, g2), numpy.kron(at2, at2)
+        kron_b, kron_g, kron_a = self.grad_kron_b, self.grad_kron_g, self.grad_kron_a
         num, c = x.shape[:2]
         o = dy.shape[1]
         nn, m, th, tw = self.n * self.n, self.m, *self.tiles
