@@ -139,23 +139,22 @@ def compare(case, blocks: int, per_block: int, torch_threads: int = 0, in_proces
     """Medians in ms of netdef and PyTorch for one case, alternating blocks."""
     net = netdef_net(case)
     nd_step = netdef_step(net)
+    peer = None
     if in_process:
         nd_loss, pt_loss = check_losses(case, net)
         pt_step = torch_step(case, net)
-        peer = None
+        pt_block = (lambda n: timed(pt_step, n)) if pt_step else None
     else:
         peer = TorchPeer(case, torch_threads)
         nd_loss, pt_loss = peer.losses if peer.available else (check_losses(case, net)[0], None)
-        pt_step = peer.block if peer.available else None
+        pt_block = peer.block if peer.available else None
     nd, pt = [], []
     try:
         for _ in range(blocks):
             time.sleep(SETTLE_SECONDS)
             nd += timed(nd_step, per_block + 1)[1:]
-            if pt_step and peer is not None:
-                pt += peer.block(per_block + 1)[1:]
-            elif pt_step:
-                pt += timed(pt_step, per_block + 1)[1:]
+            if pt_block:
+                pt += pt_block(per_block + 1)[1:]
     finally:
         if peer is not None:
             peer.close()
