@@ -28,6 +28,7 @@ from .im2col import (
     columns_to_batch,
     conv_geometry,
     conv_output_shape,
+    flipped_kernel,
     fold_patches,
     kernel_extent,
     matmul_nt,
@@ -245,7 +246,7 @@ class ConvolutionLayer(_ConvolutionBase):
         dw = self.wino.weight_grad(x, dy, self.group) if want_w else None
         dx = None
         if want_dx:
-            flipped = self.wino.flipped_weights(self.blobs[0].data, self.group)
+            flipped = flipped_kernel(self.blobs[0].data, self.group)
             dx = self.wino_grad.convolve(dy, self.wino_grad.weights(flipped, self.group))
         return dw, dx
 
@@ -267,7 +268,7 @@ class ConvolutionLayer(_ConvolutionBase):
     def _backward_flat(self, x, dy, want_w: bool, want_dx: bool, i: int):
         """Weight gradient (or None) and input gradient (or None) of one bottom on the flat grid."""
         g, o, grid = self.group, self.num_output, self.flat
-        wflip = flipped_weights(self.blobs[0].data, g, o, self.kernel) if want_dx else None
+        wflip = flipped_weights(self.blobs[0].data, g) if want_dx else None
         dx = numpy.empty(x.shape, dtype=x.dtype) if want_dx else None
         chunks = self._flat_chunks(x)
         dw = None

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import numpy
 
-from .im2col import SHORT_ROW
+from .im2col import SHORT_ROW, flipped_kernel
 
 #: Grids with more GEMM columns per real output than this use im2col instead.
 MAX_WASTE = 1.4
@@ -177,14 +177,10 @@ class FlatGrid:
         return tuple(slice(0, s) for s in shape)
 
 
-def flipped_weights(w, group: int, num_output: int, kernel: Sequence[int]):
-    """``(O, C/g, *kernel)`` -> ``(g, C/g, O/g * prod(kernel))``: the kernel reversed, input and output swapped.
+def flipped_weights(w, group: int):
+    """``(O, C/g, *kernel)`` -> ``(g, C/g, O/g * prod(kernel))``: the weights of the input-gradient GEMM.
 
-    Row ``c`` of group ``g`` holds ``W[o, c, kernel - 1 - j]`` for every ``(o, j)`` of the group,
-    the weights of the input-gradient GEMM on the flat grid.
+    Row ``c`` of group ``g`` holds ``W[o, c, kernel - 1 - j]`` for every ``(o, j)`` of the group
+    (:func:`netdef.layers.im2col.flipped_kernel`, one row per input channel).
     """
-    nd = len(kernel)
-    og = num_output // group
-    flipped = w[(slice(None), slice(None), *(slice(None, None, -1),) * nd)]
-    per_group = flipped.reshape(group, og, w.shape[1], math.prod(kernel))
-    return numpy.ascontiguousarray(per_group.transpose(0, 2, 1, 3)).reshape(group, w.shape[1], -1)
+    return flipped_kernel(w, group).reshape(group, w.shape[1], -1)

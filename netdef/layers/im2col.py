@@ -233,6 +233,20 @@ def matmul_nt(a, b):
     return out
 
 
+def flipped_kernel(w, group: int):
+    """The kernel of a convolution's input gradient: ``(O, C/g, *kernel)`` -> C-contiguous ``(C, O/g, *kernel)``.
+
+    Entry ``[c, o, k]`` of group ``g`` is ``W[g*O/g + o, c - g*C/g, kernel - 1 - k]``: the kernel
+    reversed in space, input and output channels swapped within each group.
+    """
+    xp = backend.array_module(w)
+    o, cg = w.shape[:2]
+    spatial = w.shape[2:]
+    flipped = w[(slice(None), slice(None), *(slice(None, None, -1),) * len(spatial))]
+    per_group = flipped.reshape(group, o // group, cg, *spatial).swapaxes(1, 2)
+    return xp.ascontiguousarray(per_group).reshape(group * cg, o // group, *spatial)
+
+
 def batch_chunks(n: int, bytes_per_sample: int, xp=numpy) -> list[slice]:
     """Split ``n`` samples so that one chunk's column buffer stays under the limit for ``xp``'s device."""
     limit = COL_CHUNK_BYTES if xp is numpy else GPU_COL_CHUNK_BYTES

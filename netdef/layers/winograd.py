@@ -21,7 +21,7 @@ correlation (solved once in float64 and checked). The rounding error in float32 
 times that of the direct sum (about 1e-5 of the largest output for F(4x4, 3x3)).
 
 The input gradient of such a convolution is a convolution of the output gradient with the
-flipped kernel, input and output channels swapped, and padding ``r - 1 - pad``: the same
+flipped kernel, input and output channels swapped (``im2col.flipped_kernel``), and padding ``r - 1 - pad``: the same
 routine serves both directions. The weight gradient correlates each ``m x m`` block of the
 output gradient with the input tile it came from, F(r x r, m x m) on the same tiles.
 """
@@ -100,13 +100,6 @@ class Winograd:
         o, cg = w.shape[:2]
         u = self.kron_g @ w.reshape(o * cg, self.r * self.r).T.astype(numpy.float64)
         return u.astype(self.dtype).reshape(self.n * self.n, group, o // group, cg)
-
-    def flipped_weights(self, w, group: int):
-        """The kernel of the input gradient: ``(O, C/g, r, r)`` -> ``(C, O/g, r, r)``, reversed in space."""
-        o, cg = w.shape[:2]
-        og = o // group
-        flipped = w[:, :, ::-1, ::-1].reshape(group, og, cg, self.r, self.r)
-        return flipped.transpose(0, 2, 1, 3, 4).reshape(group * cg, og, self.r, self.r)
 
     def transposed(self) -> Winograd:
         """The geometry of the input gradient: outputs become inputs, padding ``r - 1 - pad``."""

@@ -45,7 +45,7 @@ def test_spread_columns_give_the_input_gradient(spatial, kernel, pad, dilation):
     w = RNG.standard_normal((o, c, *kernel))
     dy = RNG.standard_normal((n, o, *grid.out))
     col = grid.columns(grid.spread(dy), n, grid.in_span)
-    dx = grid.inputs((flipped_weights(w, 1, o, kernel)[0] @ col), n)
+    dx = grid.inputs((flipped_weights(w, 1)[0] @ col), n)
     stride = (1,) * len(spatial)
     dcol = (w.reshape(o, -1).T @ im2col.batch_to_columns(dy, False)).reshape(c, *kernel, n, *grid.out)
     want = im2col.fold_patches(dcol, spatial, kernel, stride, pad, dilation, grid.out, False)

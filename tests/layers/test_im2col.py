@@ -113,3 +113,14 @@ def test_output_shape_and_a_kernel_that_does_not_fit():
     assert im2col.kernel_extent(3, 2) == 5
     with pytest.raises(ShapeMismatchError, match=r'Layer "L" \(type Im2col\): the kernel \(extent 5\) is larger'):
         im2col.conv_output_shape(layer, (4, 7), (3, 3), (0, 0), (1, 1), (2, 1))
+
+
+def test_flipped_kernel_reverses_space_and_swaps_channels_per_group():
+    w = numpy.arange(4 * 3 * 2 * 2, dtype=float).reshape(4, 3, 2, 2)  # 4 outputs, 2 groups of 3 inputs
+    f = im2col.flipped_kernel(w, 2)
+    assert f.shape == (6, 2, 2, 2) and f.flags.c_contiguous
+    numpy.testing.assert_array_equal(f[0, 0], [[3, 2], [1, 0]])  # input 0, output 0 reversed
+    numpy.testing.assert_array_equal(f[4, 1], w[3, 1, ::-1, ::-1])  # group 1: input 4 is its input 1
+    numpy.testing.assert_array_equal(
+        im2col.flipped_kernel(w[:, :, :, :1], 1)[:, :, :, 0], w[:, :, ::-1, 0].swapaxes(0, 1)
+    )
