@@ -95,6 +95,7 @@ class _ConvolutionBase(Layer):
             self.blobs.append(self.filled_blob((self.num_output,), cp.bias_filler))
         self.param_propagate_down = [True] * len(self.blobs)
         self._cols: dict[int, object] = {}
+        self._planned_for: tuple[int, ...] | None = None  # the input size the CPU plans below were made for
 
     def output_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
         raise NotImplementedError
@@ -123,9 +124,11 @@ class _ConvolutionBase(Layer):
         self.num = x.count_range(0, self.axis)
         for t in top:
             t.reshape((*x.shape[: self.axis], self.num_output, *self.out_spatial))
-        self.flat = self._flat_grid()
-        self.wino = self._winograd_plan()
-        self.wino_grad = self.wino.transposed() if self.wino is not None else None
+        if self.in_spatial != self._planned_for:  # reshape runs every iteration; plan once per input size
+            self.flat = self._flat_grid()
+            self.wino = self._winograd_plan()
+            self.wino_grad = self.wino.transposed() if self.wino is not None else None
+            self._planned_for = self.in_spatial
 
     def _flat_grid(self) -> FlatGrid | None:
         """The flat layout (:mod:`netdef.layers.conv_flat`) for NumPy convolutions where it applies and pays."""

@@ -181,3 +181,17 @@ def test_gradients_on_the_grid(params, shape, monkeypatch):
     result = check_gradient(layer, [RNG.standard_normal(shape)])
     assert result["checked"] > 0
     assert layer.flat is not None
+
+
+def test_plans_follow_the_input_size():
+    definition = 'type: "Convolution" convolution_param { num_output: 2 kernel_size: 5 pad: 2 }'
+    layer, bottom, top = forward_layer(definition, [RNG.standard_normal((2, 3, 16, 16))])
+    grid = layer.flat
+    layer.reshape(bottom, top)
+    assert layer.flat is grid  # the same input size keeps its plan
+    bottom[0].reshape((2, 3, 8, 8))
+    layer.reshape(bottom, top)
+    assert layer.flat is None and top[0].shape == (2, 2, 8, 8)  # rows of 8: im2col
+    bottom[0].reshape((2, 3, 20, 20))
+    layer.reshape(bottom, top)
+    assert layer.flat.spatial == (20, 20)
