@@ -938,6 +938,22 @@ class Net:
             if layer.name in self.params:
                 layer.blobs = self.params[layer.name]
 
+    def close(self) -> None:
+        """End the net's background work now: the prefetch threads of its data layers.
+
+        Without it they end when the net is garbage collected or the program exits. The net
+        stays usable; a later forward reads on from the batch last taken. ``with Net(...) as
+        net:`` closes the net at the end of the block.
+        """
+        for layer in self.layers:
+            layer.close()
+
+    def __enter__(self) -> Net:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def summary(self, input_shapes: dict | None = None):
         """A table of layers, top shapes, parameters, state, multiply-adds and memory (see :mod:`netdef.summary`)."""
         return summarize(self, input_shapes)

@@ -187,6 +187,12 @@ class Layer:
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         """Default for layers without a gradient: nothing flows back."""
 
+    def close(self) -> None:
+        """End work this layer runs in the background (a data layer's prefetch thread). Default: nothing.
+
+        The layer stays usable: a later forward starts what it needs again, where it left off.
+        """
+
     def __repr__(self) -> str:
         return f"<{self.type_name} layer {self.name!r}>"
 

@@ -557,6 +557,20 @@ class Solver:
     def _log_copy(self):
         return self.recorder.capture_log() if self.recorder is not None else contextlib.nullcontext()
 
+    def close(self) -> None:
+        """End the background work of the training and test nets (:meth:`netdef.Net.close`).
+
+        The solver stays usable; ``with get_solver(...) as solver:`` closes it at the end.
+        """
+        for net in (self.net, *self.test_nets):
+            net.close()
+
+    def __enter__(self) -> Solver:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def solve(self, resume_file: str | None = None) -> None:
         """Train to ``max_iter`` (optionally resuming from a ``.solverstate``), then snapshot and test."""
         with self._log_copy():

@@ -103,6 +103,7 @@ def train(
                 built.solve(snapshot)
         finally:
             built.recorder = None
+            built.close()  # no prefetch thread outlives training; the returned solver reads on if stepped again
     return built
 
 

@@ -713,6 +713,7 @@ def db7(tmp_path, monkeypatch):
     return tmp_path
 
 
+DATA7_SOURCE = 'data_param { source: "db7" backend: LMDB batch_size: 3 prefetch: 2 }'
 DATA7 = (
     'layer {{ name: "d" type: "Data" top: "data" top: "label" '
     'data_param {{ source: "db7" backend: LMDB batch_size: 3 {prefetch} }} '
@@ -783,6 +784,58 @@ def test_data_prefetch_state_is_the_position_taken_and_set_state_drops_the_batch
     assert len(ahead.layers[0].prefetcher) == 0
     assert [forward(ahead)[1].tolist() for _ in range(2)] == [[5, 6, 0], [1, 2, 3]]
     assert ahead.layers[0].get_state() == {"key": b"00000004".hex(), "epoch": 1}
+
+
+def test_closing_a_net_ends_its_prefetch_threads_and_the_net_reads_on(db7):
+    text = lambda p: DATA7.format(prefetch=f"prefetch: {p}")  # noqa: E731
+    plain = make_net(text(0), netdef.TEST)
+    expected = [forward(plain)[1].tolist() for _ in range(4)]
+    with make_net(text(3), netdef.TEST) as n:
+        seen = [forward(n)[1].tolist() for _ in range(2)]
+        thread = n.layers[0].prefetcher.thread
+        assert thread.is_alive() and thread in prefetch_threads()
+        n.close()
+        assert not thread.is_alive() and n.layers[0].prefetcher.thread is None
+        assert len(n.layers[0].prefetcher) == 0  # the batches read ahead are dropped, not skipped
+        seen += [forward(n)[1].tolist() for _ in range(2)]
+        assert n.layers[0].prefetcher.thread.is_alive()  # forward started a new one
+        thread = n.layers[0].prefetcher.thread
+    assert not thread.is_alive()  # leaving the with-block closed the net
+    assert seen == expected == [[0, 1, 2], [3, 4, 5], [6, 0, 1], [2, 3, 4]]
+
+
+def test_closing_a_solver_ends_the_threads_of_its_train_and_test_nets(db7, tmp_path):
+    param = parse_text(
+        'base_lr: 0.1 lr_policy: "fixed" max_iter: 3 display: 0 test_iter: 2 test_interval: 2 '
+        'snapshot_after_train: false random_seed: 3 test_initialization: false snapshot_prefix: "snap"',
+        pb.SolverParameter(),
+    )
+    param.net_param.CopyFrom(net_from_text(RESUME_NET.format(kind="Data", source=DATA7_SOURCE)))
+    with get_solver(param) as solver:
+        solver.step(3)  # tests before the third iteration: both nets have read ahead
+        nets = [solver.net, solver.test_nets[0]]
+        threads = [net.layers[0].prefetcher.thread for net in nets]
+        assert all(t is not None and t.is_alive() for t in threads)
+        solver.close()
+        assert not any(t.is_alive() for t in threads)
+        loss = solver.net.forward_from_to()  # still usable after closing
+        assert numpy.isfinite(loss)
+        threads = [nets[0].layers[0].prefetcher.thread]
+    assert not threads[0].is_alive()
+
+
+def test_no_prefetch_thread_outlives_train(db7):
+    from netdef.tools.train import train
+
+    (db7 / "net.prototxt").write_text(RESUME_NET.format(kind="Data", source=DATA7_SOURCE))
+    (db7 / "solver.prototxt").write_text(
+        'net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 3 display: 0 '
+        'snapshot_after_train: false solver_mode: CPU snapshot_prefix: "snap"'
+    )
+    before = prefetch_threads()
+    solver = train(db7 / "solver.prototxt")  # the solver (and its net) are still referenced here
+    assert solver.iter == 3 and solver.net.layers[0].prefetcher.thread is None
+    assert prefetch_threads() == before
 
 
 def test_data_prefetch_raises_a_bad_record_in_the_forward_that_takes_it(tmp_path, monkeypatch):
