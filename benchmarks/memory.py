@@ -5,7 +5,8 @@
 
 Run once per framework, each in a fresh process (``compare.py --memory`` does both). The
 figure is the growth of the resident set's high-water mark over the resident set after
-imports (for PyTorch: after its weights are copied from a netdef net that is then freed):
+imports (ONNX Runtime's, where netdef uses it, included; for PyTorch: after its weights are
+copied from a netdef net that is then freed):
 it includes the activations, gradients and any workspace (and netdef's weights, which are
 a few hundred KiB here). Linux only
 (it reads ``/proc/self/status``); elsewhere it prints the process's peak resident set.
@@ -24,6 +25,7 @@ from nets import CASES, netdef_net, netdef_step, torch_step  # noqa: E402
 
 import netdef  # noqa: E402
 from netdef import threads  # noqa: E402
+from netdef.layers import ort_kernels  # noqa: E402
 
 
 def status_kib(field: str) -> int | None:
@@ -53,6 +55,8 @@ def main() -> None:
     threads.apply_policy()
     if framework == "torch":
         import torch  # noqa: F401
+    else:
+        ort_kernels.active()  # loads ONNX Runtime where installed: an import, like PyTorch's above
     base = reset_peak()
     net = netdef_net(case)
     step = torch_step(case, net) if framework == "torch" else netdef_step(net)

@@ -50,6 +50,7 @@ class _State:
         self.fixed = False
         self.current: int | None = None
         self.next_check = 0.0
+        self.blas_cap: int | None = None
 
 
 _state = _State()
@@ -161,14 +162,25 @@ def _env_threads() -> int | None:
     return n
 
 
-def _set(n: int) -> None:
-    if n == _state.current:
+def _set(n: int, force: bool = False) -> None:
+    if n == _state.current and not force:
         return
     controller = _controller()
     if controller is not None:
+        blas = n if _state.blas_cap is None else min(n, _state.blas_cap)
         for lib in controller.lib_controllers:
-            lib.set_num_threads(n)
+            lib.set_num_threads(blas)
     _state.current = n
+
+
+def cap_blas(limit: int) -> None:
+    """Run the BLAS library with at most ``limit`` threads from now on; netdef's count still goes to
+    other pools (:func:`count`). Used when ONNX Runtime's kernels do the heavy products
+    (:mod:`netdef.layers.ort_kernels`). Where the user set the BLAS library's own variable, netdef
+    leaves it alone as always."""
+    _state.blas_cap = max(1, int(limit))
+    if _state.current is not None:
+        _set(_state.current, force=True)
 
 
 def apply_policy(threads: int | None = None) -> int:
@@ -226,6 +238,13 @@ def current() -> int | None:
     return _state.current
 
 
+def count() -> int:
+    """Threads for other native pools of this process (ONNX Runtime's): netdef's count, else the BLAS library's."""
+    if _state.current is None and _state.next_check == 0.0 and not _state.fixed:
+        refresh()
+    return _state.current if _state.current is not None else _library_threads()
+
+
 def describe() -> str:
     """One line: the count, where it came from, and the libraries it applies to."""
     if _state.current is None and _state.next_check == 0.0:
@@ -237,6 +256,8 @@ def describe() -> str:
     if controller is None:
         return f"{_state.current} ({how}); threadpoolctl not installed, so the BLAS library keeps its default"
     libs = ", ".join(f"{lib.internal_api} {lib.version}" for lib in controller.lib_controllers) or "none found"
+    if _state.blas_cap is not None and libs != "none found":
+        libs += f" (capped at {_state.blas_cap}: ONNX Runtime's kernels run the heavy products)"
     return f"{_state.current} ({how}; cores usable {available_cores()}, busy {busy_cores()}); libraries: {libs}"
 
 

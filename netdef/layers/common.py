@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from .. import backend, threads
 from ..blob import Blob
 from ..errors import ShapeMismatchError
+from . import ort_kernels
 from .base import Layer, register_layer
 
 Blobs = Sequence[Blob]
@@ -65,7 +66,7 @@ class InnerProductLayer(Layer):
         threads.refresh()
         x = bottom[0].data.reshape(-1, self.k)
         w = self.blobs[0].data
-        y = x @ w if self.transpose else x @ w.T
+        y = ort_kernels.matmul(x, w if self.transpose else w.T)
         if self.bias_term:
             y += self.blobs[1].data
         top[0].data = y.reshape(top[0].shape)
@@ -75,12 +76,12 @@ class InnerProductLayer(Layer):
         x = bottom[0].data.reshape(-1, self.k)
         ppd = self.param_propagate_down
         if ppd and ppd[0]:
-            self.blobs[0].diff += x.T @ dy if self.transpose else dy.T @ x
+            self.blobs[0].diff += ort_kernels.matmul(x.T, dy) if self.transpose else ort_kernels.matmul(dy.T, x)
         if self.bias_term and len(ppd) > 1 and ppd[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             w = self.blobs[0].data
-            dx = dy @ w.T if self.transpose else dy @ w
+            dx = ort_kernels.matmul(dy, w.T if self.transpose else w)
             bottom[0].diff = dx.reshape(bottom[0].shape)
 
 

@@ -8,6 +8,7 @@ the machine's load.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ from .. import backend, threads
 from ..blob import Blob
 from ..errors import ShapeMismatchError
 from ..proto import netdef_pb2 as pb
-from . import winograd
+from . import ort_kernels, winograd
 from .base import Layer, register_layer
 from .conv_flat import FlatGrid, choose_grid, flipped_weights
 from .im2col import (
@@ -35,6 +36,8 @@ from .im2col import (
     patches,
     use_batch_last,
 )
+
+log = logging.getLogger("netdef")
 
 
 def _channel_axis(layer: Layer, bottom: Blob, axis: int) -> tuple[int, int]:
@@ -125,10 +128,39 @@ class _ConvolutionBase(Layer):
         for t in top:
             t.reshape((*x.shape[: self.axis], self.num_output, *self.out_spatial))
         if self.in_spatial != self._planned_for:  # reshape runs every iteration; plan once per input size
+            self.nchwc = self._nchwc_plan()
+            self.nchwc_grad = ort_kernels.input_gradient_plan(self.nchwc) if self.nchwc is not None else None
             self.flat = self._flat_grid()
             self.wino = self._winograd_plan()
             self.wino_grad = self.wino.transposed() if self.wino is not None else None
             self._planned_for = self.in_spatial
+
+    def _nchwc_plan(self) -> ort_kernels.NchwcConv | None:
+        """ONNX Runtime's blocked-channel kernels (:mod:`netdef.layers.ort_kernels`) where installed and applicable."""
+        if self.transposed or self.xp is not numpy:
+            return None
+        if not ort_kernels.applies(self.channels, self.num_output, self.num_spatial, self.group, self.dtype):
+            return None
+        shape = (self.num, self.channels, *self.in_spatial)
+        return ort_kernels.NchwcConv(
+            shape,
+            self.num_output,
+            self.kernel,
+            self.stride,
+            self.pad,
+            self.dilation,
+            self.bias_term,
+            ort_kernels.block_size(),
+        )
+
+    def _run_nchwc(self, plan: ort_kernels.NchwcConv, x, w, bias=None):
+        """``plan`` on ``x`` with weights ``w``; None (and NumPy from now on) if ONNX Runtime fails."""
+        try:
+            return plan(x, plan.weights(w), bias)
+        except Exception as err:  # an ONNX Runtime error must not end training: NumPy computes the same
+            log.warning("%s: ONNX Runtime's convolution failed (%s); using NumPy's from now on", self.describe(), err)
+            self.nchwc = self.nchwc_grad = None
+            return None
 
     def _flat_grid(self) -> FlatGrid | None:
         """The flat layout (:mod:`netdef.layers.conv_flat`) for NumPy convolutions where it applies and pays."""
@@ -223,7 +255,7 @@ class ConvolutionLayer(_ConvolutionBase):
         chunks = self._flat_chunks(x)
         for sl in chunks:
             col = self._flat_columns(x[sl])
-            yw = numpy.matmul(w, col).reshape(self.num_output, -1)
+            yw = ort_kernels.matmul(w, col).reshape(self.num_output, -1)
             self.flat.outputs(yw, sl.stop - sl.start, out=y[sl], bias=bias)
             self._keep_columns(i, col, len(chunks))
         return y
@@ -234,7 +266,7 @@ class ConvolutionLayer(_ConvolutionBase):
         y = xp.empty((self.num, self.num_output, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
         for sl, n, batch_last in chunks:
             col = self._columns(x[sl], batch_last)
-            yc = xp.matmul(w, col).reshape(self.num_output, -1)
+            yc = ort_kernels.matmul(w, col).reshape(self.num_output, -1)
             y = _store(y, columns_to_batch(yc, n, self.out_spatial, batch_last, bias), sl)
             self._keep_columns(i, col, len(chunks))
         return y
@@ -253,20 +285,28 @@ class ConvolutionLayer(_ConvolutionBase):
             dx = self.wino_grad.convolve(dy, self.wino_grad.weights(flipped, self.group))
         return dw, dx
 
+    def _uses_nchwc(self, xp) -> bool:
+        return self.nchwc is not None and xp is numpy and self.num > 0
+
+    def _forward_numpy(self, xp):
+        """The forward routine of the NumPy (or CuPy) paths for this layer."""
+        if self._uses_winograd(xp):
+            return self._forward_winograd
+        return self._forward_flat if self._uses_flat(xp) else self._forward_im2col
+
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         threads.refresh()
         xp = backend.array_module(bottom[0].data)
         g, o = self.group, self.num_output
         w = self.blobs[0].data.reshape(g, o // g, -1)
         bias = self.blobs[1].data if self.bias_term else None
-        if self._uses_winograd(xp):
-            run = self._forward_winograd
-        else:
-            run = self._forward_flat if self._uses_flat(xp) else self._forward_im2col
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             self._cols[i] = None
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            t.data = run(x, w, bias, i).reshape(t.shape)
+            y = self._run_nchwc(self.nchwc, x, self.blobs[0].data, bias) if self._uses_nchwc(xp) else None
+            if y is None:
+                y = self._forward_numpy(xp)(x, w, bias, i)
+            t.data = y.reshape(t.shape)
 
     def _backward_flat(self, x, dy, want_w: bool, want_dx: bool, i: int):
         """Weight gradient (or None) and input gradient (or None) of one bottom on the flat grid."""
@@ -283,12 +323,27 @@ class ConvolutionLayer(_ConvolutionBase):
                     col = self._flat_columns(x[sl])
                 dyw = grid.compact(dy[sl]).reshape(g, o // g, -1)
                 # (rows x columns) @ (columns x outputs) suits OpenBLAS better than the product transposed
-                part = numpy.matmul(col, dyw.swapaxes(1, 2))
+                part = ort_kernels.matmul(col, dyw.swapaxes(1, 2))
                 dw = part if dw is None else dw + part
             if want_dx:
                 col = grid.columns(grid.spread(dy[sl]), n, grid.in_span).reshape(g, -1, n * grid.in_span)
-                grid.inputs(numpy.matmul(wflip, col).reshape(self.channels, -1), n, out=dx[sl])
+                grid.inputs(ort_kernels.matmul(wflip, col).reshape(self.channels, -1), n, out=dx[sl])
         return (None if dw is None else dw.swapaxes(1, 2)), dx
+
+    def _gradients(self, xp, x, dy, want_w: bool, want_dx: bool, i: int):
+        """Weight gradient (or None) and input gradient (or None) of bottom ``i``."""
+        dx = None
+        if want_dx and self._uses_nchwc(xp) and self.nchwc_grad is not None:
+            dx = self._run_nchwc(self.nchwc_grad, dy, flipped_kernel(self.blobs[0].data, 1))
+            want_dx = dx is None
+        if not (want_w or want_dx):
+            return None, dx
+        if self._uses_winograd(xp):
+            part, dx_numpy = self._backward_winograd(x, dy, want_w, want_dx)
+        else:
+            run = self._backward_flat if self._uses_flat(xp, want_dx) else self._backward_im2col
+            part, dx_numpy = run(x, dy, want_w, want_dx, i)
+        return part, (dx if dx is not None else dx_numpy)
 
     def _backward_im2col(self, x, dy, want_w: bool, want_dx: bool, i: int):
         """Weight gradient (or None) and input gradient (or None) of one bottom through im2col/col2im."""
@@ -308,7 +363,7 @@ class ConvolutionLayer(_ConvolutionBase):
                 dw = part if dw is None else dw + part
             if want_dx:
                 cols = column_axes(n, self.out_spatial, batch_last)
-                dcol = xp.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
+                dcol = ort_kernels.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
                 dx = _store(dx, self._fold(dcol, self.in_spatial, self.out_spatial, batch_last), sl)
         return dw, dx
 
@@ -325,11 +380,7 @@ class ConvolutionLayer(_ConvolutionBase):
             if not (want_w or propagate_down[i]):
                 continue
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
-            if self._uses_winograd(xp):
-                part, dx = self._backward_winograd(x, dy, want_w, bool(propagate_down[i]))
-            else:
-                run = self._backward_flat if self._uses_flat(xp, propagate_down[i]) else self._backward_im2col
-                part, dx = run(x, dy, want_w, bool(propagate_down[i]), i)
+            part, dx = self._gradients(xp, x, dy, want_w, bool(propagate_down[i]), i)
             if part is not None:
                 dw = part if dw is None else dw + part
             if dx is not None:
@@ -380,7 +431,7 @@ class DeconvolutionLayer(_ConvolutionBase):
             for sl, n, batch_last in chunks:
                 xc = batch_to_columns(x[sl], batch_last).reshape(g, self.channels // g, -1)
                 cols = column_axes(n, self.in_spatial, batch_last)
-                col = xp.matmul(w.transpose(0, 2, 1), xc).reshape(o, *self.kernel, *cols)
+                col = ort_kernels.matmul(w.transpose(0, 2, 1), xc).reshape(o, *self.kernel, *cols)
                 part = self._fold(col, self.out_spatial, self.in_spatial, batch_last)
                 if bias is not None:
                     part += bias
@@ -410,7 +461,7 @@ class DeconvolutionLayer(_ConvolutionBase):
                     part = matmul_nt(xc, col)
                     dw = part if dw is None else dw + part
                 if propagate_down[i]:
-                    dxc = xp.matmul(w, col).reshape(self.channels, -1)
+                    dxc = ort_kernels.matmul(w, col).reshape(self.channels, -1)
                     dx = _store(dx, columns_to_batch(dxc, n, self.in_spatial, batch_last), sl)
             if propagate_down[i]:
                 b.diff = dx.reshape(b.shape)

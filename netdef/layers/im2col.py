@@ -21,6 +21,7 @@ import numpy
 
 from .. import backend
 from ..errors import ShapeMismatchError
+from . import ort_kernels
 from .base import Layer
 
 #: Largest column buffer built at once on the CPU; bigger batches are convolved in chunks of
@@ -225,8 +226,8 @@ def matmul_nt(a, b):
     """
     xp = backend.array_module(a)
     k = a.shape[-1]
-    if xp is not numpy or k < 8192 or a.shape[-2] * b.shape[-2] > 4096:
-        return xp.matmul(a, b.swapaxes(-1, -2))
+    if xp is not numpy or k < 8192 or a.shape[-2] * b.shape[-2] > 4096 or ort_kernels.active():
+        return ort_kernels.matmul(a, b.swapaxes(-1, -2))
     out = xp.matmul(a[..., :1024], b[..., :1024].swapaxes(-1, -2))
     for i in range(1024, k, 1024):
         out += xp.matmul(a[..., i : i + 1024], b[..., i : i + 1024].swapaxes(-1, -2))

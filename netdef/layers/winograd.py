@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 import numpy
 
+from . import ort_kernels
+
 #: Output block size per kernel size that :func:`choose` uses: F(4x4, 3x3). F(2x2, 5x5) is
 #: exact too (``Winograd(5, ..., m=2)``) but its 6x6 tiles for 4 outputs cost more in
 #: transforms than its GEMMs save (measured on CIFAR-10's and CaffeNet's 5x5 layers).
@@ -120,7 +122,7 @@ class Winograd:
         for s in range(0, num, step):
             xs = x[s : s + step]
             v = (self.kron_b @ self._tiles(xs)).reshape(nn, g, c // g, -1)
-            prod = numpy.matmul(u, v).reshape(nn, -1)
+            prod = ort_kernels.matmul(u, v).reshape(nn, -1)
             y = (self.kron_a @ prod).reshape(self.m, self.m, o, xs.shape[0], *self.tiles)
             # y[a, b, o, n, i, j] is output (i*m + a, j*m + b) of sample n, channel o
             whole = y.transpose(3, 2, 4, 0, 5, 1).reshape(xs.shape[0], o, *(t * self.m for t in self.tiles))
@@ -154,7 +156,7 @@ class Winograd:
             # blocks[u, v, o, n, i, j] = dy[n, o, i*m + u, j*m + v]
             blocks = numpy.ascontiguousarray(padded.reshape(nb, o, th, m, tw, m).transpose(3, 5, 1, 0, 2, 4))
             dyt = (kron_g @ blocks.reshape(m * m, -1)).reshape(nn, group, o // group, -1)
-            acc += numpy.matmul(dyt, xt.swapaxes(-1, -2))
+            acc += ort_kernels.matmul(dyt, xt.swapaxes(-1, -2))
         dw = (kron_a @ acc.reshape(nn, -1)).reshape(self.r, self.r, o, c // group)
         return dw.transpose(2, 3, 0, 1)
 
