@@ -28,6 +28,7 @@ import numpy
 from .. import backend, fillers
 from ..blob import Blob
 from ..errors import ShapeMismatchError
+from . import ort_kernels
 from .base import Layer, register_layer
 
 log = logging.getLogger("netdef")
@@ -266,7 +267,7 @@ class _RecurrentLayer(Layer):
         """``W_x x_t + b`` for all t at once, plus ``W_static x_static`` (or 0) per sample."""
         x = bottom[0].data
         t, n = x.shape[:2]
-        xw = (x.reshape(t * n, -1) @ w_x.T + b_x).reshape(t, n, -1)
+        xw = (ort_kernels.matmul(x.reshape(t * n, -1), w_x.T) + b_x).reshape(t, n, -1)
         static = 0
         if self.static_input:
             static = bottom[2].data.reshape(n, -1) @ w_static.T
@@ -280,11 +281,11 @@ class _RecurrentLayer(Layer):
         t, n = x.shape[:2]
         flat = dpre.reshape(t * n, -1)
         if pdown[0]:
-            w_x_blob.diff += flat.T @ x.reshape(t * n, -1)
+            w_x_blob.diff += ort_kernels.matmul(flat.T, x.reshape(t * n, -1))
         if pdown[1]:
             b_x_blob.diff += flat.sum(axis=0)
         if propagate_down[0]:
-            bottom[0].diff = (flat @ w_x_blob.data).reshape(x.shape)
+            bottom[0].diff = ort_kernels.matmul(flat, w_x_blob.data).reshape(x.shape)
         if self.static_input:
             xs = bottom[2].data
             dstatic = dpre.sum(axis=0)
@@ -448,7 +449,7 @@ class RNNLayer(_RecurrentLayer):
             h = xp.tanh(xw[t] + static + h_conted[t] @ w_hh.T)
             hs[t] = h
         self._hs, self._h_conted = hs, h_conted
-        o = xp.tanh((hs.reshape(steps * n, -1) @ w_ho.T + b_o).reshape(steps, n, -1))
+        o = xp.tanh((ort_kernels.matmul(hs.reshape(steps * n, -1), w_ho.T) + b_o).reshape(steps, n, -1))
         self._o = o
         self.log_debug("h", hs)
         top[0].data = o
@@ -464,10 +465,10 @@ class RNNLayer(_RecurrentLayer):
         hs, o = self._hs, self._o
         do = (top[0].diff * (1.0 - o * o)).reshape(steps * n, -1)
         if pdown[k + 1]:
-            w_ho_blob.diff += do.T @ hs.reshape(steps * n, -1)
+            w_ho_blob.diff += ort_kernels.matmul(do.T, hs.reshape(steps * n, -1))
         if pdown[k + 2]:
             b_o_blob.diff += do.sum(axis=0)
-        dh_out = (do @ w_ho_blob.data).reshape(steps, n, -1)
+        dh_out = ort_kernels.matmul(do, w_ho_blob.data).reshape(steps, n, -1)
         w_hh = w_hh_blob.data
         dpre = xp.empty_like(hs)
         # The diff of an exposed h_T top is not used: Caffe cuts gradients at batch boundaries.
@@ -476,7 +477,7 @@ class RNNLayer(_RecurrentLayer):
             dpre[t] = (dh_out[t] + dh_next) * (1.0 - hs[t] * hs[t])
             dh_next = (dpre[t] @ w_hh) * cont[t][:, None]
         if pdown[k]:
-            w_hh_blob.diff += dpre.reshape(steps * n, -1).T @ self._h_conted.reshape(steps * n, -1)
+            w_hh_blob.diff += ort_kernels.matmul(dpre.reshape(steps * n, -1).T, self._h_conted.reshape(steps * n, -1))
         self.log_debug("hidden pre-activation diffs", dpre)
         self.backward_inputs(
             propagate_down,

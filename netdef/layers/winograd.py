@@ -121,9 +121,9 @@ class Winograd:
         step = self.samples_per_chunk(max(c, o))
         for s in range(0, num, step):
             xs = x[s : s + step]
-            v = (self.kron_b @ self._tiles(xs)).reshape(nn, g, c // g, -1)
+            v = ort_kernels.matmul(self.kron_b, self._tiles(xs)).reshape(nn, g, c // g, -1)
             prod = ort_kernels.matmul(u, v).reshape(nn, -1)
-            y = (self.kron_a @ prod).reshape(self.m, self.m, o, xs.shape[0], *self.tiles)
+            y = ort_kernels.matmul(self.kron_a, prod).reshape(self.m, self.m, o, xs.shape[0], *self.tiles)
             # y[a, b, o, n, i, j] is output (i*m + a, j*m + b) of sample n, channel o
             whole = y.transpose(3, 2, 4, 0, 5, 1).reshape(xs.shape[0], o, *(t * self.m for t in self.tiles))
             kept = whole[:, :, : self.out[0], : self.out[1]]
@@ -150,14 +150,14 @@ class Winograd:
         for s in range(0, num, step):
             xs, dys = x[s : s + step], dy[s : s + step]
             nb = xs.shape[0]
-            xt = (kron_b @ self._tiles(xs)).reshape(nn, group, c // group, -1)
+            xt = ort_kernels.matmul(kron_b, self._tiles(xs)).reshape(nn, group, c // group, -1)
             padded = numpy.zeros((nb, o, th * m, tw * m), dtype=self.dtype)
             padded[:, :, : self.out[0], : self.out[1]] = dys
             # blocks[u, v, o, n, i, j] = dy[n, o, i*m + u, j*m + v]
             blocks = numpy.ascontiguousarray(padded.reshape(nb, o, th, m, tw, m).transpose(3, 5, 1, 0, 2, 4))
-            dyt = (kron_g @ blocks.reshape(m * m, -1)).reshape(nn, group, o // group, -1)
+            dyt = ort_kernels.matmul(kron_g, blocks.reshape(m * m, -1)).reshape(nn, group, o // group, -1)
             acc += ort_kernels.matmul(dyt, xt.swapaxes(-1, -2))
-        dw = (kron_a @ acc.reshape(nn, -1)).reshape(self.r, self.r, o, c // group)
+        dw = ort_kernels.matmul(kron_a, acc.reshape(nn, -1)).reshape(self.r, self.r, o, c // group)
         return dw.transpose(2, 3, 0, 1)
 
     def _tiles(self, xs):
