@@ -142,7 +142,7 @@ class _ConvolutionBase(Layer):
         if not ort_kernels.applies(self.channels, self.num_output, self.num_spatial, self.group, self.dtype):
             return None
         shape = (self.num, self.channels, *self.in_spatial)
-        return ort_kernels.NchwcConv(
+        plan = ort_kernels.NchwcConv(
             shape,
             self.num_output,
             self.kernel,
@@ -152,6 +152,7 @@ class _ConvolutionBase(Layer):
             self.bias_term,
             ort_kernels.block_size(),
         )
+        return plan if plan.waste <= ort_kernels.MAX_WASTE else None
 
     def _run_nchwc(self, plan: ort_kernels.NchwcConv, x, w, bias=None):
         """``plan`` on ``x`` with weights ``w``; None (and NumPy from now on) if ONNX Runtime fails."""

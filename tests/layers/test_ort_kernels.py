@@ -20,6 +20,13 @@ pytestmark = pytest.mark.skipif(not ort_kernels.active(), reason="ONNX Runtime i
 RNG = numpy.random.default_rng(31)
 
 
+@pytest.fixture(autouse=True)
+def any_waste(request, monkeypatch):
+    """The tests below check the kernels on small layers, which the waste limit would send to NumPy."""
+    if "real_policy" not in request.keywords:
+        monkeypatch.setattr(ort_kernels, "MAX_WASTE", float("inf"))
+
+
 def block():
     b = ort_kernels.block_size()
     if b is None:
@@ -42,6 +49,7 @@ GEOMETRIES = [
     (3, -1, 20, 11, 11, (3, 3), (2, 2), (1, 1), (1, 1)),  # stride 2
     (1, 4, 3, 10, 7, (3, 2), (1, 2), (2, 0), (2, 1)),  # non-square kernel, mixed stride and dilation
     (2, 1, 4, 12, 12, (5, 5), (1, 1), (0, 0), (1, 1)),  # LeNet's first layer, no padding
+    (2, 18, 50, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1)),  # 18 and 50 channels: widened to multiples of 4
 ]
 
 
@@ -71,9 +79,6 @@ def test_input_gradient_is_the_adjoint_of_the_convolution(case):
     n, c, o, h, w, kernel, stride, pad, dilation = _geometry(case)
     plan = NchwcConv((n, c, h, w), o, kernel, stride, pad, dilation, False, block())
     grad = input_gradient_plan(plan)
-    if o >= block() and o % ort_kernels.CHANNEL_ALIGN:
-        assert grad is None  # ReorderInput takes no such channel count
-        return
     x = RNG.standard_normal((n, c, h, w)).astype(numpy.float32)
     k = RNG.standard_normal((o, c, *kernel)).astype(numpy.float32)
     dy = RNG.standard_normal((n, o, *plan.out)).astype(numpy.float32)
@@ -85,19 +90,38 @@ def test_input_gradient_is_the_adjoint_of_the_convolution(case):
     assert lhs == pytest.approx(rhs, rel=1e-4)
 
 
-def test_no_input_gradient_plan_for_strides_or_unaligned_channels():
+def test_input_gradient_plans_only_for_stride_1():
     b = block()
     assert input_gradient_plan(NchwcConv((1, 8, 9, 9), 8, (3, 3), (2, 2), (1, 1), (1, 1), False, b)) is None
-    odd = NchwcConv((1, 8, 9, 9), b + 2, (3, 3), (1, 1), (1, 1), (1, 1), False, b)
-    assert input_gradient_plan(odd) is None  # the gradient's input would have b + 2 channels
     assert input_gradient_plan(NchwcConv((1, 8, 9, 9), 8, (3, 3), (1, 1), (1, 1), (1, 1), False, b)) is not None
+    # padding wider than the kernel's reach would need a negative padding for the gradient
+    assert input_gradient_plan(NchwcConv((1, 8, 9, 9), 8, (3, 3), (1, 1), (3, 3), (1, 1), False, b)) is None
+
+
+@pytest.mark.real_policy
+def test_layers_whose_channels_fill_few_of_the_blocks_stay_with_numpy():
+    b = block()
+    wide = NchwcConv((2, 2 * b, 9, 9), 2 * b, (3, 3), (1, 1), (1, 1), (1, 1), False, b)
+    assert wide.waste == 1 and input_gradient_plan(wide) is not None
+    first = NchwcConv((2, 3, 9, 9), 2 * b, (3, 3), (1, 1), (1, 1), (1, 1), False, b)
+    assert first.waste == 1  # fewer channels than a block go in unblocked
+    assert input_gradient_plan(first) is None  # its gradient would have 3 channels in blocks of b
+    fill = "weight_filler { type: 'gaussian' }"
+    for outputs, used in ((2 * b, True), (b // 2 + 1, False)):
+        x = [RNG.standard_normal((2, 3, 6, 6)).astype(numpy.float32)]
+        layer, _, _ = forward_layer(
+            f'type: "Convolution" convolution_param {{ num_output: {outputs} kernel_size: 3 {fill} }}',
+            x,
+            dtype=numpy.float32,
+        )
+        assert (layer.nchwc is not None) == used, outputs
 
 
 def test_applies_only_to_single_group_2d_float32():
     b = block()
     assert ort_kernels.applies(3, 8, 2, 1, numpy.float32)
     assert ort_kernels.applies(4 * b, 8, 2, 1, numpy.float32)
-    assert not ort_kernels.applies(b + 2, 8, 2, 1, numpy.float32)  # ReorderInput needs a multiple of 4
+    assert ort_kernels.applies(b + 2, 8, 2, 1, numpy.float32)  # widened to a multiple of 4 for ReorderInput
     assert not ort_kernels.applies(8, 8, 2, 2, numpy.float32)  # groups
     assert not ort_kernels.applies(8, 8, 3, 1, numpy.float32)  # 3-D
     assert not ort_kernels.applies(8, 8, 2, 1, numpy.float64)
