@@ -39,7 +39,7 @@ from nets import CASES, ROOT, check_losses, netdef_net, netdef_step, torch_step 
 
 import netdef  # noqa: E402
 from netdef import allocator, threads  # noqa: E402
-from netdef.layers import ort_kernels  # noqa: E402
+from netdef.tools.device_query import cpu_kernels  # noqa: E402
 
 
 def timed(step, n: int) -> list[float]:
@@ -59,11 +59,11 @@ def machine_info() -> list[str]:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    kernels = onnxruntime_kernels()  # first: using them caps BLAS at one thread, which the next line shows
+    kernels = cpu_kernels()  # first: ONNX Runtime's kernels cap BLAS at one thread, which the next line shows
     lines = [
         f"cpu: {cpu}; logical cores {os.cpu_count()}, usable {threads.available_cores()}",
         f"python {platform.python_version()}, numpy {numpy.__version__}, {platform.system()} {platform.release()}",
-        f"ONNX Runtime kernels: {kernels}",
+        f"CPU kernels: {kernels}",
         f"netdef threads: {threads.describe()}",
         f"BLAS kernels: {blas_kernels()}",
         f"malloc: {allocator.tune()}",
@@ -75,17 +75,6 @@ def machine_info() -> list[str]:
     except ImportError:
         lines.append("torch: not installed (netdef timed alone)")
     return lines
-
-
-def onnxruntime_kernels() -> str:
-    """Whether netdef runs convolutions and products on ONNX Runtime here (the ``fast`` extra)."""
-    if not ort_kernels.active():
-        return "not used (NumPy only; pip install '.[fast]' to use them)"
-    import onnxruntime
-
-    block = ort_kernels.block_size()
-    convs = f"NCHWc convolutions, block {block}" if block else "no NCHWc convolutions"
-    return f"onnxruntime {onnxruntime.__version__}: {convs}, GEMM"
 
 
 def blas_kernels() -> str:

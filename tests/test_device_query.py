@@ -4,6 +4,7 @@ import pytest
 
 from netdef import backend
 from netdef.cli import main
+from netdef.layers import ort_kernels
 from netdef.tools.device_query import device_query
 
 
@@ -15,6 +16,18 @@ def test_cpu_only_message(monkeypatch, capsys):
     assert main(["device_query"]) == 0
     assert "netdef runs on the CPU" in capsys.readouterr().out
     assert main(["device-query", "-q"]) == 0
+
+
+def test_cpu_message_names_the_kernels_in_use(monkeypatch):
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+    (line,) = [line for line in device_query() if line.startswith("CPU kernels:")]
+    if ort_kernels.active():
+        assert "ONNX Runtime" in line and "GEMM" in line
+    else:
+        assert "install the 'fast' extra" in line
+    monkeypatch.setattr(ort_kernels, "active", lambda: False)
+    (line,) = [line for line in device_query() if line.startswith("CPU kernels:")]
+    assert line.endswith("NumPy (install the 'fast' extra for ONNX Runtime's convolution and GEMM kernels)")
 
 
 @pytest.mark.gpu

@@ -222,7 +222,7 @@ class NchwcConv:
     def __call__(self, x, weights, bias=None, out=None) -> numpy.ndarray:
         """The convolution of ``x`` (C-contiguous float32) with :meth:`weights`, plus ``bias`` when the plan has one."""
         n = self.threads if self.threads is not None else threads.count()
-        session = _session(self._spec(), n)
+        session = _cached(("conv", self._spec(), n), lambda: _session(self._spec(), n))
         if out is None:
             out = numpy.empty((x.shape[0], self.num_output, *self.out), dtype=numpy.float32)
         if x.shape[1] != self.input_channels:
@@ -253,7 +253,6 @@ class NchwcConv:
         )
 
 
-@functools.lru_cache(maxsize=256)
 def _session(spec: tuple, num_threads: int):
     """An ONNX Runtime session for one :class:`NchwcConv` geometry (``spec``) and thread count."""
     from onnx import TensorProto, helper
@@ -328,7 +327,8 @@ def _operand(m) -> tuple[numpy.ndarray, int]:
 def _ort_gemm(a, b, out):
     a, trans_a = _operand(a)
     b, trans_b = _operand(b)
-    session = _gemm_session(trans_a, trans_b, _GEMM_TYPES[a.dtype], threads.count())
+    key = (trans_a, trans_b, _GEMM_TYPES[a.dtype], threads.count())
+    session = _cached(("gemm", *key), lambda: _gemm_session(*key))
     binding = session.io_binding()
     binding.bind_cpu_input("a", a)
     binding.bind_cpu_input("b", b)
@@ -337,7 +337,6 @@ def _ort_gemm(a, b, out):
     return out
 
 
-@functools.lru_cache(maxsize=32)
 def _gemm_session(trans_a: int, trans_b: int, elem_type: int, num_threads: int):
     from onnx import helper
 
@@ -383,6 +382,29 @@ def _shared_arena() -> None:
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     # no size limit, growing by what is asked for rather than doubling
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+
+
+# Sessions by geometry and thread count. A forked child must neither use nor destroy its parent's
+# sessions (their threads did not come along; destroying one waits for them forever): it moves
+# them to _INHERITED, which keeps them alive and unused, and makes its own.
+_SESSIONS: dict[tuple, object] = {}
+_INHERITED: list[dict] = []
+
+
+def _cached(key: tuple, make):
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = make()
+    return session
+
+
+def _after_fork_in_child() -> None:
+    _INHERITED.append(dict(_SESSIONS))
+    _SESSIONS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def input_gradient_plan(conv: NchwcConv) -> NchwcConv | None:

@@ -64,8 +64,22 @@ def device_query(gpu: str | None = None) -> list[str]:
     lines.append(f"CPU:                           {platform.processor() or platform.machine()}")
     lines.append(f"Logical cores:                 {os.cpu_count()}")
     lines.append(f"NumPy version:                 {numpy.__version__}")
+    lines.append(f"CPU kernels:                   {cpu_kernels()}")
     lines.append("For the GPU: install the 'gpu' extra (CuPy for CUDA 12) on a machine with an NVIDIA GPU.")
     return lines
+
+
+def cpu_kernels() -> str:
+    """Which kernels the CPU paths use: ONNX Runtime's (the ``fast`` extra) or NumPy's alone."""
+    from ..layers import ort_kernels
+
+    if not ort_kernels.active():
+        return "NumPy (install the 'fast' extra for ONNX Runtime's convolution and GEMM kernels)"
+    import onnxruntime
+
+    block = ort_kernels.block_size()
+    convs = f"blocked convolutions (block {block})" if block else "no blocked convolutions"
+    return f"ONNX Runtime {onnxruntime.__version__}: {convs} and GEMM"
 
 
 def cmd_device_query(args: argparse.Namespace) -> int:

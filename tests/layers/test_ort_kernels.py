@@ -6,6 +6,8 @@ once more with the variable set.
 """
 
 import logging
+import multiprocessing
+import os
 
 import numpy
 import pytest
@@ -174,6 +176,31 @@ def test_turned_off_by_the_environment(monkeypatch):
         ort_kernels.active.cache_clear()
         ort_kernels.block_size.cache_clear()
     assert ort_kernels.active()
+
+
+def _in_child(queue, x, k, a):
+    plan = NchwcConv(x.shape, k.shape[0], (3, 3), (1, 1), (1, 1), (1, 1), False, ort_kernels.block_size())
+    queue.put((plan(x, plan.weights(k)), ort_kernels.matmul(a, a.T), len(ort_kernels._SESSIONS)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_a_forked_child_computes_with_sessions_of_its_own():
+    b = block()
+    x = RNG.standard_normal((3, b, 9, 9)).astype(numpy.float32)
+    k = RNG.standard_normal((b, b, 3, 3)).astype(numpy.float32)
+    a = RNG.standard_normal((200, 150)).astype(numpy.float32)
+    plan = NchwcConv(x.shape, b, (3, 3), (1, 1), (1, 1), (1, 1), False, b)
+    want = plan(x, plan.weights(k)), ort_kernels.matmul(a, a.T)  # the parent's sessions exist now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_in_child, args=(queue, x, k, a))
+    child.start()
+    y, product, sessions = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert sessions == 2  # the child made its own convolution and GEMM sessions instead of using the parent's
+    numpy.testing.assert_array_equal(y, want[0])
+    numpy.testing.assert_array_equal(product, want[1])
 
 
 # --- the Convolution layer on these kernels ------------------------------------------------------
