@@ -18,6 +18,9 @@ take twenty times longer. netdef therefore chooses the count itself:
    samples this again at most once per :data:`REFRESH_SECONDS`, so a long training run
    follows the machine's load as it comes and goes.
 
+When ONNX Runtime's kernels are in use (:mod:`netdef.layers.ort_kernels`), the count goes to
+their thread pools (:func:`count`) and BLAS keeps one thread (:func:`cap_blas`).
+
 Setting the count needs the optional ``threadpoolctl`` package (``pip install
 threadpoolctl``); without it netdef leaves the BLAS library's own default alone and
 :func:`describe` says so.

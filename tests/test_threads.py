@@ -17,6 +17,7 @@ def fresh_state(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     before = threads._library_threads()
     yield
+    threads._state.blas_cap = None  # the test's own cap (the process's state comes back with the monkeypatch)
     threads._set(before)
 
 
@@ -118,3 +119,21 @@ def test_cli_option_applies_the_count_and_rejects_zero():
     assert threads.current() == 1 and threads._state.fixed
     with pytest.raises(SystemExit):
         p.parse_args(["--threads", "0"])
+
+
+def test_a_blas_cap_keeps_the_count_for_other_pools():
+    threads.apply_policy(2)
+    threads.cap_blas(1)
+    assert threads.current() == 2 and threads.count() == 2
+    if threads._controller() is not None and threads._controller().lib_controllers:
+        assert threads._library_threads() == 1
+        assert "capped at 1" in threads.describe()
+        threads.apply_policy(3)  # a later count leaves BLAS capped
+        assert threads._library_threads() == 1 and threads.count() == 3
+
+
+def test_count_follows_the_blas_variable_when_the_user_set_one(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    threads.apply_policy()
+    assert threads.current() is None
+    assert threads.count() == threads._library_threads()

@@ -2,8 +2,10 @@
 
 All three are built on the kernels of :mod:`netdef.layers.im2col`: a convolution is one
 im2col gather and one GEMM per group and chunk of samples (``COL_CHUNK_BYTES``), its input
-gradient a GEMM and one col2im. Its forward pass lets :func:`netdef.threads.refresh` follow
-the machine's load.
+gradient a GEMM and one col2im. On the CPU a Convolution may instead run on ONNX Runtime's
+direct kernels (:mod:`netdef.layers.ort_kernels`, the ``fast`` extra), Winograd's algorithm
+or the flat grid, whichever applies first (docs/performance.md). Its forward pass lets
+:func:`netdef.threads.refresh` follow the machine's load.
 """
 
 from __future__ import annotations
