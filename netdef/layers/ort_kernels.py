@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -57,6 +58,9 @@ ENV_VAR = "NETDEF_ONNXRUNTIME"
 #: input gradient: 2.29 vs 1.53; cifar10_quick's conv1 input gradient, 3 channels, 5.3:
 #: 10.3 vs 6.0.
 MAX_WASTE = 1.6
+#: Bytes of blocked input and output per convolution call: a batch runs in chunks of samples,
+#: so that ONNX Runtime's temporaries stay in cache and its arena small.
+CHUNK_BYTES = 4 * 2**20
 #: Products with fewer multiply-adds than this stay with NumPy: a session call costs some 20-40 us.
 MIN_GEMM_WORK = 1 << 20
 #: Block sizes ONNX Runtime's kernels use (AVX-512, AVX2/NEON, ...), tried in this order.
@@ -220,7 +224,10 @@ class NchwcConv:
         return out
 
     def __call__(self, x, weights, bias=None, out=None) -> numpy.ndarray:
-        """The convolution of ``x`` (C-contiguous float32) with :meth:`weights`, plus ``bias`` when the plan has one."""
+        """The convolution of ``x`` (float32) with :meth:`weights`, plus ``bias`` when the plan has one.
+
+        Runs in chunks of samples whose blocked copies stay under :data:`CHUNK_BYTES`.
+        """
         n = self.threads if self.threads is not None else threads.count()
         session = _cached(("conv", self._spec(), n), lambda: _session(self._spec(), n))
         if out is None:
@@ -229,14 +236,25 @@ class NchwcConv:
             widened = numpy.zeros((x.shape[0], self.input_channels, *x.shape[2:]), dtype=numpy.float32)
             widened[:, : x.shape[1]] = x
             x = widened
-        binding = session.io_binding()
-        binding.bind_cpu_input("x", numpy.ascontiguousarray(x, dtype=numpy.float32))
-        binding.bind_cpu_input("w", weights)
-        if self.bias:
-            binding.bind_cpu_input("b", self.padded_bias(bias))
-        binding.bind_output("y", "cpu", 0, numpy.float32, out.shape, out.ctypes.data)
-        session.run_with_iobinding(binding)
+        x = numpy.ascontiguousarray(x, dtype=numpy.float32)
+        padded_bias = self.padded_bias(bias) if self.bias else None
+        step = self.samples_per_chunk()
+        for start in range(0, x.shape[0], step):
+            part = out[start : start + step]
+            binding = session.io_binding()
+            binding.bind_cpu_input("x", x[start : start + step])
+            binding.bind_cpu_input("w", weights)
+            if padded_bias is not None:
+                binding.bind_cpu_input("b", padded_bias)
+            binding.bind_output("y", "cpu", 0, numpy.float32, part.shape, part.ctypes.data)
+            session.run_with_iobinding(binding)
         return out
+
+    def samples_per_chunk(self) -> int:
+        """Samples per call: the blocked input and output of a chunk (ONNX Runtime's temporaries) stay small."""
+        spatial_in, spatial_out = math.prod(self.shape[2:]), math.prod(self.out)
+        per_sample = 4 * (self.padded_channels * spatial_in + self.padded_outputs * spatial_out)
+        return max(1, CHUNK_BYTES // per_sample)
 
     def _spec(self) -> tuple:
         return (
@@ -375,7 +393,8 @@ def _shared_arena() -> None:
     Without an arena ONNX Runtime's temporaries go back to the system after every call and
     fault in again (cifar10_quick's first convolution: 1,600 page faults and 3.3 ms per call,
     1.7 ms with the arena); an arena per session would keep every session's peak (a
-    cifar10_quick step: 130 MiB), a shared one keeps the largest (99 MiB, 98 without).
+    cifar10_quick step: 130 MiB), a shared one keeps the largest, which the chunks of
+    :meth:`NchwcConv.__call__` keep small (89 MiB).
     """
     import onnxruntime as ort
 

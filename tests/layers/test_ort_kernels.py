@@ -75,6 +75,18 @@ def test_convolution_matches_the_direct_sum(case):
     numpy.testing.assert_allclose(plan(x[:1], plan.weights(k), bias), got[:1], rtol=1e-6, atol=1e-6)
 
 
+def test_a_batch_runs_in_chunks_of_samples(monkeypatch):
+    b = block()
+    x = RNG.standard_normal((5, b, 6, 6)).astype(numpy.float32)
+    k = RNG.standard_normal((3, b, 3, 3)).astype(numpy.float32)
+    plan = NchwcConv(x.shape, 3, (3, 3), (1, 1), (1, 1), (1, 1), False, b)
+    whole = plan(x, plan.weights(k))
+    monkeypatch.setattr(ort_kernels, "CHUNK_BYTES", 2 * 4 * b * 36 * 2)  # two samples per call
+    assert plan.samples_per_chunk() == 2
+    numpy.testing.assert_array_equal(plan(x, plan.weights(k)), whole)
+    numpy.testing.assert_allclose(whole, direct(x, k, (1, 1), (1, 1), (1, 1)), rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("case", [g for g in GEOMETRIES if g[6] == (1, 1)])
 def test_input_gradient_is_the_adjoint_of_the_convolution(case):
     # <conv(x), dy> == <x, dx(dy)> for every x and dy: the defining property of the input gradient
