@@ -307,7 +307,8 @@ def matmul(a, b, out=None):
     and every product where it is not active, go to ``numpy.matmul``.
     """
     if not _ort_worthy(a, b) or (out is not None and not out.flags.c_contiguous):
-        return backend.array_module(a).matmul(a, b, out=out)
+        xp = backend.array_module(a)  # NumPy, or CuPy on the GPU
+        return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
     if out is None:
         out = numpy.empty((*a.shape[:-1], b.shape[-1]), dtype=a.dtype)
     if a.ndim == 2:
