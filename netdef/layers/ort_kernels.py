@@ -81,7 +81,7 @@ def active() -> bool:
 
     Decided once per process. From then on BLAS runs one thread (:func:`netdef.threads.cap_blas`)
     and ONNX Runtime's pools take netdef's thread count: BLAS threads spin for a while after
-    each product, and spinning beside ONNX Runtime's threads would halve their speed.
+    each product, and spinning beside ONNX Runtime's threads slows them down (module docstring).
     """
     if os.environ.get(ENV_VAR, "").strip() == "0":
         return False
@@ -150,10 +150,9 @@ def _direct(x, w, stride, pad, dilation):
 
 def applies(channels: int, num_outputs: int, num_spatial: int, group: int, dtype) -> bool:
     """Whether a convolution of this kind can run on the NCHWc kernels here (they are probed on first use)."""
-    if num_spatial != 2 or group != 1 or numpy.dtype(dtype) != numpy.float32 or num_outputs < 1:
+    if num_spatial != 2 or group != 1 or numpy.dtype(dtype) != numpy.float32 or min(channels, num_outputs) < 1:
         return False
-    block = block_size()
-    return block is not None
+    return block_size() is not None
 
 
 class NchwcConv:
