@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         action=threads.ThreadsAction,
         metavar="N",
-        help="BLAS threads (default: NETDEF_NUM_THREADS, else the cores not busy; see docs/performance.md)",
+        help=(
+            "CPU threads for BLAS, or for ONNX Runtime's kernels with the 'fast' extra (default: "
+            "NETDEF_NUM_THREADS, else the cores not busy; see docs/performance.md)"
+        ),
     )
     # the package front door is imported before any of its modules (and sits above cli in the layering)
     version = getattr(sys.modules.get(__package__), "__version__", "unknown")
