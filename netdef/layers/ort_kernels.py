@@ -298,18 +298,17 @@ def _session(spec: tuple, num_threads: int):
 
 
 # --- matrix products ------------------------------------------------------------------------
-def matmul(a, b, out=None):
+def matmul(a, b):
     """``a @ b`` (2 or more axes, the same batch axes first), through ONNX Runtime's GEMM where it is active.
 
     Float32 and float64 products of at least :data:`MIN_GEMM_WORK` multiply-adds go to ONNX Runtime
     (a transposed view is passed as its base with the transpose flag, not copied); the rest,
-    and every product where it is not active, go to ``numpy.matmul``.
+    and every product where it is not active, go to ``matmul`` of the arrays' module (NumPy,
+    or CuPy on the GPU).
     """
-    if not _ort_worthy(a, b) or (out is not None and not out.flags.c_contiguous):
-        xp = backend.array_module(a)  # NumPy, or CuPy on the GPU
-        return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
-    if out is None:
-        out = numpy.empty((*a.shape[:-1], b.shape[-1]), dtype=a.dtype)
+    if not _ort_worthy(a, b):
+        return backend.array_module(a).matmul(a, b)
+    out = numpy.empty((*a.shape[:-1], b.shape[-1]), dtype=a.dtype)
     if a.ndim == 2:
         return _ort_gemm(a, b, out)
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
@@ -367,7 +366,7 @@ def _gemm_session(trans_a: int, trans_b: int, elem_type: int, num_threads: int):
 
 
 def _make_session(nodes, inputs, num_threads: int, opsets=((DOMAIN, 1),), elem_type: int = 1):
-    """A CPU session of the graph ``nodes`` (one output, ``y``): threads that sleep when idle, no arena."""
+    """A CPU session of the graph ``nodes`` (one output, ``y``): threads that sleep when idle, the shared arena."""
     import onnxruntime as ort
     from onnx import helper
 

@@ -16,6 +16,7 @@ from netdef import TRAIN, backend, threads
 from netdef.layers import ort_kernels
 from netdef.layers.ort_kernels import NchwcConv, input_gradient_plan
 from netdef.testing import forward_layer
+from tests.layers.test_conv import reference_conv
 
 pytestmark = pytest.mark.skipif(not ort_kernels.active(), reason="ONNX Runtime is not installed or turned off")
 
@@ -38,6 +39,14 @@ def block():
 
 def direct(x, w, stride, pad, dilation):
     return ort_kernels._direct(x.astype(numpy.float64), w.astype(numpy.float64), stride, pad, dilation)
+
+
+def test_the_probes_direct_sum_matches_the_loop_reference():
+    # the oracle of the probe and of the tests below, checked against test_conv's element-by-element loop
+    x = RNG.standard_normal((2, 3, 7, 6))
+    w = RNG.standard_normal((4, 3, 3, 2))
+    want = reference_conv(x, w, None, (2, 1), (1, 1), (1, 2), 1)
+    numpy.testing.assert_allclose(ort_kernels._direct(x, w, (2, 1), (1, 1), (1, 2)), want, rtol=1e-12, atol=1e-12)
 
 
 def test_block_size_is_one_the_kernels_use():
