@@ -137,3 +137,94 @@ def test_count_follows_the_blas_variable_when_the_user_set_one(monkeypatch):
     threads.apply_policy()
     assert threads.current() is None
     assert threads.count() == threads._library_threads()
+
+
+# --- run_parts ----------------------------------------------------------------------------
+def two_threads(monkeypatch):
+    monkeypatch.setattr(threads._state, "current", 2)
+    monkeypatch.setattr(threads._state, "fixed", True)
+
+
+def test_run_parts_keeps_order_and_uses_a_second_thread(monkeypatch):
+    import threading
+
+    two_threads(monkeypatch)
+    seen = []
+
+    def fn(share):
+        seen.append((threading.get_ident(), threads.count(), list(share)))
+        return [p * 10 for p in share]
+
+    assert threads.run_parts(fn, [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
+    # two shares of consecutive parts, on two threads, each seeing one thread for its own pools
+    assert sorted(s for _, _, s in seen) == [[1, 2], [3, 4, 5]]
+    assert len({ident for ident, _, _ in seen}) == 2
+    assert {c for _, c, _ in seen} == {1}
+    assert threads.count() == 2  # the caller's count is back after its share
+
+
+def test_run_parts_runs_here_with_one_thread_or_one_part(monkeypatch):
+    import threading
+
+    here = threading.get_ident()
+    idents = []
+
+    def fn(share):
+        idents.append(threading.get_ident())
+        return list(share)
+
+    monkeypatch.setattr(threads._state, "current", 1)
+    monkeypatch.setattr(threads._state, "fixed", True)
+    assert threads.run_parts(fn, [1, 2, 3]) == [1, 2, 3]
+    two_threads(monkeypatch)
+    assert threads.run_parts(fn, [7]) == [7]
+    assert threads.run_parts(fn, []) == []
+    assert set(idents) == {here}
+
+
+def test_run_parts_raises_a_helpers_error_after_all_shares_end(monkeypatch):
+    two_threads(monkeypatch)
+    done = []
+
+    def fn(share):
+        if 2 in share:
+            raise ValueError("part 2 failed")
+        done.append(share)
+        return share
+
+    with pytest.raises(ValueError, match="part 2 failed"):
+        threads.run_parts(fn, [1, 2])
+    assert done == [[1]]
+
+
+def test_a_late_helper_makes_the_next_refresh_sample_the_load(monkeypatch):
+    monkeypatch.setattr(threads._state, "current", 2)
+    monkeypatch.setattr(threads._state, "next_check", threads.time.monotonic() + 100)
+    threads._share(list, [1], sent=threads.time.monotonic() - 1.0)
+    assert threads._state.next_check <= threads.time.monotonic()
+    monkeypatch.setattr(threads, "auto_threads", lambda: 1)
+    threads.refresh()
+    assert threads.current() == 1
+
+
+def test_split_count_rounds_up_to_the_threads_only_for_big_work(monkeypatch):
+    two_threads(monkeypatch)
+    assert threads.split_count(threads.SPLIT_BYTES - 1, 3) == 3
+    assert threads.split_count(threads.SPLIT_BYTES, 3) == 4
+    assert threads.split_count(threads.SPLIT_BYTES, 1) == 2
+    assert threads.split_count(threads.SPLIT_BYTES, 4) == 4
+
+
+def test_a_forked_child_makes_its_own_helpers(monkeypatch):
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    two_threads(monkeypatch)
+    assert threads.run_parts(lambda s: [p + 1 for p in s], [1, 2]) == [2, 3]  # the parent's helper exists
+    pid = os.fork()
+    if pid == 0:  # the child: its helper threads must be new ones
+        ok = threads._workers["pool"] is None and threads.run_parts(lambda s: [p + 1 for p in s], [1, 2]) == [2, 3]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
