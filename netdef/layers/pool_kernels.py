@@ -20,7 +20,11 @@ a set per geometry and pass cost 36 MiB in cifar10_quick for no measurable speed
 
 from __future__ import annotations
 
+import math
+
 import numpy
+
+from .. import threads
 
 #: Input bytes per chunk of channel planes (several buffers of about this size are live at once).
 CHUNK_BYTES = 1 << 21
@@ -134,7 +138,10 @@ class PhasePlan:
 
     # layout ------------------------------------------------------------------------------------------------
     def _spans(self, n_planes: int, itemsize: int) -> list[tuple[int, int]]:
-        per = max(1, CHUNK_BYTES // max(1, self.h.size * self.w.size * itemsize))
+        """Chunks of planes of equal size, at most ``CHUNK_BYTES`` each, a multiple of the thread count when split."""
+        nbytes = n_planes * self.h.size * self.w.size * itemsize
+        parts = threads.split_count(nbytes, max(1, math.ceil(nbytes / CHUNK_BYTES)))
+        per = max(1, math.ceil(n_planes / parts))
         return [(a, min(a + per, n_planes)) for a in range(0, n_planes, per)]
 
     def _chunk(self, made: dict, planes: int, dtype, fill=0) -> _Chunk:
@@ -168,21 +175,30 @@ class PhasePlan:
 
     # forward ----------------------------------------------------------------------------------------------
     def _forward(self, x, fill, chunk_op):
-        """Stage each chunk of planes of ``x`` and let ``chunk_op(chunk, y_chunk)`` fill its outputs."""
+        """Stage each chunk of planes of ``x`` and let ``chunk_op(chunk, y_chunk)`` fill its outputs.
+
+        Returns the outputs and, per chunk, its ``(first plane, end plane)`` and what ``chunk_op`` returned.
+        """
         n, c = x.shape[:2]
         planes = x.reshape(n * c, self.h.size, self.w.size)
         y = numpy.empty((n * c, *self.out_hw), dtype=x.dtype)
-        made: dict = {}
-        for a, b in self._spans(n * c, x.itemsize):
-            chunk = self._chunk(made, b - a, x.dtype, fill)
-            for p_h, p_w, block, image in self._blocks():
-                numpy.copyto(chunk.grid(chunk.staged[p_w])[p_h][block], planes[a:b][image])
-            chunk_op(chunk, y[a:b])
-        return y.reshape(n, c, *self.out_hw)
+
+        def share(spans):
+            made: dict = {}
+            out = []
+            for a, b in spans:
+                chunk = self._chunk(made, b - a, x.dtype, fill)
+                for p_h, p_w, block, image in self._blocks():
+                    numpy.copyto(chunk.grid(chunk.staged[p_w])[p_h][block], planes[a:b][image])
+                out.append(((a, b), chunk_op(chunk, y[a:b])))
+            return out
+
+        state = threads.run_parts(share, self._spans(n * c, x.itemsize))
+        return y.reshape(n, c, *self.out_hw), state
 
     def max_forward(self, x):
-        """Window maxima, and per chunk the argmax offsets: of each row segment's column, of each window's row."""
-        state = []
+        """Window maxima, and per chunk its planes and the argmax offsets: of each row segment's column, of
+        each window's row."""
 
         def op(chunk: _Chunk, y):
             aw, ah = numpy.empty(chunk.rows, self.arg_dtype), numpy.empty(chunk.block, self.arg_dtype)
@@ -191,9 +207,9 @@ class PhasePlan:
             b = chunk.block
             _max_scan(self._height_views(chunk, chunk.mid), chunk.top, ah, better[:b], tmp[:b])
             numpy.copyto(y, chunk.valid(chunk.top, self.out_hw))
-            state.append((ah, aw))
+            return ah, aw
 
-        return self._forward(x, numpy.finfo(x.dtype).min, op), state
+        return self._forward(x, numpy.finfo(x.dtype).min, op)
 
     def ave_forward(self, x, divisors):
         def op(chunk: _Chunk, y):
@@ -202,7 +218,7 @@ class PhasePlan:
             numpy.divide(chunk.top, chunk.tiled(divisors, self.out_hw), out=chunk.top)
             numpy.copyto(y, chunk.valid(chunk.top, self.out_hw))
 
-        return self._forward(x, 0, op)
+        return self._forward(x, 0, op)[0]
 
     # backward ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -227,27 +243,35 @@ class PhasePlan:
                 numpy.copyto(dst, src)
 
     def _backward(self, dy, x_shape, state=None, divisors=None):
+        """The input gradient; ``state`` is :meth:`max_forward`'s (its chunks are used), else chunks are new."""
         n, c = x_shape[:2]
         h, w = self.h, self.w
         dy3 = dy.reshape(n * c, *self.out_hw)
         dx = (numpy.empty if self.covers else numpy.zeros)(x_shape, dtype=dy.dtype)
         dx3 = dx.reshape(n * c, h.size, w.size)
-        made: dict = {}
-        for i, (a, b) in enumerate(self._spans(n * c, dy.itemsize)):
-            chunk = self._chunk(made, b - a, dy.dtype)
-            g, rows, cols, blk = chunk.top, chunk.mid, chunk.staged, chunk.block
-            numpy.copyto(chunk.valid(g, self.out_hw), dy3[a:b])
-            if divisors is not None:
-                numpy.divide(g, chunk.tiled(divisors, self.out_hw), out=g)
-            ah = aw = scratch = head = None
-            if state is not None:
-                ah, aw = state[i]
-                scratch = (numpy.empty(chunk.rows, dy.dtype), numpy.empty(chunk.rows, bool))
-                head = (scratch[0][:blk], scratch[1][:blk])
-            self._spread(h, g, self._height_views(chunk, rows), ah, head)
-            self._spread(w, rows[: chunk.rows], self._width_views(chunk, cols), aw, scratch)
-            for p_h, p_w, block, image in self._blocks():
-                numpy.copyto(dx3[a:b][image], chunk.grid(cols[p_w])[p_h][block])
+        if state is None:
+            state = [(span, None) for span in self._spans(n * c, dy.itemsize)]
+
+        def share(parts):
+            made: dict = {}
+            for (a, b), args in parts:
+                chunk = self._chunk(made, b - a, dy.dtype)
+                g, rows, cols, blk = chunk.top, chunk.mid, chunk.staged, chunk.block
+                numpy.copyto(chunk.valid(g, self.out_hw), dy3[a:b])
+                if divisors is not None:
+                    numpy.divide(g, chunk.tiled(divisors, self.out_hw), out=g)
+                ah = aw = scratch = head = None
+                if args is not None:
+                    ah, aw = args
+                    scratch = (numpy.empty(chunk.rows, dy.dtype), numpy.empty(chunk.rows, bool))
+                    head = (scratch[0][:blk], scratch[1][:blk])
+                self._spread(h, g, self._height_views(chunk, rows), ah, head)
+                self._spread(w, rows[: chunk.rows], self._width_views(chunk, cols), aw, scratch)
+                for p_h, p_w, block, image in self._blocks():
+                    numpy.copyto(dx3[a:b][image], chunk.grid(cols[p_w])[p_h][block])
+            return [None] * len(parts)
+
+        threads.run_parts(share, state)
         return dx
 
     def max_backward(self, dy, state, x_shape):
@@ -263,15 +287,12 @@ class PhasePlan:
         out = numpy.empty((n * c, *self.out_hw), dtype=dtype)
         top = numpy.arange(h.out)[:, None] * h.stride - h.pad
         left = numpy.arange(w.out)[None, :] * w.stride - w.pad
-        a = 0
-        for ah, aw in state:
-            planes = ah.size // (h.length * w.length)
-            shape = (planes, h.length, w.length)
+        for (a, b), (ah, aw) in state:
+            shape = (b - a, h.length, w.length)
             ah3 = ah.reshape(shape)[:, : h.out, : w.out].astype(numpy.int64)
             col = numpy.zeros(ah3.shape, dtype=numpy.int64)
             for i in range(h.kernel):
                 p, q = h.offset(i)
                 col += (ah3 == i) * aw[p * ah.size : (p + 1) * ah.size].reshape(shape)[:, q : q + h.out, : w.out]
-            out[a : a + planes] = (top + ah3) * w.size + left + col
-            a += planes
+            out[a:b] = (top + ah3) * w.size + left + col
         return out.reshape(n, c, *self.out_hw)

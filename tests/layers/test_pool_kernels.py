@@ -53,8 +53,22 @@ def reference(x, dy, kernel, stride, pad, out_hw):
     return y, mask, dx_max, ave, dx_ave
 
 
-@pytest.fixture(params=[1, 300, 1 << 19], ids=["chunk-of-1-plane", "chunks-of-few-planes", "one-chunk"])
+def split_over_two_threads(monkeypatch):
+    """Make every pooling call split its chunks over two threads (netdef.threads.run_parts)."""
+    monkeypatch.setattr(pool_kernels.threads, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(pool_kernels.threads._state, "current", 2)
+    monkeypatch.setattr(pool_kernels.threads._state, "fixed", True)
+
+
+@pytest.fixture(
+    params=[1, 300, 1 << 19, "two-threads"],
+    ids=["chunk-of-1-plane", "chunks-of-few-planes", "one-chunk", "chunks-on-two-threads"],
+)
 def chunk_bytes(request, monkeypatch):
+    if request.param == "two-threads":
+        split_over_two_threads(monkeypatch)
+        monkeypatch.setattr(pool_kernels, "CHUNK_BYTES", 300)
+        return 300
     monkeypatch.setattr(pool_kernels, "CHUNK_BYTES", request.param)
     return request.param
 
@@ -149,3 +163,24 @@ def test_calls_keep_no_buffers_and_do_not_depend_on_earlier_calls(monkeypatch):
 def test_global_windows_and_cupy_arrays_keep_the_strided_code():
     assert PoolWindows((4, 5), (4, 5), (1, 1), (0, 0)).plan(numpy.zeros((1, 1, 4, 5))) is None
     assert PoolWindows((4, 5), (3, 3), (2, 2), (0, 0)).plan(numpy.zeros((1, 1, 4, 5))) is not None
+
+
+def test_two_threads_share_the_chunks_and_give_the_same_bits(monkeypatch):
+    win = PoolWindows((24, 24), (2, 2), (2, 2), (0, 0))
+    plan = PhasePlan(win)
+    x = RNG.standard_normal((4, 5, 24, 24)).astype(numpy.float32)
+    dy = RNG.standard_normal((4, 5, 12, 12)).astype(numpy.float32)
+    y1, state1 = plan.max_forward(x)
+    dx1 = plan.max_backward(dy, state1, x.shape)
+    split_over_two_threads(monkeypatch)
+    shares = []
+    real = pool_kernels.threads.run_parts
+    monkeypatch.setattr(
+        pool_kernels.threads, "run_parts", lambda fn, parts: shares.append(len(parts)) or real(fn, parts)
+    )
+    y2, state2 = plan.max_forward(x)
+    assert shares == [2]  # under CHUNK_BYTES it is one chunk alone; split it is two, one per thread
+    numpy.testing.assert_array_equal(y2, y1)
+    numpy.testing.assert_array_equal(plan.max_backward(dy, state2, x.shape), dx1)
+    masks = [plan.max_mask(state, x.shape, numpy.float32) for state in (state1, state2)]
+    numpy.testing.assert_array_equal(*masks)
