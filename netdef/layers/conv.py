@@ -53,12 +53,27 @@ def _channel_axis(layer: Layer, bottom: Blob, axis: int) -> tuple[int, int]:
     return axis, num_spatial
 
 
+def _over_chunks(xp, fn, chunks: list) -> list:
+    """``fn(share)`` over a batch's chunks: spread over netdef's threads for NumPy
+    (:func:`netdef.threads.run_parts`, each thread's products then run on it alone), in turn for CuPy."""
+    return threads.run_parts(fn, chunks) if xp is numpy else list(fn(chunks))
+
+
 def _store(whole, part, sl: slice):
     """Put one chunk's result into the batch result; with a single chunk the chunk's array is the result."""
     if whole is None:
         return part
     whole[sl] = part
     return whole
+
+
+def _sum_parts(parts):
+    """The sum of the non-None ``parts`` in order (None if there are none)."""
+    total = None
+    for p in parts:
+        if p is not None:
+            total = p if total is None else total + p
+    return total
 
 
 # --- convolution family -----------------------------------------------------------------------
@@ -256,22 +271,35 @@ class ConvolutionLayer(_ConvolutionBase):
     def _forward_flat(self, x, w, bias, i: int):
         y = numpy.empty((self.num, self.num_output, *self.out_spatial), dtype=x.dtype)
         chunks = self._flat_chunks(x)
-        for sl in chunks:
-            col = self._flat_columns(x[sl])
-            yw = ort_kernels.matmul(w, col).reshape(self.num_output, -1)
-            self.flat.outputs(yw, sl.stop - sl.start, out=y[sl], bias=bias)
-            self._keep_columns(i, col, len(chunks))
+
+        def share(slices):
+            for sl in slices:
+                col = self._flat_columns(x[sl])
+                yw = ort_kernels.matmul(w, col).reshape(self.num_output, -1)
+                self.flat.outputs(yw, sl.stop - sl.start, out=y[sl], bias=bias)
+                self._keep_columns(i, col, len(chunks))
+            return slices
+
+        _over_chunks(numpy, share, chunks)
         return y
 
     def _forward_im2col(self, x, w, bias, i: int):
         xp = backend.array_module(x)
         chunks = self._chunks(x, self.out_spatial)
-        y = xp.empty((self.num, self.num_output, *self.out_spatial), dtype=x.dtype) if len(chunks) != 1 else None
-        for sl, n, batch_last in chunks:
-            col = self._columns(x[sl], batch_last)
+        if len(chunks) == 1:
+            col = self._columns(x, chunks[0][2])
+            self._keep_columns(i, col, 1)
             yc = ort_kernels.matmul(w, col).reshape(self.num_output, -1)
-            y = _store(y, columns_to_batch(yc, n, self.out_spatial, batch_last, bias), sl)
-            self._keep_columns(i, col, len(chunks))
+            return columns_to_batch(yc, self.num, self.out_spatial, chunks[0][2], bias)
+        y = xp.empty((self.num, self.num_output, *self.out_spatial), dtype=x.dtype)
+
+        def share(parts):
+            for sl, n, batch_last in parts:
+                yc = ort_kernels.matmul(w, self._columns(x[sl], batch_last)).reshape(self.num_output, -1)
+                y[sl] = columns_to_batch(yc, n, self.out_spatial, batch_last, bias)
+            return parts
+
+        _over_chunks(xp, share, chunks)
         return y
 
     def _uses_winograd(self, xp) -> bool:
@@ -317,20 +345,25 @@ class ConvolutionLayer(_ConvolutionBase):
         wflip = flipped_weights(self.blobs[0].data, g) if want_dx else None
         dx = numpy.empty(x.shape, dtype=x.dtype) if want_dx else None
         chunks = self._flat_chunks(x)
-        dw = None
-        for sl in chunks:
-            n = sl.stop - sl.start
-            if want_w:
-                col = self._cols.get(i) if len(chunks) == 1 else None
-                if col is None:
-                    col = self._flat_columns(x[sl])
-                dyw = grid.compact(dy[sl]).reshape(g, o // g, -1)
-                # (rows x columns) @ (columns x outputs) suits OpenBLAS better than the product transposed
-                part = ort_kernels.matmul(col, dyw.swapaxes(1, 2))
-                dw = part if dw is None else dw + part
-            if want_dx:
-                col = grid.columns(grid.spread(dy[sl]), n, grid.in_span).reshape(g, -1, n * grid.in_span)
-                grid.inputs(ort_kernels.matmul(wflip, col).reshape(self.channels, -1), n, out=dx[sl])
+
+        def share(slices):
+            parts = []
+            for sl in slices:
+                n, part = sl.stop - sl.start, None
+                if want_w:
+                    col = self._cols.get(i) if len(chunks) == 1 else None
+                    if col is None:
+                        col = self._flat_columns(x[sl])
+                    dyw = grid.compact(dy[sl]).reshape(g, o // g, -1)
+                    # (rows x columns) @ (columns x outputs) suits OpenBLAS better than the product transposed
+                    part = ort_kernels.matmul(col, dyw.swapaxes(1, 2))
+                if want_dx:
+                    col = grid.columns(grid.spread(dy[sl]), n, grid.in_span).reshape(g, -1, n * grid.in_span)
+                    grid.inputs(ort_kernels.matmul(wflip, col).reshape(self.channels, -1), n, out=dx[sl])
+                parts.append(part)
+            return parts
+
+        dw = _sum_parts(_over_chunks(numpy, share, chunks))
         return (None if dw is None else dw.swapaxes(1, 2)), dx
 
     def _gradients(self, xp, x, dy, want_w: bool, want_dx: bool, i: int):
@@ -355,20 +388,30 @@ class ConvolutionLayer(_ConvolutionBase):
         w = self.blobs[0].data.reshape(g, o // g, -1)
         chunks = self._chunks(x, self.out_spatial)
         dx = xp.empty(x.shape, dtype=x.dtype) if want_dx and len(chunks) != 1 else None
-        dw = None
-        for sl, n, batch_last in chunks:
-            dyc = batch_to_columns(dy[sl], batch_last).reshape(g, o // g, -1)
-            if want_w:
-                col = self._cols.get(i) if len(chunks) == 1 and self.flat is None else None
-                if col is None:
-                    col = self._columns(x[sl], batch_last)
-                part = matmul_nt(dyc, col)
-                dw = part if dw is None else dw + part
-            if want_dx:
-                cols = column_axes(n, self.out_spatial, batch_last)
-                dcol = ort_kernels.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
-                dx = _store(dx, self._fold(dcol, self.in_spatial, self.out_spatial, batch_last), sl)
-        return dw, dx
+
+        def share(parts):
+            out = []
+            for sl, n, batch_last in parts:
+                dyc, part = batch_to_columns(dy[sl], batch_last).reshape(g, o // g, -1), None
+                if want_w:
+                    col = self._cols.get(i) if len(chunks) == 1 and self.flat is None else None
+                    if col is None:
+                        col = self._columns(x[sl], batch_last)
+                    part = matmul_nt(dyc, col)
+                if want_dx:
+                    cols = column_axes(n, self.out_spatial, batch_last)
+                    dcol = ort_kernels.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
+                    fold = self._fold(dcol, self.in_spatial, self.out_spatial, batch_last)
+                    if dx is None:  # the only chunk: its array is the gradient
+                        out.append((part, fold))
+                        continue
+                    dx[sl] = fold
+                out.append((part, None))
+            return out
+
+        parts = _over_chunks(xp, share, chunks)
+        dw = _sum_parts(p for p, _ in parts)
+        return dw, (dx if dx is not None or not want_dx else parts[0][1])
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         xp = backend.array_module(top[0].diff)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy
 
-from .. import backend
+from .. import backend, threads
 from ..errors import ShapeMismatchError
 from . import ort_kernels
 from .base import Layer
@@ -249,10 +249,15 @@ def flipped_kernel(w, group: int):
 
 
 def batch_chunks(n: int, bytes_per_sample: int, xp=numpy) -> list[slice]:
-    """Split ``n`` samples so that one chunk's column buffer stays under the limit for ``xp``'s device."""
+    """Split ``n`` samples into chunks of even size whose column buffers stay under the limit for ``xp``'s
+    device; on the CPU their number is a multiple of the thread count when the work is split
+    (:func:`netdef.threads.split_count`)."""
     limit = COL_CHUNK_BYTES if xp is numpy else GPU_COL_CHUNK_BYTES
     per = max(1, limit // max(bytes_per_sample, 1))
-    return [slice(i, min(i + per, n)) for i in range(0, n, per)]
+    parts = -(-n // per)
+    if xp is numpy:
+        parts = min(n, threads.split_count(n * bytes_per_sample, parts))
+    return [slice(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
 # --- convolution geometry ---------------------------------------------------------------------------

@@ -197,6 +197,40 @@ def test_convolution_in_chunks_matches_one_piece(monkeypatch):
             numpy.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "shape,params",
+    [
+        ((6, 2, 5, 18), "num_output: 3 kernel_size: 3 pad: 1"),  # flat grid: stride 1, rows of 18
+        ((6, 2, 7, 7), "num_output: 3 kernel_size: 3"),  # im2col, sample-last columns (short rows)
+        ((6, 2, 20, 20), "num_output: 3 kernel_size: 3 stride: 2"),  # im2col, sample-major columns
+    ],
+)
+def test_chunks_on_two_threads_match_one_piece(monkeypatch, shape, params):
+    from netdef import threads
+
+    x = RNG.standard_normal(shape)
+    params += " weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' }"
+
+    def run():
+        backend.set_random_seed(3)
+        layer, bottom, top = conv_layer(params, [x])
+        top[0].diff = numpy.cos(numpy.arange(top[0].count)).reshape(top[0].shape)
+        layer.backward(top, [True], bottom)
+        return [top[0].data, bottom[0].diff, layer.blobs[0].diff, layer.blobs[1].diff]
+
+    whole = run()
+    monkeypatch.setattr(im2col, "COL_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(threads, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(threads._state, "current", 2)
+    monkeypatch.setattr(threads._state, "fixed", True)
+    shares = []
+    real = threads.run_parts
+    monkeypatch.setattr(threads, "run_parts", lambda fn, parts: shares.append(len(parts)) or real(fn, parts))
+    for u, v in zip(run(), whole, strict=True):
+        numpy.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    assert shares and all(n == shape[0] for n in shares)  # forward and backward both split the batch
+
+
 def test_first_layer_weight_gradient():
     # a first layer's weight gradient is a long, skinny product (summed in K-blocks): compare with windows
     layer, bottom, top = conv_layer("num_output: 2 kernel_size: 3", [RNG.standard_normal((4, 1, 50, 50))])

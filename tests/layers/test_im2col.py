@@ -100,11 +100,22 @@ def test_blocked_matmul_nt_equals_the_plain_product():
     numpy.testing.assert_allclose(im2col.matmul_nt(a, b), a @ b.transpose(0, 2, 1), rtol=1e-12)
 
 
-def test_batch_chunks_cover_the_batch(monkeypatch):
+def test_batch_chunks_cover_the_batch_evenly(monkeypatch):
     assert im2col.batch_chunks(5, 100) == [slice(0, 5)]
+    assert im2col.batch_chunks(0, 100) == []
     monkeypatch.setattr(im2col, "COL_CHUNK_BYTES", 250)
-    assert im2col.batch_chunks(5, 100) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    # at most 2 samples of 100 bytes per chunk: 3 chunks, their sizes differing by one at most
+    assert im2col.batch_chunks(5, 100) == [slice(0, 1), slice(1, 3), slice(3, 5)]
     assert im2col.batch_chunks(3, 10**9) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+def test_batch_chunks_come_in_multiples_of_the_threads_when_split(monkeypatch):
+    monkeypatch.setattr(im2col.threads, "count", lambda: 2)
+    monkeypatch.setattr(im2col, "COL_CHUNK_BYTES", 4 << 20)
+    # 10 samples of 1 MiB fit 4 per chunk: 3 chunks, made 4 for two threads
+    assert [sl.stop - sl.start for sl in im2col.batch_chunks(10, 1 << 20)] == [2, 3, 2, 3]
+    # work under SPLIT_BYTES stays in one chunk
+    assert im2col.batch_chunks(8, 1000) == [slice(0, 8)]
 
 
 def test_output_shape_and_a_kernel_that_does_not_fit():
