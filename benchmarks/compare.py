@@ -9,7 +9,7 @@
 Forward+backward time per iteration of Caffe's example nets (fed by an Input layer, see
 ``benchmarks/nets.py``). The two frameworks run in alternating blocks in the same process
 (shared machines speed up and slow down; alternating gives both the same conditions), the
-first iteration of each block is dropped and the table shows medians. PyTorch is optional
+first 0.1 s of each block is not timed (``WARMUP_SECONDS``) and the table shows medians. PyTorch is optional
 (``pip install torch``); without it only netdef is timed. netdef's thread policy applies
 (``--threads`` / ``NETDEF_NUM_THREADS``, see docs/performance.md); PyTorch keeps its own
 default unless ``--torch-threads`` is given.
@@ -43,6 +43,11 @@ from netdef.tools.device_query import cpu_kernels  # noqa: E402
 
 
 def timed(step, n: int) -> list[float]:
+    """Seconds of ``n`` calls of ``step`` after :data:`WARMUP_SECONDS` of untimed ones (one at least)."""
+    start = time.perf_counter()
+    step()
+    while time.perf_counter() - start < WARMUP_SECONDS:
+        step()
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -92,6 +97,11 @@ def blas_kernels() -> str:
 #: Pause before each timed block: the other side's idle threads (OpenMP's, OpenBLAS's) spin for a
 #: while after their work before they sleep, and would otherwise take cores from this block.
 SETTLE_SECONDS = 0.3
+#: Untimed iterations at the start of every block, for both frameworks. After the other
+#: framework's block the scheduler's load figures for the cores take tens of milliseconds to
+#: settle, and while they do a second thread of netdef's is often started on its caller's
+#: core (LeNet's first five iterations after PyTorch's block took 11-13 ms, then 8).
+WARMUP_SECONDS = 0.1
 
 
 class TorchPeer:
@@ -155,9 +165,9 @@ def compare(case, blocks: int, per_block: int, torch_threads: int = 0, in_proces
     try:
         for _ in range(blocks):
             time.sleep(SETTLE_SECONDS)
-            nd += timed(nd_step, per_block + 1)[1:]
+            nd += timed(nd_step, per_block)
             if pt_block:
-                pt += pt_block(per_block + 1)[1:]
+                pt += pt_block(per_block)
     finally:
         if peer is not None:
             peer.close()

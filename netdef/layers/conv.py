@@ -5,7 +5,9 @@ im2col gather and one GEMM per group and chunk of samples (``COL_CHUNK_BYTES``),
 gradient a GEMM and one col2im. On the CPU a Convolution may instead run on ONNX Runtime's
 direct kernels (:mod:`netdef.layers.ort_kernels`, the ``fast`` extra), Winograd's algorithm
 or the flat grid, whichever applies first (docs/performance.md). Its forward pass lets
-:func:`netdef.threads.refresh` follow the machine's load.
+:func:`netdef.threads.refresh` follow the machine's load. On the CPU the chunks of the
+flat-grid and im2col paths are shared out over netdef's threads
+(:func:`netdef.threads.run_parts`), each thread running its chunks whole.
 """
 
 from __future__ import annotations
