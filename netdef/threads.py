@@ -347,13 +347,20 @@ def _share(fn, share: list, sent: float | None = None) -> list:
         _local.sharing = False
 
 
-def split_count(nbytes: int, parts: int) -> int:
-    """``parts`` chunks of work over ``nbytes`` rounded up to a multiple of :func:`count` when
-    the work is worth splitting (:data:`SPLIT_BYTES`), so that :func:`run_parts` shares are even."""
-    if nbytes < SPLIT_BYTES:
-        return parts
-    k = count()
-    return -(-parts // k) * k
+def chunk_count(items: int, item_bytes: int, chunk_bytes: int) -> int:
+    """How many chunks to cut ``items`` items of ``item_bytes`` each into, each at most ``chunk_bytes``
+    (one item at least).
+
+    Work of :data:`SPLIT_BYTES` or more gets a multiple of :func:`count` chunks, so that the
+    shares of :func:`run_parts` are even. Each thread then has a chunk in flight: on two cores
+    a cifar10_quick step's peak grows from 89 to 97-100 MiB. Halving the chunks instead saved
+    2-3 MiB of that and cost 2.5% of the step's time, so they keep their size.
+    """
+    if items <= 0:
+        return 0
+    k = count() if items * item_bytes >= SPLIT_BYTES else 1
+    parts = -(-items // max(1, chunk_bytes // max(1, item_bytes)))
+    return min(items, -(-parts // k) * k)
 
 
 class ThreadsAction(argparse.Action):

@@ -207,12 +207,15 @@ def test_a_late_helper_makes_the_next_refresh_sample_the_load(monkeypatch):
     assert threads.current() == 1
 
 
-def test_split_count_rounds_up_to_the_threads_only_for_big_work(monkeypatch):
+def test_chunk_count_rounds_up_to_the_threads_only_for_big_work(monkeypatch):
     two_threads(monkeypatch)
-    assert threads.split_count(threads.SPLIT_BYTES - 1, 3) == 3
-    assert threads.split_count(threads.SPLIT_BYTES, 3) == 4
-    assert threads.split_count(threads.SPLIT_BYTES, 1) == 2
-    assert threads.split_count(threads.SPLIT_BYTES, 4) == 4
+    big = threads.SPLIT_BYTES
+    assert threads.chunk_count(3, big // 4, big) == 1  # under SPLIT_BYTES: as many as the size needs
+    assert threads.chunk_count(6, big // 4, big // 2) == 4  # 3 chunks of two items, made 4
+    assert threads.chunk_count(3, big // 2, big // 2) == 3  # 3 chunks of one item: no more than the items
+    assert threads.chunk_count(4, big, 2 * big) == 2  # 2 items per chunk: 2 chunks, already even
+    assert threads.chunk_count(1, 2 * big, big) == 1  # never more chunks than items
+    assert threads.chunk_count(0, 100, 100) == 0
 
 
 def test_a_forked_child_makes_its_own_helpers(monkeypatch):

@@ -251,12 +251,11 @@ def flipped_kernel(w, group: int):
 def batch_chunks(n: int, bytes_per_sample: int, xp=numpy) -> list[slice]:
     """Split ``n`` samples into chunks of even size whose column buffers stay under the limit for ``xp``'s
     device; on the CPU their number is a multiple of the thread count when the work is split
-    (:func:`netdef.threads.split_count`)."""
-    limit = COL_CHUNK_BYTES if xp is numpy else GPU_COL_CHUNK_BYTES
-    per = max(1, limit // max(bytes_per_sample, 1))
-    parts = -(-n // per)
+    (:func:`netdef.threads.chunk_count`)."""
     if xp is numpy:
-        parts = min(n, threads.split_count(n * bytes_per_sample, parts))
+        parts = threads.chunk_count(n, bytes_per_sample, COL_CHUNK_BYTES)
+    else:
+        parts = -(-n // max(1, GPU_COL_CHUNK_BYTES // max(bytes_per_sample, 1)))
     return [slice(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 

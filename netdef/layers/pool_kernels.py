@@ -138,10 +138,9 @@ class PhasePlan:
 
     # layout ------------------------------------------------------------------------------------------------
     def _spans(self, n_planes: int, itemsize: int) -> list[tuple[int, int]]:
-        """Chunks of planes of equal size, at most ``CHUNK_BYTES`` each, a multiple of the thread count when split."""
-        nbytes = n_planes * self.h.size * self.w.size * itemsize
-        parts = threads.split_count(nbytes, max(1, math.ceil(nbytes / CHUNK_BYTES)))
-        per = max(1, math.ceil(n_planes / parts))
+        """Chunks of planes of equal size (:func:`netdef.threads.chunk_count`, at most ``CHUNK_BYTES`` each)."""
+        parts = threads.chunk_count(n_planes, self.h.size * self.w.size * itemsize, CHUNK_BYTES)
+        per = max(1, math.ceil(n_planes / max(1, parts)))
         return [(a, min(a + per, n_planes)) for a in range(0, n_planes, per)]
 
     def _chunk(self, made: dict, planes: int, dtype, fill=0) -> _Chunk:
