@@ -29,6 +29,7 @@ from .im2col import (
     COL_CACHE_BYTES,
     batch_chunks,
     batch_to_columns,
+    channel_sums,
     column_axes,
     columns_to_batch,
     conv_geometry,
@@ -423,7 +424,7 @@ class ConvolutionLayer(_ConvolutionBase):
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             dy = t.diff.reshape(self.num, o, *self.out_spatial)
             if want_b:
-                part = dy.reshape(self.num, o, math.prod(self.out_spatial)).sum(axis=2).sum(axis=0)
+                part = channel_sums(dy)
                 db = part if db is None else db + part
             if not (want_w or propagate_down[i]):
                 continue
@@ -494,7 +495,7 @@ class DeconvolutionLayer(_ConvolutionBase):
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
             if want_b:
-                part = t.diff.reshape(self.num, o, math.prod(self.out_spatial)).sum(axis=(0, 2))
+                part = channel_sums(t.diff.reshape(self.num, o, math.prod(self.out_spatial)))
                 db = part if db is None else db + part
             if not (want_w or propagate_down[i]):
                 continue

@@ -135,3 +135,11 @@ def test_flipped_kernel_reverses_space_and_swaps_channels_per_group():
     numpy.testing.assert_array_equal(
         im2col.flipped_kernel(w[:, :, :, :1], 1)[:, :, :, 0], w[:, :, ::-1, 0].swapaxes(0, 1)
     )
+
+
+def test_channel_sums():
+    y = numpy.arange(2 * 3 * 4, dtype=numpy.float32).reshape(2, 3, 2, 2)
+    # channel 0: 0+1+2+3 + 12+13+14+15
+    numpy.testing.assert_array_equal(im2col.channel_sums(y), [60.0, 92.0, 124.0])
+    assert im2col.channel_sums(y).dtype == numpy.float32
+    numpy.testing.assert_array_equal(im2col.channel_sums(numpy.zeros((0, 3, 2))), [0.0, 0.0, 0.0])
