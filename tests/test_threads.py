@@ -231,3 +231,18 @@ def test_a_forked_child_makes_its_own_helpers(monkeypatch):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_run_parts_inside_a_share_runs_on_the_shares_thread(monkeypatch):
+    import threading
+
+    two_threads(monkeypatch)
+
+    def inner(share):
+        return [threading.get_ident() for _ in share]
+
+    def outer(share):
+        here = threading.get_ident()
+        return [all(ident == here for ident in threads.run_parts(inner, [1, 2, 3])) for _ in share]
+
+    assert threads.run_parts(outer, [1, 2]) == [True, True]
