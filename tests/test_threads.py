@@ -246,3 +246,21 @@ def test_run_parts_inside_a_share_runs_on_the_shares_thread(monkeypatch):
         return [all(ident == here for ident in threads.run_parts(inner, [1, 2, 3])) for _ in share]
 
     assert threads.run_parts(outer, [1, 2]) == [True, True]
+
+
+def test_shares_hold_blas_at_one_thread_and_restore_it(monkeypatch):
+    class Lib:
+        def __init__(self, n):
+            self.num_threads = n
+
+        def set_num_threads(self, n):
+            self.num_threads = n
+
+    libs = [Lib(2), Lib(1)]
+    monkeypatch.setattr(threads, "_controller", lambda: type("C", (), {"lib_controllers": libs})())
+    two_threads(monkeypatch)
+    seen = threads.run_parts(lambda share: [[lib.num_threads for lib in libs] for _ in share], [1, 2])
+    assert seen == [[1, 1], [1, 1]]
+    assert [lib.num_threads for lib in libs] == [2, 1]
+    monkeypatch.setattr(threads, "_controller", lambda: None)  # no threadpoolctl: nothing is split
+    assert threads.run_parts(lambda share: [len(share)], [1, 2]) == [2]
