@@ -101,7 +101,7 @@ SETTLE_SECONDS = 0.3
 #: framework's block the scheduler's load figures for the cores take tens of milliseconds to
 #: settle, and while they do a second thread of netdef's is often started on its caller's
 #: core (LeNet's first five iterations after PyTorch's block took 11-13 ms, then 8).
-WARMUP_SECONDS = 0.1
+WARMUP_SECONDS = 0.3
 
 
 class TorchPeer:

@@ -13,10 +13,13 @@ take twenty times longer. netdef therefore chooses the count itself:
    the library alone.
 2. Otherwise the count is the number of cores this process may use -- the CPU affinity
    mask and any cgroup CPU quota (containers), whichever is smaller -- minus the cores
-   that other processes keep busy right now (runnable tasks in ``/proc/loadavg`` that are
-   not this process's threads), and at least 1. Hot layers call :func:`refresh`, which
-   samples this again at most once per :data:`REFRESH_SECONDS`, so a long training run
-   follows the machine's load as it comes and goes.
+   that other processes keep busy (:func:`busy_cores`: the runnable tasks in
+   ``/proc/loadavg`` that are not this process's threads, and no more than the machine's
+   CPU time in ``/proc/stat`` less this process's, averaged since the last sample), and at
+   least 1.
+   Hot layers call :func:`refresh`, which samples this again at most once per
+   :data:`REFRESH_SECONDS`, so a long training run follows the machine's load as it
+   comes and goes.
 
 When ONNX Runtime's kernels are in use (:mod:`netdef.layers.ort_kernels`), the count goes to
 their thread pools (:func:`count`) and BLAS keeps one thread (:func:`cap_blas`).
@@ -51,6 +54,8 @@ ENV_VAR = "NETDEF_NUM_THREADS"
 BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS")
 #: Seconds between two samples of the machine's load by :func:`refresh`.
 REFRESH_SECONDS = 2.0
+#: The shortest time over which :func:`busy_cores` averages the machine's CPU time.
+MIN_WINDOW = 0.5
 
 
 class _State:
@@ -63,6 +68,8 @@ class _State:
         self.current: int | None = None
         self.next_check = 0.0
         self.blas_cap: int | None = None
+        #: (monotonic time, machine CPU seconds, own CPU seconds) of the last load average
+        self.window: tuple[float, float, float] | None = None
 
 
 _state = _State()
@@ -124,12 +131,46 @@ def _own_running_threads() -> int:
 
 
 def busy_cores(samples: int = 3) -> int:
-    """Cores other processes keep busy now (Linux; else 0).
+    """Cores other processes keep busy (Linux; else 0).
 
-    Runnable tasks system-wide minus this process's own, the least of a few samples so
-    that a short-lived process does not count.
+    A snapshot: runnable tasks system-wide minus this process's own, the least of ``samples``
+    readings. From the second call on, when the previous one is at least :data:`MIN_WINDOW`
+    ago, also the average since then -- the CPU time of the whole machine (``/proc/stat``)
+    less this process's own, rounded -- and the smaller of the two counts:
+
+    - a snapshot alone also counts a task that runs for a few milliseconds; taken at such a
+      moment it held netdef at one thread for a whole refresh interval (cifar10_quick: 2 s
+      of 64 ms steps instead of 38);
+    - an average alone counts a process that works in bursts and sleeps in between (a
+      benchmark's other framework, taking turns with netdef) as busy all the time.
+
+    A process that keeps a core busy is in both.
     """
-    return min(_busy_sample() for _ in range(max(1, samples)))
+    snapshot = min(_busy_sample() for _ in range(max(1, samples)))
+    now, cpu = time.monotonic(), _cpu_seconds()
+    last = _state.window
+    if cpu is None or (last is not None and now - last[0] < MIN_WINDOW):
+        return snapshot
+    _state.window = (now, *cpu)
+    if last is None:
+        return snapshot
+    others = (cpu[0] - last[1]) - (cpu[1] - last[2])
+    return min(snapshot, max(0, round(others / (now - last[0]))))
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds the whole machine has spent working (``/proc/stat``, steal not counted) and this
+    process's own (all its threads); None where ``/proc/stat`` is missing."""
+    text = _read("/proc/stat")
+    try:
+        # cpu user nice system idle iowait irq softirq steal ...: user, nice, system, irq and softirq work
+        fields = [int(v) for v in text.split("\n", 1)[0].split()[1:8]]
+        work = sum(fields[:3]) + sum(fields[5:7])
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):
+        return None
+    own = os.times()
+    return work / ticks, own.user + own.system
 
 
 def _busy_sample() -> int:
@@ -282,8 +323,6 @@ def describe() -> str:
 #: Work over fewer bytes than this runs on one thread: waking a second one costs about 50
 #: microseconds. LeNet's first pooling (2.9 MB) took 0.34 ms on two threads against 0.50 on one.
 SPLIT_BYTES = 1 << 20
-#: A helper thread that starts this late (seconds) means other processes hold the cores.
-LATE_SECONDS = 0.002
 _workers: dict[str, object] = {"pool": None, "size": 0}
 _workers_lock = threading.Lock()
 _local = threading.local()
@@ -323,8 +362,7 @@ def run_parts(fn, parts: list) -> list:
     bounds = [len(parts) * t // k for t in range(k + 1)]
     shares = [parts[bounds[t] : bounds[t + 1]] for t in range(k)]
     with _one_blas_thread():
-        sent = time.monotonic()
-        futures = [_executor(k - 1).submit(_share, fn, share, sent) for share in shares[1:]]
+        futures = [_executor(k - 1).submit(_share, fn, share) for share in shares[1:]]
         try:
             results = _share(fn, shares[0])
         finally:
@@ -364,14 +402,8 @@ def _one_blas_thread():
                     lib.set_num_threads(n)
 
 
-def _share(fn, share: list, sent: float | None = None) -> list:
-    """One thread's share of :func:`run_parts`; native pools it calls get one thread (:func:`count`).
-
-    A helper that starts :data:`LATE_SECONDS` after its share was ``sent`` found no free core:
-    the automatic policy samples the machine's load again at the next :func:`refresh`.
-    """
-    if sent is not None and time.monotonic() - sent > LATE_SECONDS:
-        _state.next_check = min(_state.next_check, time.monotonic())
+def _share(fn, share: list) -> list:
+    """One thread's share of :func:`run_parts`; native pools it calls get one thread (:func:`count`)."""
     _local.sharing = True
     try:
         return list(fn(share))

@@ -197,14 +197,52 @@ def test_run_parts_raises_a_helpers_error_after_all_shares_end(monkeypatch):
     assert done == [[1]]
 
 
-def test_a_late_helper_makes_the_next_refresh_sample_the_load(monkeypatch):
-    monkeypatch.setattr(threads._state, "current", 2)
-    monkeypatch.setattr(threads._state, "next_check", threads.time.monotonic() + 100)
-    threads._share(list, [1], sent=threads.time.monotonic() - 1.0)
-    assert threads._state.next_check <= threads.time.monotonic()
-    monkeypatch.setattr(threads, "auto_threads", lambda: 1)
-    threads.refresh()
-    assert threads.current() == 1
+def test_busy_cores_is_the_smaller_of_a_snapshot_and_the_average_since_the_last_sample(monkeypatch):
+    clock = {"t": 100.0}
+    cpu = {"machine": 50.0, "own": 10.0}
+    snap = {"n": 7}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads, "_cpu_seconds", lambda: (cpu["machine"], cpu["own"]))
+    monkeypatch.setattr(threads, "_busy_sample", lambda: snap["n"])
+    assert threads.busy_cores() == 7  # no window yet: the snapshot
+
+    def later(seconds, machine, own):
+        clock["t"] += seconds
+        cpu["machine"] += machine
+        cpu["own"] += own
+
+    # 2 s on: the machine worked 5 s, this process 1.2 s of it -> others kept 1.9 cores busy
+    later(2.0, 5.0, 1.2)
+    assert threads.busy_cores() == 2
+    # within MIN_WINDOW of the last sample: the snapshot alone, and the window keeps its start
+    later(threads.MIN_WINDOW / 2, 0.0, 0.0)
+    assert threads.busy_cores() == 7
+    # only this process worked since: a snapshot that caught a passing task does not count
+    later(2.0, 4.0, 4.0)
+    assert threads.busy_cores() == 0
+    # others worked 2 cores' worth on average, but in bursts: nobody runs now
+    snap["n"] = 0
+    later(2.0, 6.0, 2.0)
+    assert threads.busy_cores() == 0
+    # a process that keeps a core busy is in both
+    snap["n"] = 1
+    later(2.0, 3.0, 1.0)
+    assert threads.busy_cores() == 1
+
+
+def test_busy_cores_without_proc_stat_takes_snapshots(monkeypatch):
+    monkeypatch.setattr(threads, "_cpu_seconds", lambda: None)
+    monkeypatch.setattr(threads, "_busy_sample", lambda: 1)
+    assert threads.busy_cores() == 1
+    assert threads.busy_cores() == 1
+
+
+def test_cpu_seconds_reads_this_machine():
+    got = threads._cpu_seconds()
+    if got is None:
+        pytest.skip("no /proc/stat here")
+    machine, own = got
+    assert machine > 0 and own > 0
 
 
 def test_chunk_count_rounds_up_to_the_threads_only_for_big_work(monkeypatch):
