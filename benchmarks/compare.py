@@ -9,7 +9,7 @@
 Forward+backward time per iteration of Caffe's example nets (fed by an Input layer, see
 ``benchmarks/nets.py``). The two frameworks run in alternating blocks in the same process
 (shared machines speed up and slow down; alternating gives both the same conditions), the
-first 0.1 s of each block is not timed (``WARMUP_SECONDS``) and the table shows medians. PyTorch is optional
+first 0.3 s of each block is not timed (``WARMUP_SECONDS``) and the table shows medians. PyTorch is optional
 (``pip install torch``); without it only netdef is timed. netdef's thread policy applies
 (``--threads`` / ``NETDEF_NUM_THREADS``, see docs/performance.md); PyTorch keeps its own
 default unless ``--torch-threads`` is given.
@@ -97,10 +97,9 @@ def blas_kernels() -> str:
 #: Pause before each timed block: the other side's idle threads (OpenMP's, OpenBLAS's) spin for a
 #: while after their work before they sleep, and would otherwise take cores from this block.
 SETTLE_SECONDS = 0.3
-#: Untimed iterations at the start of every block, for both frameworks. After the other
-#: framework's block the scheduler's load figures for the cores take tens of milliseconds to
-#: settle, and while they do a second thread of netdef's is often started on its caller's
-#: core (LeNet's first five iterations after PyTorch's block took 11-13 ms, then 8).
+#: Untimed iterations at the start of every block, for both frameworks. The first iterations
+#: after the other framework's block run slower, with many involuntary context switches
+#: (LeNet: five of 11-13 ms, then 8; cifar10_quick: two or three of 45-65 ms, then 37).
 WARMUP_SECONDS = 0.3
 
 
