@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         action=threads.ThreadsAction,
         metavar="N",
         help=(
-            "CPU threads for BLAS (or ONNX Runtime's kernels with the 'fast' extra) and for pooling's "
-            "and convolution's NumPy work (default: NETDEF_NUM_THREADS, else the cores not busy; see "
-            "docs/performance.md)"
+            "CPU threads for netdef's NumPy work and large products (BLAS keeps one) and for ONNX "
+            "Runtime's kernels with the 'fast' extra (default: NETDEF_NUM_THREADS, else the cores not "
+            "busy; see docs/performance.md)"
         ),
     )
     # the package front door is imported before any of its modules (and sits above cli in the layering)

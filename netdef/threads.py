@@ -1,4 +1,4 @@
-"""How many threads the BLAS library (and other native thread pools) may use.
+"""How many threads netdef's work may use: its own helper threads, ONNX Runtime's and BLAS's.
 
 NumPy's BLAS starts one thread per logical core and its idle threads spin for a while
 before they sleep. On a quiet machine that is right for large matrix products; on a busy
@@ -16,22 +16,25 @@ take twenty times longer. netdef therefore chooses the count itself:
    that other processes keep busy (:func:`busy_cores`: the runnable tasks in
    ``/proc/loadavg`` that are not this process's threads, and no more than the machine's
    CPU time in ``/proc/stat`` less this process's, averaged since the last sample), and at
-   least 1.
-   Hot layers call :func:`refresh`, which samples this again at most once per
+   least 1. Hot layers call :func:`refresh`, which samples this again at most once per
    :data:`REFRESH_SECONDS`, so a long training run follows the machine's load as it
    comes and goes.
 
-When ONNX Runtime's kernels are in use (:mod:`netdef.layers.ort_kernels`), the count goes to
-their thread pools (:func:`count`) and BLAS keeps one thread (:func:`cap_blas`).
+The count does not go to BLAS, which keeps one thread (:func:`cap_blas`): it goes to
+ONNX Runtime's thread pools where its kernels are in use (:mod:`netdef.layers.ort_kernels`),
+and to netdef's own helper threads. NumPy runs each operation on one thread; kernels that
+are a long series of NumPy operations over independent parts of an array (pooling over
+channel planes, convolutions over chunks of samples, large products over row or column
+blocks) split the parts over the count with :func:`run_parts`. NumPy releases the
+interpreter lock while it computes, so the parts run at the same time. A part handed to
+another thread waits about 50 microseconds for it to wake, so only work of about a
+millisecond or more is split. Measured on two cores without ONNX Runtime (cifar10_quick
+b100 per step): BLAS's two threads and serial NumPy work 70-73 ms; the same split over
+netdef's threads with BLAS switched to one thread for each split and back 100-114 ms
+(OpenBLAS's threads between the splits); BLAS at one thread throughout 60-61 ms.
 
-NumPy runs each operation on one thread. Kernels that are a long series of NumPy
-operations over independent parts of an array (pooling over channel planes) split the parts
-over the same count with :func:`run_parts`; NumPy releases the interpreter lock while it
-computes, so the parts run at the same time. A part handed to another thread waits about
-50 microseconds for it to wake, so only work of about a millisecond or more is split.
-
-Setting the count needs the optional ``threadpoolctl`` package (``pip install
-threadpoolctl``); without it netdef leaves the BLAS library's own default alone and
+Setting the count needs the ``threadpoolctl`` package (a dependency); without it netdef
+leaves the BLAS library's own default alone, runs its NumPy work on one thread and
 :func:`describe` says so.
 """
 
@@ -67,7 +70,8 @@ class _State:
         self.fixed = False
         self.current: int | None = None
         self.next_check = 0.0
-        self.blas_cap: int | None = None
+        #: BLAS's thread count at most: one, netdef's count going to its own threads instead
+        self.blas_cap: int | None = 1
         #: (monotonic time, machine CPU seconds, own CPU seconds) of the last load average
         self.window: tuple[float, float, float] | None = None
 
@@ -227,10 +231,9 @@ def _set(n: int, force: bool = False) -> None:
 
 
 def cap_blas(limit: int) -> None:
-    """Run the BLAS library with at most ``limit`` threads from now on; netdef's count still goes to
-    other pools (:func:`count`). Used when ONNX Runtime's kernels do the heavy products
-    (:mod:`netdef.layers.ort_kernels`). Where the user set the BLAS library's own variable, netdef
-    leaves it alone as always."""
+    """Run the BLAS library with at most ``limit`` threads from now on (1 from the start); netdef's
+    count still goes to other pools (:func:`count`). Where the user set the BLAS library's own
+    variable, netdef leaves it alone as always."""
     _state.blas_cap = max(1, int(limit))
     if _state.current is not None:
         _set(_state.current, force=True)
@@ -315,7 +318,7 @@ def describe() -> str:
         return f"{_state.current} ({how}); threadpoolctl not installed, so the BLAS library keeps its default"
     libs = ", ".join(f"{lib.internal_api} {lib.version}" for lib in controller.lib_controllers) or "none found"
     if _state.blas_cap is not None and libs != "none found":
-        libs += f" (capped at {_state.blas_cap}: ONNX Runtime's kernels run the heavy products)"
+        libs += f" (capped at {_state.blas_cap}: netdef splits the heavy work over its own threads)"
     return f"{_state.current} ({how}; cores usable {available_cores()}, busy {busy_cores()}); libraries: {libs}"
 
 
@@ -380,10 +383,9 @@ _blas_lock = threading.Lock()
 def _one_blas_thread():
     """BLAS at one thread while shares run (each share is a thread already); restored after the last.
 
-    With ONNX Runtime's kernels BLAS is capped at one thread anyway. Without them each share's
-    NumPy products would start the BLAS library's own threads as well, count() squared in all.
-    (On two cores OpenBLAS measured the same either way, 100-102 ms per cifar10_quick step; the
-    hold is for machines with more cores, where the threads would multiply.)
+    Under netdef's policy BLAS has one thread anyway (:func:`cap_blas`). Where the user set the
+    BLAS library's own variable it has the user's count, and each share's products would start
+    that many threads.
     """
     with _blas_lock:
         if _blas_hold["depth"] == 0:

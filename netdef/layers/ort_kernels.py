@@ -63,6 +63,10 @@ MAX_WASTE = 1.6
 CHUNK_BYTES = 4 * 2**20
 #: Products with fewer multiply-adds than this stay with NumPy: a session call costs some 20-40 us.
 MIN_GEMM_WORK = 1 << 20
+#: NumPy products (ONNX Runtime not in use) with at least this many multiply-adds are split over
+#: netdef's threads, BLAS running one thread per part (:func:`netdef.threads.run_parts`); a
+#: smaller one takes less time than waking a second thread (about 50 us).
+MIN_SPLIT_WORK = 1 << 23
 #: Block sizes ONNX Runtime's kernels use (AVX-512, AVX2/NEON, ...), tried in this order.
 BLOCKS = (16, 8, 4)
 #: ``ReorderInput`` takes a channel count that is a multiple of this; other inputs are copied
@@ -304,9 +308,13 @@ def matmul(a, b):
     Float32 and float64 products of at least :data:`MIN_GEMM_WORK` multiply-adds go to ONNX Runtime
     (a transposed view is passed as its base with the transpose flag, not copied); the rest,
     and every product where it is not active, go to ``matmul`` of the arrays' module (NumPy,
-    or CuPy on the GPU).
+    or CuPy on the GPU). NumPy's BLAS runs one thread (:mod:`netdef.threads`), so NumPy products
+    of at least :data:`MIN_SPLIT_WORK` are cut into one part per thread along the longer of
+    the result's two axes.
     """
     if not _ort_worthy(a, b):
+        if _split_worthy(a, b):
+            return _split_matmul(a, b)
         return backend.array_module(a).matmul(a, b)
     out = numpy.empty((*a.shape[:-1], b.shape[-1]), dtype=a.dtype)
     if a.ndim == 2:
@@ -322,12 +330,41 @@ def matmul(a, b):
 _GEMM_TYPES = {numpy.dtype(numpy.float32): 1, numpy.dtype(numpy.float64): 11}
 
 
+def _same_batch(a, b) -> bool:
+    return a.dtype == b.dtype and a.ndim == b.ndim and a.ndim >= 2 and a.shape[:-2] == b.shape[:-2]
+
+
+def _split_worthy(a, b) -> bool:
+    if not (isinstance(a, numpy.ndarray) and isinstance(b, numpy.ndarray) and _same_batch(a, b)):
+        return False
+    work = math.prod(a.shape[:-1]) * a.shape[-1] * b.shape[-1]
+    return a.dtype.kind in "fc" and work >= MIN_SPLIT_WORK and threads.count() > 1
+
+
+def _split_matmul(a, b):
+    """``a @ b`` in one part per thread: row blocks of ``a`` or column blocks of ``b``, whichever axis is longer."""
+    out = numpy.empty((*a.shape[:-1], b.shape[-1]), dtype=a.dtype)
+    rows = a.shape[-2] >= b.shape[-1]
+    length = a.shape[-2] if rows else b.shape[-1]
+    k = min(threads.count(), length)
+    cuts = [slice(length * i // k, length * (i + 1) // k) for i in range(k)]
+
+    def share(parts):
+        for sl in parts:
+            if rows:
+                numpy.matmul(a[..., sl, :], b, out=out[..., sl, :])
+            else:
+                numpy.matmul(a, b[..., sl], out=out[..., sl])
+        return parts
+
+    threads.run_parts(share, cuts)
+    return out
+
+
 def _ort_worthy(a, b) -> bool:
     if not (isinstance(a, numpy.ndarray) and isinstance(b, numpy.ndarray)):
         return False
-    if a.dtype != b.dtype or a.dtype not in _GEMM_TYPES or a.ndim != b.ndim or a.ndim < 2:
-        return False
-    if a.shape[:-2] != b.shape[:-2]:
+    if a.dtype not in _GEMM_TYPES or not _same_batch(a, b):
         return False
     return a.shape[-2] * a.shape[-1] * b.shape[-1] >= MIN_GEMM_WORK and active()
 

@@ -2,7 +2,8 @@
 
 Skipped where ONNX Runtime is not installed or turned off (``NETDEF_ONNXRUNTIME=0``); the
 NumPy paths they replace are tested by the rest of the suite, and CI runs the layer tests
-once more with the variable set.
+once more with the variable set. The tests marked ``numpy_products`` (NumPy's products split
+over netdef's threads) run either way.
 """
 
 import logging
@@ -18,7 +19,12 @@ from netdef.layers.ort_kernels import NchwcConv, input_gradient_plan
 from netdef.testing import forward_layer
 from tests.layers.test_conv import reference_conv
 
-pytestmark = pytest.mark.skipif(not ort_kernels.active(), reason="ONNX Runtime is not installed or turned off")
+
+@pytest.fixture(autouse=True)
+def needs_onnxruntime(request):
+    if "numpy_products" not in request.keywords and not ort_kernels.active():
+        pytest.skip("ONNX Runtime is not installed or turned off")
+
 
 RNG = numpy.random.default_rng(31)
 
@@ -274,3 +280,47 @@ def test_a_failing_session_falls_back_to_numpy_with_a_warning(monkeypatch, caplo
     assert layer.nchwc is None and layer.nchwc_grad is None
     for g, w in zip(got, want, strict=True):
         numpy.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * numpy.abs(w).max())
+
+
+@pytest.mark.numpy_products
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [((300, 40), (40, 20)), ((20, 40), (40, 300)), ((3, 90, 40), (3, 40, 70))],
+    ids=["row-blocks", "column-blocks", "batched"],
+)
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_numpy_products_split_over_the_threads(monkeypatch, a_shape, b_shape, dtype):
+    a = RNG.standard_normal(a_shape).astype(dtype)
+    b = RNG.standard_normal(b_shape).astype(dtype)
+    monkeypatch.setattr(ort_kernels, "_ort_worthy", lambda *args: False)  # NumPy's product, as without ONNX Runtime
+    monkeypatch.setattr(ort_kernels, "MIN_SPLIT_WORK", 0)
+    monkeypatch.setattr(threads._state, "current", 2)
+    monkeypatch.setattr(threads._state, "fixed", True)
+    cuts = []
+    real = threads.run_parts
+    monkeypatch.setattr(threads, "run_parts", lambda fn, parts: cuts.append(parts) or real(fn, parts))
+    got = ort_kernels.matmul(a, b)
+    assert got.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == numpy.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    numpy.testing.assert_allclose(got, a @ b, **tol)
+    # one part per thread along the longer of the result's axes
+    (parts,) = cuts
+    longer = max(a_shape[-2], b_shape[-1])
+    assert len(parts) == 2 and parts[0].start == 0 and parts[-1].stop == longer
+
+
+@pytest.mark.numpy_products
+def test_numpy_products_stay_whole_when_small_inside_a_share_or_not_float(monkeypatch):
+    monkeypatch.setattr(ort_kernels, "_ort_worthy", lambda *args: False)
+    monkeypatch.setattr(threads._state, "current", 2)
+    monkeypatch.setattr(threads._state, "fixed", True)
+    calls = []
+    monkeypatch.setattr(threads, "run_parts", lambda fn, parts: calls.append(parts) or list(fn(parts)))
+    small = numpy.ones((8, 8), numpy.float32)
+    ints = numpy.ones((300, 300), numpy.int64)
+    assert ort_kernels.matmul(small, small)[0, 0] == 8  # under MIN_SPLIT_WORK
+    monkeypatch.setattr(ort_kernels, "MIN_SPLIT_WORK", 0)
+    assert ort_kernels.matmul(ints, ints)[0, 0] == 300  # integers: NumPy's own loop, no BLAS
+    monkeypatch.setattr(threads._local, "sharing", True, raising=False)  # inside a share count() is 1
+    assert ort_kernels.matmul(small, small)[0, 0] == 8
+    assert calls == []
