@@ -17,9 +17,9 @@ are installed (the ``fast`` extra: ``pip install ".[fast]"``), netdef uses them 
 
 Why the products too: OpenBLAS's idle threads spin for a while after each product, and
 spinning beside ONNX Runtime's threads slows them down (cifar10_quick's first convolution:
-7.8 ms forward with BLAS at two threads, 2.4 ms with BLAS at one). So once these kernels are in
-use, BLAS runs one thread (:func:`netdef.threads.cap_blas`) and ONNX Runtime's pools take
-netdef's thread count; their threads sleep instead of spinning when idle.
+7.8 ms forward with BLAS at two threads, 2.4 ms with BLAS at one). So BLAS runs one thread
+(:func:`netdef.threads.cap_blas`, netdef's policy with or without these kernels) and ONNX
+Runtime's pools take netdef's thread count; their threads sleep instead of spinning when idle.
 
 Each convolution is a tiny ONNX graph of three operators of the ``com.microsoft.nchwc``
 domain -- ``ReorderInput`` (NCHW to blocked), ``Conv``, ``ReorderOutput`` (blocked to NCHW,
