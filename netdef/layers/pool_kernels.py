@@ -12,7 +12,8 @@ The operations per element (and their order) are the ones of the strided-view co
 :mod:`netdef.layers.pooling`, so results match it bit for bit, NaN and infinity included; only the
 memory layout differs. (One exception: where +0 and -0 tie for a window maximum, which of them comes
 out depends on NumPy's ``fmax`` loop, and its SIMD loop for contiguous data and scalar loop for
-strided data differ.) Work runs over chunks of channel planes so that the buffers stay in the cache.
+strided data differ.) Work runs over chunks of channel planes so that the buffers stay in the cache;
+the chunks are shared out over netdef's threads (:func:`netdef.threads.run_parts`), each with its own buffers.
 The buffers are made afresh for each call and not kept: with netdef's malloc settings
 (:mod:`netdef.allocator`) a new buffer reuses freed memory without page faults, and keeping
 a set per geometry and pass cost 36 MiB in cifar10_quick for no measurable speed.
