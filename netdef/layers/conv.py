@@ -401,20 +401,20 @@ class ConvolutionLayer(_ConvolutionBase):
                     if col is None:
                         col = self._columns(x[sl], batch_last)
                     part = matmul_nt(dyc, col)
+                fold = None
                 if want_dx:
                     cols = column_axes(n, self.out_spatial, batch_last)
                     dcol = ort_kernels.matmul(w.transpose(0, 2, 1), dyc).reshape(self.channels, *self.kernel, *cols)
                     fold = self._fold(dcol, self.in_spatial, self.out_spatial, batch_last)
-                    if dx is None:  # the only chunk: its array is the gradient
-                        out.append((part, fold))
-                        continue
-                    dx[sl] = fold
-                out.append((part, None))
+                    if dx is not None:
+                        dx[sl], fold = fold, None
+                out.append((part, fold))
             return out
 
         parts = _over_chunks(xp, share, chunks)
-        dw = _sum_parts(p for p, _ in parts)
-        return dw, (dx if dx is not None or not want_dx else parts[0][1])
+        if want_dx and dx is None:  # the only chunk: its array is the gradient
+            dx = parts[0][1]
+        return _sum_parts(p for p, _ in parts), dx
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool], bottom: Sequence[Blob]) -> None:
         xp = backend.array_module(top[0].diff)
