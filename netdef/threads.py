@@ -295,7 +295,8 @@ def current() -> int | None:
 
 
 def count() -> int:
-    """Threads for other native pools of this process (ONNX Runtime's): netdef's count, else the BLAS library's.
+    """Threads for netdef's own helpers (:func:`run_parts`) and ONNX Runtime's pools: netdef's count, else the
+    BLAS library's.
 
     Inside a share of :func:`run_parts` that runs beside others it is 1: the threads are taken.
     """
