@@ -330,12 +330,15 @@ def matmul(a, b):
 _GEMM_TYPES = {numpy.dtype(numpy.float32): 1, numpy.dtype(numpy.float64): 11}
 
 
-def _same_batch(a, b) -> bool:
+def _numpy_pair(a, b) -> bool:
+    """NumPy matrices (or stacks of them, the same batch axes) of one dtype."""
+    if not (isinstance(a, numpy.ndarray) and isinstance(b, numpy.ndarray)):
+        return False
     return a.dtype == b.dtype and a.ndim == b.ndim and a.ndim >= 2 and a.shape[:-2] == b.shape[:-2]
 
 
 def _split_worthy(a, b) -> bool:
-    if not (isinstance(a, numpy.ndarray) and isinstance(b, numpy.ndarray) and _same_batch(a, b)):
+    if not _numpy_pair(a, b):
         return False
     work = math.prod(a.shape[:-1]) * a.shape[-1] * b.shape[-1]
     return a.dtype.kind in "fc" and work >= MIN_SPLIT_WORK and threads.count() > 1
@@ -362,9 +365,7 @@ def _split_matmul(a, b):
 
 
 def _ort_worthy(a, b) -> bool:
-    if not (isinstance(a, numpy.ndarray) and isinstance(b, numpy.ndarray)):
-        return False
-    if a.dtype not in _GEMM_TYPES or not _same_batch(a, b):
+    if not _numpy_pair(a, b) or a.dtype not in _GEMM_TYPES:
         return False
     return a.shape[-2] * a.shape[-1] * b.shape[-1] >= MIN_GEMM_WORK and active()
 
