@@ -1,7 +1,9 @@
-"""Building blocks the solver, snapshot and CLI tests share: tiny nets, a small data set, run recorders."""
+"""Building blocks the solver, snapshot and CLI tests share: tiny nets, a small data set, run recorders,
+a clean copy of the bundled digits example."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
@@ -96,3 +98,12 @@ def caffe_solvers_root() -> Path:
     if root is None:
         pytest.skip("shared/parity not available")
     return root / "solvers"
+
+
+def copy_digits(root: Path) -> Path:
+    """Copy the bundled digits example to ``root/models/digits``, without snapshots a training run left in
+    the checkout (the README's first command writes them there); the copy's path."""
+    repo = Path(__file__).resolve().parents[1]
+    dest = root / "models" / "digits"
+    shutil.copytree(repo / "models" / "digits", dest, ignore=shutil.ignore_patterns("*_iter_*"))
+    return dest

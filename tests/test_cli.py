@@ -12,6 +12,7 @@ import pytest
 
 import netdef
 from netdef.cli import main
+from tests.solver_helpers import copy_digits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def digits(tmp_path, monkeypatch):
     """A copy of the bundled digits example in a scratch working directory."""
-    shutil.copytree(REPO / "models" / "digits", tmp_path / "models" / "digits")
+    copy_digits(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -8,11 +8,12 @@ notebooks: classification, net surgery, learning LeNet from Python) with
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy
 import pytest
+
+from tests.solver_helpers import copy_digits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def run_script(source: str, folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("pycaffe_scripts")
-    shutil.copytree(REPO / "models" / "digits", path / "models" / "digits")
+    copy_digits(path)
     return path
 
 

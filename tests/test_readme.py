@@ -1,12 +1,12 @@
 """The README's examples run as written, and every command it names exists."""
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from netdef.cli import build_parser
+from tests.solver_helpers import copy_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -27,7 +27,7 @@ def test_the_first_lines_give_exactly_the_two_commands():
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_python_examples_run_as_written(index, tmp_path, monkeypatch, capsys):
     # run where the example's relative paths resolve, in a copy, so nothing lands in the checkout
-    shutil.copytree(ROOT / "models" / "digits", tmp_path / "models" / "digits")
+    copy_digits(tmp_path)
     monkeypatch.chdir(tmp_path)
     exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), {})
     assert capsys.readouterr().out.strip()
