@@ -47,7 +47,7 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("netdef")
 
@@ -355,25 +355,89 @@ if hasattr(os, "register_at_fork"):
 def run_parts(fn, parts: list) -> list:
     """``fn`` over ``parts`` spread over :func:`count` threads (this one included); the results in order.
 
-    ``fn`` takes a list of consecutive parts (one thread's share, so that it can reuse buffers
-    between them) and returns one result per part. With one thread, or one part, ``fn(parts)``
-    runs here. ``fn`` must only write memory no other part writes. An exception raised in any
-    share is raised here, after every share has ended.
+    ``fn`` takes an iterator over parts and returns one result per part it was given, in the
+    same order, or None when the parts have no results (each is then None). Each thread that
+    joins calls ``fn`` once, and its iterator hands it the next part not yet taken each time
+    it asks, so that a thread can reuse buffers from one part to the next. A thread takes its
+    next part only when it has finished the one before: a helper that is slow to start (the
+    cores busy with other work) takes fewer parts, or none, and the others do its share
+    instead of waiting for it. ``fn`` must only write memory no other part writes. With one
+    thread, or one part, ``fn`` runs here over all parts. An exception raised in any part is
+    raised here, after every part taken has ended; parts not taken by then are not run.
     """
     k = min(count(), len(parts))
     if k <= 1 or _controller() is None:  # without threadpoolctl BLAS could not be held at one thread
-        return list(fn(parts))
-    bounds = [len(parts) * t // k for t in range(k + 1)]
-    shares = [parts[bounds[t] : bounds[t + 1]] for t in range(k)]
-    with _one_blas_thread():
-        futures = [_executor(k - 1).submit(_share, fn, share) for share in shares[1:]]
+        return _results(fn(iter(parts)), len(parts))
+    run = _Run(fn, parts)
+    pool = _executor(k - 1)
+    for _ in range(k - 1):
+        pool.submit(run.join)
+    run.join()
+    run.wait()
+    if run.error is not None:
+        raise run.error
+    return run.results
+
+
+def _results(out, n: int) -> list:
+    return [None] * n if out is None else list(out)
+
+
+class _Run:
+    """One :func:`run_parts` call: the parts not yet taken, the results, the threads still working."""
+
+    def __init__(self, fn, parts: list) -> None:
+        self.fn, self.parts = fn, parts
+        self.results: list = [None] * len(parts)
+        self.taken = 0
+        self.working = 0
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+
+    def _take(self) -> int | None:
+        with self.cond:
+            if self.taken >= len(self.parts) or self.error is not None:
+                return None
+            self.taken += 1
+            return self.taken - 1
+
+    def join(self) -> None:
+        """Work on parts until none is left (nothing to do when they are all taken already)."""
+        with self.cond:
+            if self.taken >= len(self.parts) or self.error is not None:
+                return
+            first = self.taken
+            self.taken += 1
+            self.working += 1
+        mine: list[int] = []
+
+        def take():
+            i = first
+            while i is not None:
+                mine.append(i)
+                yield self.parts[i]
+                i = self._take()
+
+        _local.sharing = True
         try:
-            results = _share(fn, shares[0])
+            with _one_blas_thread():
+                out = _results(self.fn(take()), len(mine))
+            for i, res in zip(mine, out, strict=True):
+                self.results[i] = res
+        except BaseException as err:  # noqa: BLE001 - raised again by the caller of run_parts
+            with self.cond:
+                self.error = self.error or err
         finally:
-            wait(futures)
-    for f in futures:
-        results.extend(f.result())
-    return results
+            _local.sharing = False
+            with self.cond:
+                self.working -= 1
+                self.cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every part is taken and every thread that took one has finished."""
+        with self.cond:
+            while self.working:
+                self.cond.wait()
 
 
 _blas_hold: dict = {"depth": 0, "saved": []}
@@ -403,15 +467,6 @@ def _one_blas_thread():
             if _blas_hold["depth"] == 0:
                 for lib, n in _blas_hold["saved"]:
                     lib.set_num_threads(n)
-
-
-def _share(fn, share: list) -> list:
-    """One thread's share of :func:`run_parts`; native pools it calls get one thread (:func:`count`)."""
-    _local.sharing = True
-    try:
-        return list(fn(share))
-    finally:
-        _local.sharing = False
 
 
 def chunk_count(items: int, item_bytes: int, chunk_bytes: int) -> int:

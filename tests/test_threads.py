@@ -149,18 +149,66 @@ def test_run_parts_keeps_order_and_uses_a_second_thread(monkeypatch):
     import threading
 
     two_threads(monkeypatch)
+    both_started = threading.Barrier(2, timeout=10)  # each thread holds its first part until the other has one
     seen = []
 
     def fn(share):
-        seen.append((threading.get_ident(), threads.count(), list(share)))
-        return [p * 10 for p in share]
+        out = []
+        for i, p in enumerate(share):
+            seen.append((threading.get_ident(), threads.count(), p))
+            if i == 0:
+                both_started.wait()
+            out.append(p * 10)
+        return out
 
     assert threads.run_parts(fn, [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
-    # two shares of consecutive parts, on two threads, each seeing one thread for its own pools
-    assert sorted(s for _, _, s in seen) == [[1, 2], [3, 4, 5]]
+    assert sorted(p for _, _, p in seen) == [1, 2, 3, 4, 5]  # every part once
     assert len({ident for ident, _, _ in seen}) == 2
-    assert {c for _, c, _ in seen} == {1}
+    assert {c for _, c, _ in seen} == {1}  # each thread sees one thread for its own pools
     assert threads.count() == 2  # the caller's count is back after its share
+
+
+class _LateHelpers:
+    """An executor whose helpers start only when ``start`` is called (a scheduler holding them back)."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def submit(self, fn, *args):
+        self.waiting.append((fn, args))
+
+    def start(self):
+        for fn, args in self.waiting:
+            fn(*args)
+
+
+def test_run_parts_does_not_wait_for_a_helper_that_has_not_started(monkeypatch):
+    import threading
+
+    two_threads(monkeypatch)
+    late = _LateHelpers()
+    monkeypatch.setattr(threads, "_executor", lambda size: late)
+    calls = []
+
+    def fn(share):
+        calls.append(threading.get_ident())
+        return [p * 10 for p in share]
+
+    assert threads.run_parts(fn, [1, 2, 3, 4]) == [10, 20, 30, 40]  # all on this thread
+    assert calls == [threading.get_ident()]
+    late.start()  # the helper, when it finally runs, finds nothing left and does not call fn
+    assert calls == [threading.get_ident()]
+
+
+def test_run_parts_results_are_none_when_fn_returns_none(monkeypatch):
+    two_threads(monkeypatch)
+    done = []
+
+    def fn(share):
+        done.extend(share)
+
+    assert threads.run_parts(fn, [1, 2, 3]) == [None, None, None]
+    assert sorted(done) == [1, 2, 3]
 
 
 def test_run_parts_runs_here_with_one_thread_or_one_part(monkeypatch):
@@ -182,19 +230,41 @@ def test_run_parts_runs_here_with_one_thread_or_one_part(monkeypatch):
     assert set(idents) == {here}
 
 
-def test_run_parts_raises_a_helpers_error_after_all_shares_end(monkeypatch):
+def test_run_parts_raises_an_error_after_the_parts_taken_end_and_takes_no_more(monkeypatch):
+    import threading
+
     two_threads(monkeypatch)
     done = []
 
     def fn(share):
-        if 2 in share:
-            raise ValueError("part 2 failed")
-        done.append(share)
-        return share
+        for p in share:
+            if p == 2:
+                raise ValueError("part 2 failed")
+            done.append(p)
+        return done
 
+    late = _LateHelpers()
+    monkeypatch.setattr(threads, "_executor", lambda size: late)
     with pytest.raises(ValueError, match="part 2 failed"):
-        threads.run_parts(fn, [1, 2])
-    assert done == [[1]]
+        threads.run_parts(fn, [1, 2, 3, 4])
+    assert done == [1]  # parts 3 and 4 were never taken
+    late.start()
+    assert done == [1]
+    monkeypatch.undo()
+    two_threads(monkeypatch)
+    # a part failing on a helper thread: raised here too, after the helper's part has ended
+    helper_failed = threading.Event()
+
+    def fails_on_a_helper(share):
+        for _ in share:
+            if threading.current_thread() is not threading.main_thread():
+                helper_failed.set()
+                raise ValueError("a helper failed")
+            helper_failed.wait(10)
+        return None
+
+    with pytest.raises(ValueError, match="a helper failed"):
+        threads.run_parts(fails_on_a_helper, [1, 2])
 
 
 def test_busy_cores_is_the_smaller_of_a_snapshot_and_the_average_since_the_last_sample(monkeypatch):
@@ -202,6 +272,7 @@ def test_busy_cores_is_the_smaller_of_a_snapshot_and_the_average_since_the_last_
     cpu = {"machine": 50.0, "own": 10.0}
     snap = {"n": 7}
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)  # idle cores to spare throughout
     monkeypatch.setattr(threads, "_cpu_seconds", lambda: (cpu["machine"], cpu["own"]))
     monkeypatch.setattr(threads, "_busy_sample", lambda: snap["n"])
     assert threads.busy_cores() == 7  # no window yet: the snapshot
@@ -301,4 +372,4 @@ def test_shares_hold_blas_at_one_thread_and_restore_it(monkeypatch):
     assert seen == [[1, 1], [1, 1]]
     assert [lib.num_threads for lib in libs] == [2, 1]
     monkeypatch.setattr(threads, "_controller", lambda: None)  # no threadpoolctl: nothing is split
-    assert threads.run_parts(lambda share: [len(share)], [1, 2]) == [2]
+    assert threads.run_parts(lambda share: [sum(1 for _ in share)], [1, 2]) == [2]

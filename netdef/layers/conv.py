@@ -7,7 +7,7 @@ direct kernels (:mod:`netdef.layers.ort_kernels`, the ``fast`` extra), Winograd'
 or the flat grid, whichever applies first (docs/performance.md). Its forward pass lets
 :func:`netdef.threads.refresh` follow the machine's load. On the CPU the chunks of the
 flat-grid and im2col paths are shared out over netdef's threads
-(:func:`netdef.threads.run_parts`), each thread running its chunks whole.
+(:func:`netdef.threads.run_parts`), each thread running the chunks it takes whole.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ class ConvolutionLayer(_ConvolutionBase):
                 yw = ort_kernels.matmul(w, col).reshape(self.num_output, -1)
                 self.flat.outputs(yw, sl.stop - sl.start, out=y[sl], bias=bias)
                 self._keep_columns(i, col, len(chunks))
-            return slices
+            return None
 
         _over_chunks(numpy, share, chunks)
         return y
@@ -300,7 +300,7 @@ class ConvolutionLayer(_ConvolutionBase):
             for sl, n, batch_last in parts:
                 yc = ort_kernels.matmul(w, self._columns(x[sl], batch_last)).reshape(self.num_output, -1)
                 y[sl] = columns_to_batch(yc, n, self.out_spatial, batch_last, bias)
-            return parts
+            return None
 
         _over_chunks(xp, share, chunks)
         return y

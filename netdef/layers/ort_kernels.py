@@ -358,7 +358,7 @@ def _split_matmul(a, b):
                 numpy.matmul(a[..., sl, :], b, out=out[..., sl, :])
             else:
                 numpy.matmul(a, b[..., sl], out=out[..., sl])
-        return parts
+        return None
 
     threads.run_parts(share, cuts)
     return out

@@ -269,7 +269,7 @@ class PhasePlan:
                 self._spread(w, rows[: chunk.rows], self._width_views(chunk, cols), aw, scratch)
                 for p_h, p_w, block, image in self._blocks():
                     numpy.copyto(dx3[a:b][image], chunk.grid(cols[p_w])[p_h][block])
-            return [None] * len(parts)
+            return None
 
         threads.run_parts(share, state)
         return dx
