@@ -229,10 +229,10 @@ class NchwcConv:
     def __call__(self, x, weights, bias=None, out=None) -> numpy.ndarray:
         """The convolution of ``x`` (float32) with :meth:`weights`, plus ``bias`` when the plan has one.
 
-        Runs in chunks of samples whose blocked copies stay under :data:`CHUNK_BYTES`.
+        Runs in chunks of samples whose blocked copies stay under :data:`CHUNK_BYTES`. Without a
+        fixed ``threads`` the chunks are shared out over netdef's threads
+        (:func:`netdef.threads.run_parts`), each running them with a one-thread session.
         """
-        n = self.threads if self.threads is not None else threads.count()
-        session = _cached(("conv", self._spec(), n), lambda: _session(self._spec(), n))
         if out is None:
             out = numpy.empty((x.shape[0], self.num_output, *self.out), dtype=numpy.float32)
         if x.shape[1] != self.input_channels:
@@ -241,23 +241,37 @@ class NchwcConv:
             x = widened
         x = numpy.ascontiguousarray(x, dtype=numpy.float32)
         padded_bias = self.padded_bias(bias) if self.bias else None
-        step = self.samples_per_chunk()
-        for start in range(0, x.shape[0], step):
-            part = out[start : start + step]
-            binding = session.io_binding()
-            binding.bind_cpu_input("x", x[start : start + step])
-            binding.bind_cpu_input("w", weights)
-            if padded_bias is not None:
-                binding.bind_cpu_input("b", padded_bias)
-            binding.bind_output("y", "cpu", 0, numpy.float32, part.shape, part.ctypes.data)
-            session.run_with_iobinding(binding)
+
+        def share(cuts):
+            n = self.threads if self.threads is not None else threads.count()
+            session = _cached(("conv", self._spec(), n), lambda: _session(self._spec(), n))
+            for sl in cuts:
+                binding = session.io_binding()
+                binding.bind_cpu_input("x", x[sl])
+                binding.bind_cpu_input("w", weights)
+                if padded_bias is not None:
+                    binding.bind_cpu_input("b", padded_bias)
+                part = out[sl]
+                binding.bind_output("y", "cpu", 0, numpy.float32, part.shape, part.ctypes.data)
+                session.run_with_iobinding(binding)
+
+        total = x.shape[0]
+        if self.threads is not None:
+            step = self.samples_per_chunk()
+            share(slice(a, a + step) for a in range(0, total, step))
+        else:
+            k = threads.chunk_count(total, self.sample_bytes(), CHUNK_BYTES)
+            threads.run_parts(share, [slice(total * i // k, total * (i + 1) // k) for i in range(k)])
         return out
+
+    def sample_bytes(self) -> int:
+        """Bytes of one sample's blocked input and output (ONNX Runtime's temporaries)."""
+        spatial_in, spatial_out = math.prod(self.shape[2:]), math.prod(self.out)
+        return 4 * (self.padded_channels * spatial_in + self.padded_outputs * spatial_out)
 
     def samples_per_chunk(self) -> int:
         """Samples per call: the blocked input and output of a chunk (ONNX Runtime's temporaries) stay small."""
-        spatial_in, spatial_out = math.prod(self.shape[2:]), math.prod(self.out)
-        per_sample = 4 * (self.padded_channels * spatial_in + self.padded_outputs * spatial_out)
-        return max(1, CHUNK_BYTES // per_sample)
+        return max(1, CHUNK_BYTES // self.sample_bytes())
 
     def _spec(self) -> tuple:
         return (

@@ -102,6 +102,34 @@ def test_a_batch_runs_in_chunks_of_samples(monkeypatch):
     numpy.testing.assert_allclose(whole, direct(x, k, (1, 1), (1, 1), (1, 1)), rtol=1e-4, atol=1e-3)
 
 
+def test_chunks_on_two_threads_run_one_thread_sessions_and_match_one_thread(monkeypatch):
+    import threading
+
+    b = block()
+    x = RNG.standard_normal((6, b, 6, 6)).astype(numpy.float32)
+    k = RNG.standard_normal((3, b, 3, 3)).astype(numpy.float32)
+    plan = NchwcConv(x.shape, 3, (3, 3), (1, 1), (1, 1), (1, 1), False, b)
+    monkeypatch.setattr(threads._state, "fixed", True)
+    monkeypatch.setattr(threads._state, "current", 1)
+    one = plan(x, plan.weights(k))
+    monkeypatch.setattr(threads._state, "current", 2)
+    monkeypatch.setattr(threads, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(ort_kernels, "CHUNK_BYTES", plan.sample_bytes())  # one sample per chunk
+    runs = []
+    real = ort_kernels._session
+
+    def session(spec, n):
+        made = real(spec, n)
+        run = made.run_with_iobinding
+        made_run = lambda binding: runs.append((threading.get_ident(), n)) or run(binding)  # noqa: E731
+        return type("S", (), {"io_binding": made.io_binding, "run_with_iobinding": staticmethod(made_run)})()
+
+    monkeypatch.setattr(ort_kernels, "_session", session)
+    monkeypatch.setattr(ort_kernels, "_cached", lambda key, make: make())
+    numpy.testing.assert_array_equal(plan(x, plan.weights(k)), one)
+    assert len(runs) == 6 and {n for _, n in runs} == {1}  # a call per sample, each with a one-thread session
+
+
 @pytest.mark.parametrize("case", [g for g in GEOMETRIES if g[6] == (1, 1)])
 def test_input_gradient_is_the_adjoint_of_the_convolution(case):
     # <conv(x), dy> == <x, dx(dy)> for every x and dy: the defining property of the input gradient
