@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "CPU threads for netdef's NumPy work and large products (BLAS keeps one) and for ONNX "
             "Runtime's kernels with the 'fast' extra (default: NETDEF_NUM_THREADS, else the cores not "
-            "busy; see docs/performance.md)"
+            "busy, or all when every core is busy; see docs/performance.md)"
         ),
     )
     # the package front door is imported before any of its modules (and sits above cli in the layering)

@@ -57,12 +57,17 @@ def test_blas_variable_leaves_the_library_alone(monkeypatch):
     assert "leaves it alone" in threads.describe()
 
 
-def test_automatic_count_subtracts_busy_cores(monkeypatch):
+def test_automatic_count_takes_the_free_cores_or_all_when_none_is_free(monkeypatch):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
-    monkeypatch.setattr(threads, "busy_cores", lambda samples=3: 3)
+    busy = {"n": 3}
+    monkeypatch.setattr(threads, "busy_cores", lambda samples=3: busy["n"])
     assert threads.auto_threads() == 5
-    monkeypatch.setattr(threads, "busy_cores", lambda samples=3: 12)
+    busy["n"] = 7
     assert threads.auto_threads() == 1
+    # every core busy: a thread on each gets its fair slice of it
+    for n in (8, 12):
+        busy["n"] = n
+        assert threads.auto_threads() == 8
 
 
 def test_refresh_follows_the_load_but_not_more_often_than_the_interval(monkeypatch):
@@ -299,6 +304,32 @@ def test_busy_cores_is_the_smaller_of_a_snapshot_and_the_average_since_the_last_
     snap["n"] = 1
     later(2.0, 3.0, 1.0)
     assert threads.busy_cores() == 1
+
+
+def test_busy_cores_trusts_the_snapshot_when_the_machine_had_no_idle_time(monkeypatch):
+    clock = {"t": 100.0}
+    cpu = {"machine": 50.0, "own": 10.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "_cpu_seconds", lambda: (cpu["machine"], cpu["own"]))
+    monkeypatch.setattr(threads, "_busy_sample", lambda: 2)
+    assert threads.busy_cores() == 2
+
+    def later(machine, own):
+        clock["t"] += 2.0
+        cpu["machine"] += machine
+        cpu["own"] += own
+
+    # two cores, both working all the time; two CPU-bound processes got 1.1 cores of them:
+    # they would use two, as the snapshot says
+    later(4.0, 1.8)
+    assert threads.busy_cores() == 2
+    # the same share with a quarter of a core idle: what they got is what they wanted
+    later(3.4, 1.2)
+    assert threads.busy_cores() == 1
+    # no idle time, but others had less than half a core: a passing task, not a busy process
+    later(4.0, 3.2)
+    assert threads.busy_cores() == 0
 
 
 def test_busy_cores_without_proc_stat_takes_snapshots(monkeypatch):
