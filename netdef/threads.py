@@ -77,6 +77,8 @@ class _State:
         self.next_check = 0.0
         #: BLAS's thread count at most: one, netdef's count going to its own threads instead
         self.blas_cap: int | None = 1
+        #: whether others kept every core busy at the automatic policy's last sample
+        self.crowded = False
         #: (monotonic time, machine CPU seconds, own CPU seconds) of the last load average
         self.window: tuple[float, float, float] | None = None
 
@@ -206,13 +208,23 @@ def auto_threads() -> int:
     netdef's threads do not spin while they wait, and a thread the scheduler holds back takes
     fewer parts of :func:`run_parts` while the others take more. So where every core is busy
     a thread per core gets its fair slice of each, and one thread would get a slice of one
-    (cifar10_quick b100 on two cores beside two CPU-bound processes: 66-68 ms per step on two
-    threads, 85-102 on one). Where some cores are free, they are the ones to use (beside one
-    such process: 62-64 ms on one thread, 66-67 on two).
+    (cifar10_quick b100 on two cores beside two CPU-bound processes: 64-89 ms per step on two
+    threads, 72-94 on one). Where some cores are free, they are the ones to use (beside one
+    such process: 60-63 ms on one thread, 64-67 on two).
     """
+    return _auto_count()[0]
+
+
+def _auto_count() -> tuple[int, bool]:
+    """:func:`auto_threads`, and whether others keep every core busy."""
     cores = available_cores()
     free = cores - busy_cores()
-    return free if free >= 1 else cores
+    return (free, False) if free >= 1 else (cores, True)
+
+
+def _set_auto() -> None:
+    n, _state.crowded = _auto_count()
+    _set(n)
 
 
 # --- applying the count -------------------------------------------------------------------
@@ -281,9 +293,12 @@ def apply_policy(threads: int | None = None) -> int:
     if threads is None and any(os.environ.get(name) for name in BLAS_ENV_VARS):
         _state.fixed = True
         return _library_threads()
-    n = threads if threads is not None else auto_threads()
-    _set(n)
-    return n
+    _state.crowded = False
+    if threads is None:
+        _set_auto()
+        return _state.current
+    _set(threads)
+    return threads
 
 
 def refresh() -> None:
@@ -296,12 +311,12 @@ def refresh() -> None:
             apply_policy()
         except ValueError as err:
             log.warning("%s; choosing the thread count automatically", err)
-            _set(auto_threads())
+            _set_auto()
         return
     if now < _state.next_check:
         return
     _state.next_check = now + REFRESH_SECONDS
-    _set(auto_threads())
+    _set_auto()
 
 
 def _library_threads() -> int:
@@ -327,6 +342,17 @@ def count() -> int:
     if _state.current is None and _state.next_check == 0.0 and not _state.fixed:
         refresh()
     return _state.current if _state.current is not None else _library_threads()
+
+
+def pool_threads() -> int:
+    """Threads for ONNX Runtime's own pools: :func:`count`, but 1 where others keep every core busy.
+
+    Such a pool cuts a product into one block per thread up front, so a thread the scheduler
+    holds back holds up the whole product; :func:`run_parts` does not wait for it. The digits
+    example beside two CPU-bound processes on two cores: 4.6-4.9 s with two-thread pools,
+    3.8-4.3 s with one-thread pools and netdef's helpers still on two threads.
+    """
+    return 1 if _state.crowded else count()
 
 
 def describe() -> str:

@@ -25,7 +25,7 @@ def test_explicit_count_is_applied_and_fixed(monkeypatch):
     assert threads.apply_policy(1) == 1
     assert threads.current() == 1
     assert threads._library_threads() == 1 or threads._controller() is None
-    monkeypatch.setattr(threads, "auto_threads", lambda: 7)
+    monkeypatch.setattr(threads, "_auto_count", lambda: (7, False))
     monkeypatch.setattr(threads._state, "next_check", 0.0)
     threads.refresh()
     assert threads.current() == 1
@@ -70,9 +70,29 @@ def test_automatic_count_takes_the_free_cores_or_all_when_none_is_free(monkeypat
         assert threads.auto_threads() == 8
 
 
+def test_onnx_runtime_pools_get_one_thread_while_others_keep_every_core_busy(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    busy = {"n": 2}
+    monkeypatch.setattr(threads, "busy_cores", lambda samples=3: busy["n"])
+    monkeypatch.setattr(threads._state, "fixed", False)
+    monkeypatch.setattr(threads._state, "next_check", 0.0)
+    threads.refresh()
+    assert (threads.count(), threads.pool_threads()) == (2, 1)
+    busy["n"] = 0  # quiet again: the pools get the count too
+    monkeypatch.setattr(threads._state, "next_check", 0.0)
+    threads.refresh()
+    assert (threads.count(), threads.pool_threads()) == (2, 2)
+    busy["n"] = 2
+    monkeypatch.setattr(threads._state, "next_check", 0.0)
+    threads.refresh()
+    assert threads.pool_threads() == 1
+    threads.apply_policy(2)  # a count the user fixed goes to the pools as it is
+    assert (threads.count(), threads.pool_threads()) == (2, 2)
+
+
 def test_refresh_follows_the_load_but_not_more_often_than_the_interval(monkeypatch):
     load = {"n": 2}
-    monkeypatch.setattr(threads, "auto_threads", lambda: load["n"])
+    monkeypatch.setattr(threads, "_auto_count", lambda: (load["n"], False))
     threads.refresh()  # the first call applies the policy
     assert threads.current() == 2
     load["n"] = 1
@@ -85,7 +105,7 @@ def test_refresh_follows_the_load_but_not_more_often_than_the_interval(monkeypat
 
 def test_first_refresh_with_a_bad_variable_warns_and_goes_on(monkeypatch, caplog):
     monkeypatch.setenv(threads.ENV_VAR, "many")
-    monkeypatch.setattr(threads, "auto_threads", lambda: 1)
+    monkeypatch.setattr(threads, "_auto_count", lambda: (1, False))
     threads.refresh()
     assert threads.current() == 1
     assert "NETDEF_NUM_THREADS" in caplog.text

@@ -243,7 +243,7 @@ class NchwcConv:
         padded_bias = self.padded_bias(bias) if self.bias else None
 
         def share(cuts):
-            n = self.threads if self.threads is not None else threads.count()
+            n = self.threads if self.threads is not None else threads.pool_threads()
             session = _cached(("conv", self._spec(), n), lambda: _session(self._spec(), n))
             for sl in cuts:
                 binding = session.io_binding()
@@ -396,7 +396,7 @@ def _operand(m) -> tuple[numpy.ndarray, int]:
 def _ort_gemm(a, b, out):
     a, trans_a = _operand(a)
     b, trans_b = _operand(b)
-    key = (trans_a, trans_b, _GEMM_TYPES[a.dtype], threads.count())
+    key = (trans_a, trans_b, _GEMM_TYPES[a.dtype], threads.pool_threads())
     session = _cached(("gemm", *key), lambda: _gemm_session(*key))
     binding = session.io_binding()
     binding.bind_cpu_input("a", a)
