@@ -208,9 +208,9 @@ def auto_threads() -> int:
     netdef's threads do not spin while they wait, and a thread the scheduler holds back takes
     fewer parts of :func:`run_parts` while the others take more. So where every core is busy
     a thread per core gets its fair slice of each, and one thread would get a slice of one
-    (cifar10_quick b100 on two cores beside two CPU-bound processes: 64-89 ms per step on two
-    threads, 72-94 on one). Where some cores are free, they are the ones to use (beside one
-    such process: 60-63 ms on one thread, 64-67 on two).
+    (cifar10_quick b100 on two cores beside two CPU-bound processes, alternating runs: 64-92 ms
+    per step on two threads, median 65; 70-96 on one, median 82). Where some cores are free,
+    they are the ones to use (beside one such process: 60-64 ms on one thread, 64-68 on two).
     """
     return _auto_count()[0]
 
@@ -335,7 +335,7 @@ def count() -> int:
     """Threads for netdef's own helpers (:func:`run_parts`) and ONNX Runtime's pools: netdef's count, else the
     BLAS library's.
 
-    Inside a share of :func:`run_parts` that runs beside others it is 1: the threads are taken.
+    Inside a thread working on parts of :func:`run_parts` it is 1: the threads are taken.
     """
     if getattr(_local, "sharing", False):
         return 1
@@ -494,10 +494,10 @@ _blas_lock = threading.Lock()
 
 @contextlib.contextmanager
 def _one_blas_thread():
-    """BLAS at one thread while shares run (each share is a thread already); restored after the last.
+    """BLAS at one thread while threads work on parts (each is a thread already); restored after the last.
 
     Under netdef's policy BLAS has one thread anyway (:func:`cap_blas`). Where the user set the
-    BLAS library's own variable it has the user's count, and each share's products would start
+    BLAS library's own variable it has the user's count, and each thread's products would start
     that many threads.
     """
     with _blas_lock:
@@ -522,7 +522,7 @@ def chunk_count(items: int, item_bytes: int, chunk_bytes: int) -> int:
     (one item at least).
 
     Work of :data:`SPLIT_BYTES` or more gets a multiple of :func:`count` chunks, so that the
-    shares of :func:`run_parts` are even. Each thread then has a chunk in flight: on two cores
+    threads of :func:`run_parts` end together on a quiet machine. Each thread then has a chunk in flight: on two cores
     a cifar10_quick step's peak grows from 89 to 97-100 MiB. Halving the chunks instead saved
     2-3 MiB of that and cost 2.5% of the step's time, so they keep their size.
     """
