@@ -19,7 +19,10 @@ Why the products too: OpenBLAS's idle threads spin for a while after each produc
 spinning beside ONNX Runtime's threads slows them down (cifar10_quick's first convolution:
 7.8 ms forward with BLAS at two threads, 2.4 ms with BLAS at one). So BLAS runs one thread
 (:func:`netdef.threads.cap_blas`, netdef's policy with or without these kernels) and ONNX
-Runtime's pools take netdef's thread count; their threads sleep instead of spinning when idle.
+Runtime's pools take netdef's thread count (:func:`netdef.threads.pool_threads`: one while
+others keep every core busy); their threads sleep instead of spinning when idle. Blocked
+convolutions run their chunks of samples on netdef's own threads instead, one-thread
+sessions each.
 
 Each convolution is a tiny ONNX graph of three operators of the ``com.microsoft.nchwc``
 domain -- ``ReorderInput`` (NCHW to blocked), ``Conv``, ``ReorderOutput`` (blocked to NCHW,
