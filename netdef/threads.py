@@ -368,7 +368,10 @@ def describe() -> str:
     libs = ", ".join(f"{lib.internal_api} {lib.version}" for lib in controller.lib_controllers) or "none found"
     if _state.blas_cap is not None and libs != "none found":
         libs += f" (capped at {_state.blas_cap}: netdef splits the heavy work over its own threads)"
-    return f"{_state.current} ({how}; cores usable {available_cores()}, busy {busy_cores()}); libraries: {libs}"
+    crowded = "; every core busy, so ONNX Runtime's pools run 1" if _state.crowded else ""
+    return (
+        f"{_state.current} ({how}; cores usable {available_cores()}, busy {busy_cores()}{crowded}); libraries: {libs}"
+    )
 
 
 # --- splitting NumPy work -------------------------------------------------------------------

@@ -86,6 +86,7 @@ def test_onnx_runtime_pools_get_one_thread_while_others_keep_every_core_busy(mon
     monkeypatch.setattr(threads._state, "next_check", 0.0)
     threads.refresh()
     assert threads.pool_threads() == 1
+    assert "every core busy, so ONNX Runtime's pools run 1" in threads.describe()
     threads.apply_policy(2)  # a count the user fixed goes to the pools as it is
     assert (threads.count(), threads.pool_threads()) == (2, 2)
 
