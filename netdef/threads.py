@@ -209,7 +209,7 @@ def auto_threads() -> int:
     fewer parts of :func:`run_parts` while the others take more. So where every core is busy
     a thread per core gets its fair slice of each, and one thread would get a slice of one
     (cifar10_quick b100 on two cores beside two CPU-bound processes, alternating runs: 64-92 ms
-    per step on two threads, median 65; 70-96 on one, median 82). Where some cores are free,
+    per step on two threads, median 66; 70-96 on one, median 82). Where some cores are free,
     they are the ones to use (beside one such process: 60-64 ms on one thread, 64-68 on two).
     """
     return _auto_count()[0]
