@@ -445,20 +445,23 @@ class _Run:
         self.error: BaseException | None = None
         self.cond = threading.Condition()
 
+    def _next(self) -> int | None:
+        """The index of the next part, now taken; None when all are taken or one failed. Hold ``cond``."""
+        if self.taken >= len(self.parts) or self.error is not None:
+            return None
+        self.taken += 1
+        return self.taken - 1
+
     def _take(self) -> int | None:
         with self.cond:
-            if self.taken >= len(self.parts) or self.error is not None:
-                return None
-            self.taken += 1
-            return self.taken - 1
+            return self._next()
 
     def join(self) -> None:
         """Work on parts until none is left (nothing to do when they are all taken already)."""
-        with self.cond:
-            if self.taken >= len(self.parts) or self.error is not None:
+        with self.cond:  # the first part and the count of working threads change together, for wait()
+            first = self._next()
+            if first is None:
                 return
-            first = self.taken
-            self.taken += 1
             self.working += 1
         mine: list[int] = []
 
