@@ -523,6 +523,11 @@ def _one_blas_thread():
                     lib.set_num_threads(n)
 
 
+def even_slices(n: int, k: int) -> list[slice]:
+    """``range(n)`` cut into ``k`` consecutive slices whose lengths differ by at most one."""
+    return [slice(n * i // k, n * (i + 1) // k) for i in range(k)]
+
+
 def chunk_count(items: int, item_bytes: int, chunk_bytes: int) -> int:
     """How many chunks to cut ``items`` items of ``item_bytes`` each into, each at most ``chunk_bytes``
     (one item at least).

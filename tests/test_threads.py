@@ -368,6 +368,12 @@ def test_cpu_seconds_reads_this_machine():
     assert machine > 0 and own > 0
 
 
+def test_even_slices_cover_the_range_in_order_with_lengths_one_apart():
+    assert threads.even_slices(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert threads.even_slices(4, 4) == [slice(i, i + 1) for i in range(4)]
+    assert threads.even_slices(0, 2) == [slice(0, 0), slice(0, 0)]
+
+
 def test_chunk_count_rounds_up_to_the_threads_only_for_big_work(monkeypatch):
     two_threads(monkeypatch)
     big = threads.SPLIT_BYTES

@@ -270,7 +270,7 @@ def batch_chunks(n: int, bytes_per_sample: int, xp=numpy) -> list[slice]:
         parts = threads.chunk_count(n, bytes_per_sample, COL_CHUNK_BYTES)
     else:
         parts = -(-n // max(1, GPU_COL_CHUNK_BYTES // max(bytes_per_sample, 1)))
-    return [slice(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+    return threads.even_slices(n, parts)
 
 
 # --- convolution geometry ---------------------------------------------------------------------------

@@ -264,7 +264,7 @@ class NchwcConv:
             share(slice(a, a + step) for a in range(0, total, step))
         else:
             k = threads.chunk_count(total, self.sample_bytes(), CHUNK_BYTES)
-            threads.run_parts(share, [slice(total * i // k, total * (i + 1) // k) for i in range(k)])
+            threads.run_parts(share, threads.even_slices(total, k))
         return out
 
     def sample_bytes(self) -> int:
@@ -366,8 +366,7 @@ def _split_matmul(a, b):
     out = numpy.empty((*a.shape[:-1], b.shape[-1]), dtype=a.dtype)
     rows = a.shape[-2] >= b.shape[-1]
     length = a.shape[-2] if rows else b.shape[-1]
-    k = min(threads.count(), length)
-    cuts = [slice(length * i // k, length * (i + 1) // k) for i in range(k)]
+    cuts = threads.even_slices(length, min(threads.count(), length))
 
     def share(parts):
         for sl in parts:
