@@ -494,12 +494,12 @@ class DeconvolutionLayer(_ConvolutionBase):
         want_w, want_b = self._param_grads_wanted()
         dw = db = None
         for i, (b, t) in enumerate(zip(bottom, top, strict=True)):
+            dy = t.diff.reshape(self.num, o, *self.out_spatial)
             if want_b:
-                part = channel_sums(t.diff.reshape(self.num, o, math.prod(self.out_spatial)))
+                part = channel_sums(dy)
                 db = part if db is None else db + part
             if not (want_w or propagate_down[i]):
                 continue
-            dy = t.diff.reshape(self.num, o, *self.out_spatial)
             x = b.data.reshape(self.num, self.channels, *self.in_spatial)
             chunks = self._chunks(x, self.in_spatial)
             dx = xp.empty(x.shape, dtype=x.dtype) if propagate_down[i] and len(chunks) != 1 else None
