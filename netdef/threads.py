@@ -533,9 +533,10 @@ def chunk_count(items: int, item_bytes: int, chunk_bytes: int) -> int:
     (one item at least).
 
     Work of :data:`SPLIT_BYTES` or more gets a multiple of :func:`count` chunks, so that the
-    threads of :func:`run_parts` end together on a quiet machine. Each thread then has a chunk in flight: on two cores
-    a cifar10_quick step's peak grows from 89 to 97-100 MiB. Halving the chunks instead saved
-    2-3 MiB of that and cost 2.5% of the step's time, so they keep their size.
+    threads of :func:`run_parts` end together on a quiet machine. Each thread then has a chunk
+    in flight (a cifar10_quick step on two cores: 89 MiB at its peak, 88 on one thread).
+    Halving the chunks when split saved 2-3 MiB and cost 2.5% of the step's time, so they keep
+    their size.
     """
     if items <= 0:
         return 0
