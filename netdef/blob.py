@@ -32,27 +32,69 @@ class Blob:
     Both arrays live on the same module (NumPy or CuPy) and have the same shape.
     Layers may replace ``data``/``diff`` with new arrays of the blob's shape, or
     write into them; users may write into them in place (``blob.data[...] = x``).
+
+    A blob whose values were computed in pieces elsewhere (:mod:`netdef.batch_split`)
+    holds a *gather* instead of arrays until ``data`` or ``diff`` is first read or set.
     """
 
-    __slots__ = ("data", "diff", "name", "dtype", "xp")
+    __slots__ = ("_data", "_diff", "_gather", "name", "dtype", "xp")
 
     def __init__(self, shape: Sequence[int] = (), dtype=numpy.float32, xp=None, name: str = ""):
         self.xp = xp or backend.default_xp()
         self.dtype = numpy.dtype(dtype)
         self.name = name
-        self.data, self.diff = self._allocate(self._checked_shape(shape))
+        self._gather = None
+        self._data, self._diff = self._allocate(self._checked_shape(shape))
+
+    @property
+    def data(self):
+        if self._gather is not None:
+            self._settle()
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        if self._gather is not None:
+            self._settle()
+        self._data = value
+
+    @property
+    def diff(self):
+        if self._gather is not None:
+            self._settle()
+        return self._diff
+
+    @diff.setter
+    def diff(self, value) -> None:
+        if self._gather is not None:
+            self._settle()
+        self._diff = value
+
+    def defer(self, gather) -> None:
+        """Hold ``gather()`` instead of the arrays: it returns ``(data, diff)`` and runs when either is first used.
+
+        The shape stays known meanwhile; the arrays held until now are let go.
+        """
+        shape = self._data.shape
+        placeholder = numpy.broadcast_to(numpy.zeros((), self.dtype), shape)
+        self._data = self._diff = placeholder
+        self._gather = gather
+
+    def _settle(self) -> None:
+        gather, self._gather = self._gather, None
+        self._data, self._diff = gather()
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
+        return tuple(self._data.shape)
 
     @property
     def count(self) -> int:
-        return int(self.data.size)
+        return int(self._data.size)
 
     @property
     def num_axes(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     def count_range(self, start: int, end: int | None = None) -> int:
         """Product of the dimensions in ``[start, end)``."""
@@ -70,8 +112,9 @@ class Blob:
         if len(shape) == 1 and not isinstance(shape[0], (int, numpy.integer)):
             shape = shape[0]
         shape = self._checked_shape(shape)
-        if shape != tuple(self.data.shape):
-            self.data, self.diff = self._allocate(shape)
+        if shape != tuple(self._data.shape):
+            self._gather = None
+            self._data, self._diff = self._allocate(shape)
 
     def _checked_shape(self, shape) -> tuple[int, ...]:
         """``shape`` as ints, refused when negative or when data + diff would pass netdef.limits' bound."""
