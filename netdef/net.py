@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from . import allocator, backend
+from . import allocator, backend, batch_split
 from .blob import Blob
 from .errors import (
     DuplicateTopBlobError,
@@ -836,9 +836,15 @@ class Net:
         return {n: _join(p) for n, p in outs.items()}, {n: _join(p) for n, p in grads.items()}
 
     def forward_backward(self) -> float:
-        loss = self.forward_from_to()
-        self.backward_from_to()
-        return loss
+        """Forward then backward through every layer (a solver's step); the weighted loss.
+
+        On the CPU with two threads or more, a net whose layers after the data layers treat
+        each sample on its own runs them on one share of the batch per thread
+        (:mod:`netdef.batch_split`); the blobs, gradients and loss are the whole batch's as
+        usual. A later ``backward()`` alone does not repeat this step's backward: call
+        ``forward_backward()`` again, or ``forward()`` then ``backward()``.
+        """
+        return batch_split.forward_backward(self)
 
     def reshape(self) -> None:
         """Propagate changed input shapes through every layer."""

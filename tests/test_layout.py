@@ -37,6 +37,7 @@ LEVELS = [
     ("netdef.datasets", 2),
     ("netdef.layers", 3),
     ("netdef.net", 4),
+    ("netdef.batch_split", 4),
     ("netdef.summary", 4),
     ("netdef.draw", 4),
     ("netdef.evaluation", 4),
