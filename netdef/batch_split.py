@@ -25,8 +25,8 @@ BatchNorm computing batch statistics, Dropout (its masks would come from the ran
 stream in an order that depends on the threads), Python layers, losses with an
 ``ignore_label`` or class weights, and every other type keep the usual path, as do nets
 on the GPU, nets with ``before_forward``-style callbacks (data-parallel reduction, debug
-output), steps with one thread, and batches that would give a thread fewer than
-:data:`MIN_SAMPLES` samples.
+output), steps with one thread, and batches whose share per thread would be small: fewer
+than :data:`MIN_SAMPLES` samples, or activations under :data:`MIN_SHARE_BYTES`.
 """
 
 from __future__ import annotations
@@ -45,9 +45,16 @@ from .proto import netdef_pb2 as pb
 log = logging.getLogger("netdef")
 
 #: Each thread gets at least this many samples; with fewer the per-layer split is kept.
-#: (cifar10_quick at 2 x 50 samples: 33 ms a step against 35 for the per-layer split;
-#: at 4 x 25 on two cores: 39 ms.)
-MIN_SAMPLES = 16
+MIN_SAMPLES = 8
+#: ... and a share whose activations (the tops of the layers after the data layers) take at
+#: least this many bytes. A smaller share is done in a few milliseconds, where a thread the
+#: scheduler holds back for its slice delays the whole step, and the per-layer split, whose
+#: threads take parts as they become free, does better. Measured on two cores (ms per
+#: step, replicas against the per-layer split): LeNet b64, 2.3 MiB a share, 7.8-7.9 against
+#: 7.6-7.7 quiet and 12-16 against 11.3 beside two CPU-bound processes; cifar10_quick b100,
+#: 10.8 MiB a share, 34.2-34.5 against 35.9-36.8 quiet; cifar10_full b100, 12.7 MiB, 39.2-39.6
+#: against 42.4-43.4.
+MIN_SHARE_BYTES = 8 << 20
 #: The replicas after the first keep their own parameter gradients; a net whose copies
 #: would take more memory than this keeps the per-layer split.
 MAX_EXTRA_GRADIENT_BYTES = 64 << 20
@@ -159,6 +166,17 @@ def _batch_size(net, head: int) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def _sample_bytes(net, head: int, batch: int) -> int:
+    """Bytes of the activations of one sample: the batch-shaped tops of the layers after the data layers."""
+    seen: dict[int, int] = {}
+    for rec in net.records[head:]:
+        for blob in rec.top:
+            shape = blob.shape
+            if shape[:1] == (batch,):
+                seen[id(blob)] = blob.count // batch * net.dtype.itemsize
+    return sum(seen.values())
+
+
 def _has_callbacks(net) -> bool:
     return any(net._callbacks.values())
 
@@ -182,7 +200,9 @@ def forward_backward(net) -> float:
 
 def _replicas(net, plan: _Plan, k: int) -> list | None:
     batch = _batch_size(net, plan.head)
-    if batch is None or batch // k < MIN_SAMPLES:
+    if batch is None or batch // k < max(MIN_SAMPLES, 1):
+        return None
+    if batch // k * _sample_bytes(net, plan.head, batch) < MIN_SHARE_BYTES:
         return None
     extra = (k - 1) * sum(spec.blob.count for spec in net.param_specs) * net.dtype.itemsize
     if extra > MAX_EXTRA_GRADIENT_BYTES:

@@ -19,6 +19,7 @@ def fresh_threads(monkeypatch):
     for name in (threads.ENV_VAR, *threads.BLAS_ENV_VARS):
         monkeypatch.delenv(name, raising=False)
     before = threads._library_threads()
+    monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", 0)  # the nets here are small
     yield
     threads._state.blas_cap = None
     threads._set(before)
@@ -226,10 +227,20 @@ def test_nets_that_mix_samples_keep_the_whole_batch(case):
     assert plan.built is None and plan.reason.startswith(reason)
 
 
-def test_small_batches_callbacks_and_one_thread_are_not_split():
-    small = _classifier(24)  # 12 samples a thread: under MIN_SAMPLES
+def test_small_shares_callbacks_and_one_thread_are_not_split(monkeypatch):
+    small = _classifier(14)  # 7 samples a thread: under MIN_SAMPLES
     _step(small, 2)
     assert batch_split.plan_of(small).built is None
+    # floats per sample: conv1 384, pool1 and norm1 96 each, ip1 12, ip2 5 and its two Split copies
+    # 10, the label's two Split copies 2
+    share = 16 * (384 + 96 + 96 + 12 + 5 + 10 + 2) * 4
+    monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", share + 1)
+    net = _classifier(32)
+    _step(net, 2)
+    assert batch_split.plan_of(net).built is None
+    monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", share)
+    _step(net, 2)
+    assert batch_split.plan_of(net).built is not None
     net = _classifier(32)
     _step(net, 1)
     assert batch_split.plan_of(net).built is None
