@@ -2,11 +2,15 @@
 
 Splitting each heavy layer over threads (:func:`netdef.threads.run_parts`) makes every
 thread wait for the others at the end of every split layer: fourteen times per
-cifar10_quick step. On a busy machine a thread the scheduler holds back for a few
-milliseconds holds up each of them. Most training nets compute every sample on its own
-until the loss, so :meth:`netdef.Net.forward_backward` can instead cut the batch into one
-share per thread and run the net's layers after its data layers once per share, each
-thread through all of them, with one wait at the end. What the step gives is unchanged:
+cifar10_quick step. When other processes keep every core busy, a thread the scheduler
+holds back for a few milliseconds holds up each of them. Most training nets compute every
+sample on its own until the loss, so on such a machine (:func:`netdef.threads.crowded`)
+:meth:`netdef.Net.forward_backward` instead cuts the batch into one share per thread and
+runs the net's layers after its data layers once per share, each thread through all of
+them, with one wait at the end. (On a quiet machine this is 5-8% faster too, but a
+cifar10_quick step then peaks at 98-100 MiB instead of 89: each replica has its own
+layers, workspaces and ONNX Runtime sessions. The per-layer split stays there.) What the
+step gives is unchanged:
 
 - each replica is a copy of the net for its share of the samples whose activation blobs
   are views of the net's own (the batch axis comes first, so a share is one contiguous
@@ -25,8 +29,9 @@ BatchNorm computing batch statistics, Dropout (its masks would come from the ran
 stream in an order that depends on the threads), Python layers, losses with an
 ``ignore_label`` or class weights, and every other type keep the usual path, as do nets
 on the GPU, nets with ``before_forward``-style callbacks (data-parallel reduction, debug
-output), steps with one thread, and batches whose share per thread would be small: fewer
-than :data:`MIN_SAMPLES` samples, or activations under :data:`MIN_SHARE_BYTES`.
+output), steps with one thread or on a machine with a core free, and batches whose share
+per thread would be small: fewer than :data:`MIN_SAMPLES` samples, or activations under
+:data:`MIN_SHARE_BYTES`.
 """
 
 from __future__ import annotations
@@ -185,7 +190,7 @@ def forward_backward(net) -> float:
     """One forward and backward of ``net``: over replicas where :func:`plan_of` and the thread count allow."""
     plan = plan_of(net)
     k = threads.count()
-    if plan.reason is not None or k < 2 or _has_callbacks(net):
+    if plan.reason is not None or k < 2 or not threads.crowded() or _has_callbacks(net):
         loss = net.forward_from_to()
         net.backward_from_to()
         return loss
@@ -364,6 +369,10 @@ def _run(net, plan: _Plan, replicas: list) -> float:
     """Forward and backward of the layers after the data layers, one replica per thread; the net's loss."""
     for replica in replicas:
         replica.bind(net)
+    # the net's own arrays for these blobs go now, before the replicas make theirs; read later, a
+    # blob joins the replicas' pieces of this step
+    for column in zip(*(replica.pieces for replica in replicas), strict=True):
+        column[0][1].defer(_gather([blob for blob, _ in column]))
 
     def work(parts):
         for replica in parts:
@@ -376,8 +385,6 @@ def _run(net, plan: _Plan, replicas: list) -> float:
         replica.add_gradients(net)
         for blob, main, weight in replica.reduced:
             main.data += weight * blob.data
-    for column in zip(*(replica.pieces for replica in replicas), strict=True):
-        column[0][1].defer(_gather([blob for blob, _ in column]))
     loss = 0.0
     for rec in net.records[plan.head :]:
         for weight, top in zip(rec.layer.loss_weights, rec.top):

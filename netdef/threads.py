@@ -31,9 +31,9 @@ channel planes, convolutions over chunks of samples, large products over row or 
 blocks) split the parts over the count with :func:`run_parts`. NumPy releases the
 interpreter lock while it computes, so the parts run at the same time. A part handed to
 another thread waits about 50 microseconds for it to wake, so only work of about a
-millisecond or more is split. A training step of a net that keeps samples apart runs
-one replica of the net per thread instead (:mod:`netdef.batch_split`), with one wait per
-step. Measured on two cores without ONNX Runtime (cifar10_quick
+millisecond or more is split. When others keep every core busy, a training step of a net
+that keeps samples apart runs one replica of the net per thread instead
+(:mod:`netdef.batch_split`), with one wait per step. Measured on two cores without ONNX Runtime (cifar10_quick
 b100 per step): BLAS's two threads and serial NumPy work 70-73 ms; the same split over
 netdef's threads with BLAS switched to one thread for each split and back 100-114 ms
 (OpenBLAS's threads between the splits); BLAS at one thread throughout 60-61 ms.
@@ -346,6 +346,11 @@ def count() -> int:
     return _state.current if _state.current is not None else _library_threads()
 
 
+def crowded() -> bool:
+    """Whether the automatic count found every core kept busy by other processes (False for a fixed count)."""
+    return _state.crowded
+
+
 def pool_threads() -> int:
     """Threads for ONNX Runtime's own pools: :func:`count`, but 1 where others keep every core busy.
 
@@ -370,7 +375,9 @@ def describe() -> str:
     libs = ", ".join(f"{lib.internal_api} {lib.version}" for lib in controller.lib_controllers) or "none found"
     if _state.blas_cap is not None and libs != "none found":
         libs += f" (capped at {_state.blas_cap}: netdef splits the heavy work over its own threads)"
-    crowded = "; every core busy, so ONNX Runtime's pools run 1" if _state.crowded else ""
+    crowded = (
+        "; every core busy, so ONNX Runtime's pools run 1 and training steps split by samples" if _state.crowded else ""
+    )
     return (
         f"{_state.current} ({how}; cores usable {available_cores()}, busy {busy_cores()}{crowded}); libraries: {libs}"
     )

@@ -20,6 +20,7 @@ def fresh_threads(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     before = threads._library_threads()
     monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", 0)  # the nets here are small
+    monkeypatch.setattr(threads, "crowded", lambda: True)  # as when others keep every core busy
     yield
     threads._state.blas_cap = None
     threads._set(before)
@@ -243,6 +244,10 @@ def test_small_shares_callbacks_and_one_thread_are_not_split(monkeypatch):
     assert batch_split.plan_of(net).built is not None
     net = _classifier(32)
     _step(net, 1)
+    assert batch_split.plan_of(net).built is None
+    with monkeypatch.context() as quiet:  # a core free: the per-layer split
+        quiet.setattr(threads, "crowded", lambda: False)
+        _step(net, 2)
     assert batch_split.plan_of(net).built is None
     seen = []
     net.after_forward(seen.append)
