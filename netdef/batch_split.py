@@ -25,8 +25,9 @@ The result equals the whole batch's up to float rounding (sums in another order)
 
 Only nets whose every layer after the data layers is known to treat samples separately
 are split (:data:`SAMPLEWISE`, with axis and parameter checks in :func:`_layer_ok`).
-BatchNorm computing batch statistics, Dropout (its masks would come from the random
-stream in an order that depends on the threads), Python layers, losses with an
+Dropout draws its masks in the net, before the replicas run, in layer order and for the
+whole batch, so they are the very masks the whole batch would get; each replica takes its
+share. BatchNorm computing batch statistics, Python layers, losses with an
 ``ignore_label`` or class weights, and every other type keep the usual path, as do nets
 on the GPU, nets with ``before_forward``-style callbacks (data-parallel reduction, debug
 output), steps with one thread or on a machine with a core free, and batches whose share
@@ -90,8 +91,11 @@ SAMPLEWISE = frozenset(
         "Scale",
         "Bias",
         "BatchNorm",
+        "Dropout",
     }
 )
+#: Layers that draw random numbers as they run; the net draws for them (:class:`_Drawn`).
+DRAWING = frozenset({"Dropout"})
 #: Layers whose output is a mean over the batch (a scalar) and how to combine the replicas'.
 REDUCING = frozenset({"SoftmaxWithLoss", "EuclideanLoss", "Accuracy"})
 
@@ -134,6 +138,8 @@ class _Plan:
     head: int
     #: why the net is not split (None: it may be)
     reason: str | None = None
+    #: the indices of the layers that draw random numbers (:data:`DRAWING`)
+    drawing: list = field(default_factory=list)
     #: the batch size and thread count the replicas were built for, and the replicas
     built: tuple | None = None
     replicas: list = field(default_factory=list)
@@ -147,14 +153,17 @@ def _plan(net) -> _Plan:
         return _Plan(head, "the net is on the GPU")
     if head == 0:
         return _Plan(head, "the net has no data or Input layer first")
-    for rec in net.records[head:]:
+    drawing = []
+    for index, rec in enumerate(net.records[head:], start=head):
         if not rec.bottom:
             return _Plan(head, f'layer "{rec.layer.name}" makes data after other layers')
         if not _layer_ok(rec):
             return _Plan(
                 head, f'layer "{rec.layer.name}" (type {rec.layer.param.type}) is not known to keep samples apart'
             )
-    return _Plan(head)
+        if rec.layer.param.type in DRAWING:
+            drawing.append(index)
+    return _Plan(head, drawing=drawing)
 
 
 def plan_of(net) -> _Plan:
@@ -291,6 +300,9 @@ class _Replica:
             raise _NotSplittable(f"the net does not build for {take} samples: {err}") from err
         if self.net.layer_names != net.layer_names or len(self.net.param_specs) != len(net.param_specs):
             raise _NotSplittable("the replica's layers differ from the net's")
+        for layer in self.net.layers:
+            if layer.param.type in DRAWING:
+                layer.rng = _Drawn()
         self.part, self.share = part, take / batch
         self.first = part.start == 0
         # the data layers' tops: views of the net's arrays, bound each step [replica blob, net blob, data, diff]
@@ -356,6 +368,31 @@ class _Replica:
                 main_spec.blob.diff += spec.blob.diff
 
 
+class _Drawn:
+    """Stands in for a replica layer's random streams: hands out its share of numbers the net drew."""
+
+    def __init__(self) -> None:
+        self.values = None
+
+    def uniform(self, xp, shape, low=0.0, high=1.0, dtype=numpy.float32):
+        values, self.values = self.values, None
+        if values is None or tuple(values.shape) != tuple(shape) or (low, high) != (0.0, 1.0):
+            raise NetdefError(f"a replica drew {tuple(shape)} numbers the net did not draw for it")
+        return values.astype(dtype, copy=False)
+
+
+def _draw(net, plan: _Plan, replicas: list) -> None:
+    """Draw, in the net and in layer order, what its random layers would draw for the whole batch; share it out."""
+    for index in plan.drawing:
+        layer = net.layers[index]
+        if layer.phase != pb.TRAIN:
+            continue
+        shape = net.records[index].bottom[0].shape
+        values = layer.rng.uniform(numpy, shape, dtype=net.dtype)
+        for replica in replicas:
+            replica.net.layers[index].rng.values = values[replica.part]
+
+
 def _gather(pieces: list):
     """What a net blob's deferred arrays become: the replicas' pieces joined along the batch axis."""
 
@@ -369,6 +406,7 @@ def _run(net, plan: _Plan, replicas: list) -> float:
     """Forward and backward of the layers after the data layers, one replica per thread; the net's loss."""
     for replica in replicas:
         replica.bind(net)
+    _draw(net, plan, replicas)
     # the net's own arrays for these blobs go now, before the replicas make theirs; read later, a
     # blob joins the replicas' pieces of this step
     for column in zip(*(replica.pieces for replica in replicas), strict=True):

@@ -150,6 +150,25 @@ def test_split_steps_repeat_and_follow_new_weights():
     _assert_same(whole, split)
 
 
+def test_dropout_masks_are_the_whole_batch_masks():
+    """The net draws each Dropout layer's numbers for the whole batch, in layer order, as one thread would."""
+    body = CLASSIFIER.replace('layer { name: "tanh1"', DROPOUT + '\nlayer { name: "tanh1"')
+    extra = (
+        'layer { name: "drop0" type: "Dropout" bottom: "norm1" top: "dropped" }\n'
+        'layer { name: "use" type: "AbsVal" bottom: "dropped" top: "dropped_abs" }\n'
+    )
+    body = body.replace('layer { name: "ip1"', extra + 'layer { name: "ip1"')
+    whole, split = _net(body, _input(33, (3, 8, 8), ())), _net(body, _input(33, (3, 8, 8), ()))
+    for _ in range(2):  # the random stream moves on alike
+        loss_whole, loss_split = _step(whole, 1), _step(split, 2)
+        assert loss_split == pytest.approx(loss_whole, rel=1e-5)
+        _assert_same(whole, split)
+    plan = batch_split.plan_of(split)
+    assert plan.built is not None and [split.layers[i].name for i in plan.drawing] == ["drop0", "drop"]
+    dropped = split.blobs["dropped"].data
+    assert 0.2 < float((dropped == 0).mean()) < 0.8  # masks were applied (ratio 0.5 by default)
+
+
 def test_accuracy_and_loss_blobs_are_batch_means():
     net = _classifier(33)
     _step(net, 2)
@@ -204,12 +223,13 @@ def test_a_solver_trains_the_same_on_one_thread_and_two():
             numpy.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-DROPOUT = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" }'
+DROPOUT = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.3 } }'
+REDUCTION = 'layer { name: "sum" type: "Reduction" bottom: "ip2" top: "sum" }'
 BATCH_NORM = 'layer { name: "bn" type: "BatchNorm" bottom: "pool1" top: "pool1" }'
 ACROSS_BATCH = 'layer { name: "sm" type: "Softmax" bottom: "ip2" top: "sm" softmax_param { axis: 0 } }'
 # a layer put in before another, or a text replaced, and the start of the reason given
 MIXING = {
-    "dropout": (('layer { name: "tanh1"', DROPOUT), 'layer "drop" (type Dropout)'),
+    "reduction": (('layer { name: "accuracy"', REDUCTION), 'layer "sum" (type Reduction)'),
     "batch_statistics": (('layer { name: "relu1"', BATCH_NORM), 'layer "bn" (type BatchNorm)'),
     "batch_axis": (('layer { name: "accuracy"', ACROSS_BATCH), 'layer "sm" (type Softmax)'),
     "ignore_label": (('top: "loss" }', None), 'layer "loss" (type SoftmaxWithLoss)'),
