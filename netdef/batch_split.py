@@ -352,8 +352,13 @@ class _Replica:
                 spec.blob.diff[...] = 0
 
     def step(self) -> None:
-        self.net.forward_from_to()
-        self.net.backward_from_to()
+        try:
+            self.net.forward_from_to()
+            self.net.backward_from_to()
+        except NetdefError as err:  # positions in the message count from this share's first sample
+            part = self.part
+            err.args = (f"{err} (samples {part.start}..{part.stop - 1} of the batch, run as one share of it)",)
+            raise
         part = self.part
         for blob, main, data, diff in self.inputs:  # a layer that replaced an input's array: copy its values back
             if blob.data is not data:

@@ -169,6 +169,13 @@ def test_dropout_masks_are_the_whole_batch_masks():
     assert 0.2 < float((dropped == 0).mean()) < 0.8  # masks were applied (ratio 0.5 by default)
 
 
+def test_an_error_in_a_share_says_which_samples():
+    net = _classifier(32)
+    net.blobs["label"].data[20] = 7  # not a class of the five
+    with pytest.raises(netdef.NetdefError, match=r"position 4\b.*samples 16\.\.31 of the batch"):
+        _step(net, 2)
+
+
 def test_accuracy_and_loss_blobs_are_batch_means():
     net = _classifier(33)
     _step(net, 2)
