@@ -8,13 +8,16 @@ sample on its own until the loss, so on such a machine (:func:`netdef.threads.cr
 :meth:`netdef.Net.forward_backward` instead cuts the batch into one share per thread and
 runs the net's layers after its data layers once per share, each thread through all of
 them, with one wait at the end. (On a quiet machine this is 5-8% faster too, but a
-cifar10_quick step then peaks at 98-100 MiB instead of 89: each replica has its own
-layers, workspaces and ONNX Runtime sessions. The per-layer split stays there.) What the
-step gives is unchanged:
+cifar10_quick step then peaks at 96-100 MiB instead of 89: the replica on the helper
+thread allocates from glibc's second malloc arena, which keeps its own freed memory; run
+one after the other on one thread the replicas peak at 78. One arena for the process gave
+81 MiB but slowed LeNet's per-layer split from 8.1-8.4 to 8.4-9.7 ms. So the per-layer
+split stays on a quiet machine.) What the step gives is unchanged:
 
-- each replica is a copy of the net for its share of the samples whose activation blobs
-  are views of the net's own (the batch axis comes first, so a share is one contiguous
-  block), so every blob holds the whole batch's values afterwards;
+- each replica is a copy of the net's layers for its share of the samples; its data
+  layers' tops are views of the net's (the batch axis comes first, so a share is one
+  contiguous block), and the net's other blobs join the replicas' pieces when they are
+  read (:meth:`netdef.blob.Blob.defer`), so every blob holds the whole batch's values;
 - the replicas use the net's parameter arrays; the first adds its gradients straight into
   the net's, the others into their own, which are added in at the end;
 - a loss or accuracy is the mean over its samples, so each replica's is weighted by its
@@ -66,7 +69,7 @@ MIN_SHARE_BYTES = 8 << 20
 MAX_EXTRA_GRADIENT_BYTES = 64 << 20
 
 #: Layer types that compute each sample from that sample alone (given the checks of
-#: :func:`_layer_ok`), with no random draws at run time.
+#: :func:`_layer_ok`); those in :data:`DRAWING` from numbers the net draws for them.
 SAMPLEWISE = frozenset(
     {
         "Convolution",
@@ -140,7 +143,7 @@ class _Plan:
     reason: str | None = None
     #: the indices of the layers that draw random numbers (:data:`DRAWING`)
     drawing: list = field(default_factory=list)
-    #: the batch size and thread count the replicas were built for, and the replicas
+    #: the data layers' top shapes and the thread count the replicas were built for, and the replicas
     built: tuple | None = None
     replicas: list = field(default_factory=list)
 
@@ -195,8 +198,12 @@ def _has_callbacks(net) -> bool:
     return any(net._callbacks.values())
 
 
-def forward_backward(net) -> float:
-    """One forward and backward of ``net``: over replicas where :func:`plan_of` and the thread count allow."""
+def forward_backward(net, net_class) -> float:
+    """One forward and backward of ``net``: over replicas where :func:`plan_of` and the thread count allow.
+
+    ``net_class`` builds the replicas (:class:`netdef.Net`; a subclass such as the
+    Classifier may take other arguments).
+    """
     plan = plan_of(net)
     k = threads.count()
     if plan.reason is not None or k < 2 or not threads.crowded() or _has_callbacks(net):
@@ -204,7 +211,7 @@ def forward_backward(net) -> float:
         net.backward_from_to()
         return loss
     loss = net.forward_from_to(0, plan.head - 1)
-    replicas = _replicas(net, plan, k)
+    replicas = _replicas(net, net_class, plan, k)
     if replicas is None:
         loss += net.forward_from_to(plan.head)
         net.backward_from_to()
@@ -212,7 +219,7 @@ def forward_backward(net) -> float:
     return loss + _run(net, plan, replicas)
 
 
-def _replicas(net, plan: _Plan, k: int) -> list | None:
+def _replicas(net, net_class, plan: _Plan, k: int) -> list | None:
     batch = _batch_size(net, plan.head)
     if batch is None or batch // k < max(MIN_SAMPLES, 1):
         return None
@@ -225,7 +232,8 @@ def _replicas(net, plan: _Plan, k: int) -> list | None:
     if plan.built != (shapes, k):
         plan.replicas = []
         try:
-            plan.replicas = [_Replica(net, plan.head, part, batch) for part in threads.even_slices(batch, k)]
+            parts = threads.even_slices(batch, k)
+            plan.replicas = [_Replica(net, net_class, plan.head, part, batch) for part in parts]
         except _NotSplittable as why:
             plan.reason = str(why)
             log.debug("Net %s: the step is not split by samples: %s", net.name, why)
@@ -282,12 +290,12 @@ def _replica_param(net, head: int, take: int) -> pb.NetParameter:
 class _Replica:
     """The net's layers after its data layers, built for one share of the batch, using the net's blobs' memory."""
 
-    def __init__(self, net, head: int, part: slice, batch: int):
+    def __init__(self, net, net_class, head: int, part: slice, batch: int):
         take = part.stop - part.start
         rule = next((layer.pooling_rule for layer in net.layers if hasattr(layer, "pooling_rule")), None)
         try:
             with _quiet():
-                self.net = type(net)(
+                self.net = net_class(
                     _replica_param(net, head, take),
                     phase=net.phase,
                     dtype=net.dtype,

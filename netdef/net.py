@@ -844,7 +844,7 @@ class Net:
         usual. A later ``backward()`` alone does not repeat this step's backward: call
         ``forward_backward()`` again, or ``forward()`` then ``backward()``.
         """
-        return batch_split.forward_backward(self)
+        return batch_split.forward_backward(self, Net)
 
     def reshape(self) -> None:
         """Propagate changed input shapes through every layer."""
