@@ -239,6 +239,13 @@ def _replicas(net, net_class, plan: _Plan, k: int) -> list | None:
             log.debug("Net %s: the step is not split by samples: %s", net.name, why)
             return None
         plan.built = (shapes, k)
+        log.info(
+            "Net %s: every core is busy, so each training step runs its layers after the data layers "
+            "on %d threads, one share of the %d samples each",
+            net.name,
+            k,
+            batch,
+        )
     return plan.replicas
 
 

@@ -137,11 +137,19 @@ def test_split_step_equals_whole_batch(make, batch):
     _assert_same(whole, split)
 
 
-def test_split_steps_repeat_and_follow_new_weights():
+def test_split_steps_repeat_and_follow_new_weights(caplog):
     whole, split = _classifier(32), _classifier(32)
-    for _ in range(2):
-        _step(whole, 1)
-        _step(split, 2)
+    caplog.clear()  # the nets' own set-up lines
+    with caplog.at_level("INFO", logger="netdef"):
+        for _ in range(2):
+            _step(whole, 1)
+            _step(split, 2)
+    said = [r.getMessage() for r in caplog.records if "every core is busy" in r.getMessage()]
+    assert said == [
+        f"Net {split.name}: every core is busy, so each training step runs its layers after the data "
+        "layers on 2 threads, one share of the 32 samples each"
+    ]  # once, not per step
+    assert not [r for r in caplog.records if r.getMessage().startswith("Setting up")]  # replicas build quietly
     replicas = batch_split.plan_of(split).replicas
     for net in (whole, split):  # the solver changes the weights in place; the replicas see it
         net.params["ip1"][0].data *= 0.5
