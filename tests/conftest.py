@@ -3,7 +3,7 @@ import os
 import numpy
 import pytest
 
-from netdef import backend
+from netdef import backend, threads
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -28,3 +28,15 @@ def _cpu_and_seed():
     numpy.random.seed(1234)
     yield
     backend.set_mode_cpu()
+
+
+@pytest.fixture
+def fresh_thread_policy(monkeypatch):
+    """No thread policy applied yet and no thread variable set; the library's count comes back afterwards."""
+    monkeypatch.setattr(threads, "_state", threads._State())
+    for name in (threads.ENV_VAR, *threads.BLAS_ENV_VARS):
+        monkeypatch.delenv(name, raising=False)
+    before = threads._library_threads()
+    yield
+    threads._state.blas_cap = None  # the test's own cap (the process's state comes back with the monkeypatch)
+    threads._set(before)

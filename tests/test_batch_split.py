@@ -13,17 +13,10 @@ from netdef.proto import netdef_pb2 as pb
 
 
 @pytest.fixture(autouse=True)
-def fresh_threads(monkeypatch):
-    """Each test fixes its own thread count; the process's policy comes back afterwards."""
-    monkeypatch.setattr(threads, "_state", threads._State())
-    for name in (threads.ENV_VAR, *threads.BLAS_ENV_VARS):
-        monkeypatch.delenv(name, raising=False)
-    before = threads._library_threads()
+def crowded_machine(fresh_thread_policy, monkeypatch):
+    """Each test fixes its own thread count, on a machine whose cores others keep busy."""
     monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", 0)  # the nets here are small
-    monkeypatch.setattr(threads, "crowded", lambda: True)  # as when others keep every core busy
-    yield
-    threads._state.blas_cap = None
-    threads._set(before)
+    monkeypatch.setattr(threads, "crowded", lambda: True)
 
 
 def _input(batch: int, *shapes) -> str:

@@ -8,17 +8,8 @@ import pytest
 
 from netdef import threads
 
-
-@pytest.fixture(autouse=True)
-def fresh_state(monkeypatch):
-    """Each test starts without a policy applied and restores the library's count afterwards."""
-    monkeypatch.setattr(threads, "_state", threads._State())
-    for name in (threads.ENV_VAR, *threads.BLAS_ENV_VARS):
-        monkeypatch.delenv(name, raising=False)
-    before = threads._library_threads()
-    yield
-    threads._state.blas_cap = None  # the test's own cap (the process's state comes back with the monkeypatch)
-    threads._set(before)
+# each test starts without a policy applied and restores the library's count afterwards
+pytestmark = pytest.mark.usefixtures("fresh_thread_policy")
 
 
 def test_explicit_count_is_applied_and_fixed(monkeypatch):
