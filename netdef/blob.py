@@ -73,7 +73,8 @@ class Blob:
     def defer(self, gather) -> None:
         """Hold ``gather()`` instead of the arrays: it returns ``(data, diff)`` and runs when either is first used.
 
-        The shape stays known meanwhile; the arrays held until now are let go.
+        The shape stays known meanwhile; the arrays held until now are let go. For NumPy
+        blobs (the stand-in until then is a NumPy view of one zero).
         """
         shape = self._data.shape
         placeholder = numpy.broadcast_to(numpy.zeros((), self.dtype), shape)

@@ -838,10 +838,10 @@ class Net:
     def forward_backward(self) -> float:
         """Forward then backward through every layer (a solver's step); the weighted loss.
 
-        On the CPU with two threads or more, a net whose layers after the data layers treat
-        each sample on its own runs them on one share of the batch per thread
-        (:mod:`netdef.batch_split`); the blobs, gradients and loss are the whole batch's as
-        usual. A later ``backward()`` alone does not repeat this step's backward: call
+        On the CPU, when other processes keep every core busy, a net whose layers after the
+        data layers treat each sample on its own runs them on one share of the batch per
+        thread (:mod:`netdef.batch_split`); the blobs, gradients and loss are the whole
+        batch's as usual. A later ``backward()`` alone does not repeat this step's backward: call
         ``forward_backward()`` again, or ``forward()`` then ``backward()``.
         """
         return batch_split.forward_backward(self, Net)

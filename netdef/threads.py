@@ -33,8 +33,8 @@ interpreter lock while it computes, so the parts run at the same time. A part ha
 another thread waits about 50 microseconds for it to wake, so only work of about a
 millisecond or more is split. When others keep every core busy, a training step of a net
 that keeps samples apart runs one replica of the net per thread instead
-(:mod:`netdef.batch_split`), with one wait per step. Measured on two cores without ONNX Runtime (cifar10_quick
-b100 per step): BLAS's two threads and serial NumPy work 70-73 ms; the same split over
+(:mod:`netdef.batch_split`), with one wait per step. Measured on two cores without ONNX
+Runtime (cifar10_quick b100 per step): BLAS's two threads and serial NumPy work 70-73 ms; the same split over
 netdef's threads with BLAS switched to one thread for each split and back 100-114 ms
 (OpenBLAS's threads between the splits); BLAS at one thread throughout 60-61 ms.
 
