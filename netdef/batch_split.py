@@ -443,9 +443,4 @@ def _run(net, plan: _Plan, replicas: list) -> float:
         replica.add_gradients(net)
         for blob, main, weight in replica.reduced:
             main.data += weight * blob.data
-    loss = 0.0
-    for rec in net.records[plan.head :]:
-        for weight, top in zip(rec.layer.loss_weights, rec.top):
-            if weight:
-                loss += weight * float(top.data.sum())
-    return loss
+    return sum((rec.layer.weighted_loss(rec.top) for rec in net.records[plan.head :]), 0.0)

@@ -162,6 +162,10 @@ class Layer:
         """
         self.reshape(bottom, top)
         self.forward(bottom, top)
+        return self.weighted_loss(top)
+
+    def weighted_loss(self, top: Sequence[Blob]) -> float:
+        """This layer's loss from its tops as they hold now: each top's sum times its loss weight."""
         loss = 0.0
         for w, t in zip(self.loss_weights, top):
             if w:
