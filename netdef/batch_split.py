@@ -103,13 +103,6 @@ DRAWING = frozenset({"Dropout"})
 REDUCING = frozenset({"SoftmaxWithLoss", "EuclideanLoss", "Accuracy"})
 
 
-def _normalised_by_count(loss_param) -> bool:
-    """Whether SoftmaxWithLoss divides by a count proportional to the samples (not NONE)."""
-    if not loss_param.HasField("normalization") and loss_param.HasField("normalize"):
-        return True
-    return loss_param.normalization != pb.LossParameter.NONE
-
-
 def _layer_ok(rec) -> bool:
     """Whether the layer of net record ``rec`` (already set up on the whole batch) treats samples separately."""
     layer, kind = rec.layer, rec.layer.param.type
@@ -143,9 +136,10 @@ class _Plan:
     reason: str | None = None
     #: the indices of the layers that draw random numbers (:data:`DRAWING`)
     drawing: list = field(default_factory=list)
-    #: the data layers' top shapes and the thread count the replicas were built for, and the replicas
+    #: the data layers' top shapes and the thread count last decided for, and the replicas for
+    #: them (None where those shapes and that count are not split)
     built: tuple | None = None
-    replicas: list = field(default_factory=list)
+    replicas: list | None = None
 
 
 def _plan(net) -> _Plan:
@@ -220,6 +214,18 @@ def forward_backward(net, net_class) -> float:
 
 
 def _replicas(net, net_class, plan: _Plan, k: int) -> list | None:
+    """The replicas for the data layers' present shapes and ``k`` threads (None: not split for them).
+
+    Decided once per shapes and thread count; a step only compares the key.
+    """
+    shapes = tuple(blob.shape for rec in net.records[: plan.head] for blob in rec.top)
+    if plan.built != (shapes, k):
+        plan.replicas = _build(net, net_class, plan, k)
+        plan.built = (shapes, k)
+    return plan.replicas
+
+
+def _build(net, net_class, plan: _Plan, k: int) -> list | None:
     batch = _batch_size(net, plan.head)
     if batch is None or batch // k < max(MIN_SAMPLES, 1):
         return None
@@ -228,25 +234,20 @@ def _replicas(net, net_class, plan: _Plan, k: int) -> list | None:
     extra = (k - 1) * sum(spec.blob.count for spec in net.param_specs) * net.dtype.itemsize
     if extra > MAX_EXTRA_GRADIENT_BYTES:
         return None
-    shapes = tuple(blob.shape for rec in net.records[: plan.head] for blob in rec.top)
-    if plan.built != (shapes, k):
-        plan.replicas = []
-        try:
-            parts = threads.even_slices(batch, k)
-            plan.replicas = [_Replica(net, net_class, plan.head, part, batch) for part in parts]
-        except _NotSplittable as why:
-            plan.reason = str(why)
-            log.debug("Net %s: the step is not split by samples: %s", net.name, why)
-            return None
-        plan.built = (shapes, k)
-        log.info(
-            "Net %s: every core is busy, so each training step runs its layers after the data layers "
-            "on %d threads, one share of the %d samples each",
-            net.name,
-            k,
-            batch,
-        )
-    return plan.replicas
+    try:
+        replicas = [_Replica(net, net_class, plan.head, part, batch) for part in threads.even_slices(batch, k)]
+    except _NotSplittable as why:
+        plan.reason = str(why)
+        log.debug("Net %s: the step is not split by samples: %s", net.name, why)
+        return None
+    log.info(
+        "Net %s: every core is busy, so each training step runs its layers after the data layers "
+        "on %d threads, one share of the %d samples each",
+        net.name,
+        k,
+        batch,
+    )
+    return replicas
 
 
 class _NotSplittable(NetdefError):
@@ -345,7 +346,8 @@ class _Replica:
         if blob.shape != main.shape or kind not in REDUCING:
             name = main_rec.top_names[j]
             raise _NotSplittable(f'blob "{name}" is {main.shape} for the batch and {blob.shape} for a share of it')
-        plain_sum = kind == "SoftmaxWithLoss" and not _normalised_by_count(main_rec.layer.param.loss_param)
+        # SoftmaxWithLoss's mode as its set-up read it (the legacy ``normalize`` included)
+        plain_sum = kind == "SoftmaxWithLoss" and main_rec.layer.normalization == pb.LossParameter.NONE
         weight = 1.0 if plain_sum else self.share
         self.reduced.append((blob, main, weight))
         loss_weight = main_rec.layer.loss_weights[j] if j < len(main_rec.layer.loss_weights) else 0.0

@@ -165,7 +165,7 @@ def test_dropout_masks_are_the_whole_batch_masks():
         assert loss_split == pytest.approx(loss_whole, rel=1e-5)
         _assert_same(whole, split)
     plan = batch_split.plan_of(split)
-    assert plan.built is not None and [split.layers[i].name for i in plan.drawing] == ["drop0", "drop"]
+    assert plan.replicas is not None and [split.layers[i].name for i in plan.drawing] == ["drop0", "drop"]
     dropped = split.blobs["dropped"].data
     assert 0.2 < float((dropped == 0).mean()) < 0.8  # masks were applied (ratio 0.5 by default)
 
@@ -224,7 +224,7 @@ def test_a_solver_trains_the_same_on_one_thread_and_two():
         param.snapshot_after_train = False
         solver = netdef.get_solver(param)
         solver.step(4)
-        assert (batch_split.plan_of(solver.net).built is not None) == (k == 2)
+        assert (batch_split.plan_of(solver.net).replicas is not None) == (k == 2)
         weights.append({name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()})
     for name, blobs in weights[0].items():
         for mine, theirs in zip(weights[1][name], blobs, strict=True):
@@ -253,34 +253,35 @@ def test_nets_that_mix_samples_keep_the_whole_batch(case):
     net, whole = _net(body, _input(32, (3, 8, 8), ())), _net(body, _input(32, (3, 8, 8), ()))
     assert _step(net, 2) == pytest.approx(_step(whole, 1), rel=1e-5)
     plan = batch_split.plan_of(net)
-    assert plan.built is None and plan.reason.startswith(reason)
+    assert plan.replicas is None and plan.reason.startswith(reason)
 
 
 def test_small_shares_callbacks_and_one_thread_are_not_split(monkeypatch):
     small = _classifier(14)  # 7 samples a thread: under MIN_SAMPLES
     _step(small, 2)
-    assert batch_split.plan_of(small).built is None
+    assert batch_split.plan_of(small).replicas is None
     # floats per sample: conv1 384, pool1 and norm1 96 each, ip1 12, ip2 5 and its two Split copies
     # 10, the label's two Split copies 2
     share = 16 * (384 + 96 + 96 + 12 + 5 + 10 + 2) * 4
     monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", share + 1)
     net = _classifier(32)
     _step(net, 2)
-    assert batch_split.plan_of(net).built is None
+    assert batch_split.plan_of(net).replicas is None
     monkeypatch.setattr(batch_split, "MIN_SHARE_BYTES", share)
+    net = _classifier(32)  # (a net decides once per batch shape and thread count)
     _step(net, 2)
-    assert batch_split.plan_of(net).built is not None
+    assert batch_split.plan_of(net).replicas is not None
     net = _classifier(32)
     _step(net, 1)
-    assert batch_split.plan_of(net).built is None
+    assert batch_split.plan_of(net).replicas is None
     with monkeypatch.context() as quiet:  # a core free: the per-layer split
         quiet.setattr(threads, "crowded", lambda: False)
         _step(net, 2)
-    assert batch_split.plan_of(net).built is None
+    assert batch_split.plan_of(net).replicas is None
     seen = []
     net.after_forward(seen.append)
     _step(net, 2)
-    assert batch_split.plan_of(net).built is None and seen == list(range(len(net.layers)))
+    assert batch_split.plan_of(net).replicas is None and seen == list(range(len(net.layers)))
 
 
 def test_a_new_thread_count_rebuilds_the_replicas():
